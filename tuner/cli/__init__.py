@@ -1,0 +1,53 @@
+"""The ``tuner`` command line: thin commands over the library.
+
+Commands parse options, call the library and format its output. Library errors
+(:class:`~tuner.errors.TunerError`) become one line on stderr and an exit code:
+2 for usage errors, 1 for runtime errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import click
+
+from tuner.errors import TunerError
+
+
+class TunerGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TunerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=TunerGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               "max_content_width": 100})
+@click.version_option(package_name="tuner")
+def cli() -> None:
+    """Tune how a PyTorch network is regularized and trained, with Optuna.
+
+    Start with `tuner start` (the built-in `regularization` study on digits), then look
+    at the results with `tuner studies`, `tuner trials` and `tuner best`.
+    """
+    import optuna
+
+    # Optuna's per-trial INFO lines would bury the progress bar; warnings still show,
+    # but not the notices that a stable-for-years feature (heartbeats) is "experimental".
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").propagate = False
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def main() -> None:
+    cli(prog_name="tuner")
+
+
+from tuner.cli import _query, _start  # noqa: E402, F401  (registers the commands)

@@ -1,0 +1,151 @@
+"""Built-in datasets, split train / validation / test and standardized on the train split.
+
+The splits are plain tensors; :func:`load_splits` moves them to the device once per
+process and caches them, so every trial of a worker reuses the same device copy.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from sklearn import datasets as skd
+from sklearn.model_selection import train_test_split
+
+from tuner.errors import DataError
+
+ArrayPair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    task: str  # "classification" or "regression"
+    load: Callable[[int, int, int], ArrayPair]  # (seed, n_samples, n_features) -> X, y
+    image_shape: tuple[int, int, int] | None = None
+    description: str = ""
+
+
+def _sklearn(loader: Callable[..., ArrayPair]) -> Callable[[int, int, int], ArrayPair]:
+    return lambda seed, n_samples, n_features: loader(return_X_y=True)
+
+
+def _synthetic_classification(seed: int, n_samples: int, n_features: int) -> ArrayPair:
+    informative = max(2, min(n_features, n_features // 2 + 1))
+    classes = 4 if informative >= 2 else 2
+    return skd.make_classification(n_samples=n_samples, n_features=n_features,
+                                   n_informative=informative, n_redundant=0,
+                                   n_classes=classes, n_clusters_per_class=1,
+                                   flip_y=0.02, random_state=seed)
+
+
+def _synthetic_regression(seed: int, n_samples: int, n_features: int) -> ArrayPair:
+    x, y = skd.make_regression(n_samples=n_samples, n_features=n_features,
+                               n_informative=max(1, n_features // 2), noise=10.0,
+                               random_state=seed)
+    return x, y
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("classification", _sklearn(skd.load_digits), (1, 8, 8),
+                          "8x8 handwritten digits, 1797 images, 10 classes"),
+    "wine": DatasetInfo("classification", _sklearn(skd.load_wine),
+                        description="178 wines, 13 features, 3 classes"),
+    "breast_cancer": DatasetInfo("classification", _sklearn(skd.load_breast_cancer),
+                                 description="569 tumours, 30 features, 2 classes"),
+    "iris": DatasetInfo("classification", _sklearn(skd.load_iris),
+                        description="150 flowers, 4 features, 3 classes"),
+    "diabetes": DatasetInfo("regression", _sklearn(skd.load_diabetes),
+                            description="442 patients, 10 features, disease progression"),
+    "classification": DatasetInfo("classification", _synthetic_classification,
+                                  description="synthetic, any size (task.n_samples, n_features)"),
+    "regression": DatasetInfo("regression", _synthetic_regression,
+                              description="synthetic, any size (task.n_samples, n_features)"),
+}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test tensors plus what is needed to undo preprocessing."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str
+    n_outputs: int  # classes, or 1 for regression
+    image_shape: tuple[int, int, int] | None
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: float = 0.0
+    y_std: float = 1.0  # regression targets are standardized; metrics are scaled back
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def to(self, device: torch.device) -> Splits:
+        moved = {f: getattr(self, f).to(device) for f in
+                 ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+        return replace(self, **moved)
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
+                 image_shape: tuple[int, int, int] | None = None,
+                 fractions: tuple[float, float] = (0.2, 0.2)) -> Splits:
+    """Split 60/20/20 (stratified for classification) and standardize on train only."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y)
+    stratify = y if task == "classification" else None
+    val_frac, test_frac = fractions
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_frac, random_state=seed, stratify=stratify)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val_frac / (1 - test_frac), random_state=seed,
+        stratify=y_rest if stratify is not None else None)
+    if image_shape is not None:
+        # One scalar for the whole image keeps the background uniform under shifts.
+        mean = np.full(x.shape[1], x_train.mean())
+        std = np.full(x.shape[1], x_train.std() or 1.0)
+    else:
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std == 0] = 1.0
+
+    def features(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor((a - mean) / std, dtype=torch.float32)
+
+    y_mean, y_std = 0.0, 1.0
+    if task == "classification":
+        classes = np.unique(y)
+        n_outputs = len(classes)
+
+        def targets(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.searchsorted(classes, a), dtype=torch.long)
+    else:
+        n_outputs = 1
+        y_mean, y_std = float(y_train.mean()), float(y_train.std() or 1.0)
+
+        def targets(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor((a - y_mean) / y_std, dtype=torch.float32)
+
+    return Splits(
+        features(x_train), targets(y_train), features(x_val), targets(y_val),
+        features(x_test), targets(y_test), task=task, n_outputs=n_outputs,
+        image_shape=image_shape, x_mean=torch.as_tensor(mean, dtype=torch.float32),
+        x_std=torch.as_tensor(std, dtype=torch.float32), y_mean=y_mean, y_std=y_std)
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2000,
+                n_features: int = 20) -> Splits:
+    """A built-in dataset, split with ``seed``, on ``device`` (cached per process)."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}")
+    info = DATASETS[dataset]
+    x, y = info.load(seed, n_samples, n_features)
+    return split_arrays(x, y, info.task, seed, info.image_shape).to(torch.device(device))

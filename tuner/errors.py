@@ -1,0 +1,40 @@
+"""The one error hierarchy of the tuner.
+
+Library code raises these; only the CLI turns them into exit codes and one-line
+messages. ``UsageError`` subclasses mean "the user asked for something invalid"
+(exit code 2); everything else is a runtime failure (exit code 1).
+"""
+
+from __future__ import annotations
+
+
+class TunerError(Exception):
+    """Root of every error the tuner raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(TunerError):
+    """The request itself is invalid: a bad option, file, name or value."""
+
+    exit_code = 2
+
+
+class SpaceError(UsageError):
+    """A search-space file is malformed or breaks a rule."""
+
+
+class DataError(UsageError):
+    """A dataset cannot be loaded or is unusable for the task."""
+
+
+class StudyNotFoundError(UsageError):
+    """A study named on the command line does not exist in the storage."""
+
+
+class StudyMismatchError(UsageError):
+    """Resuming a study with a search space other than the one it was created with."""
+
+
+class StorageError(TunerError):
+    """The study database cannot be opened, reached or written."""

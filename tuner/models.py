@@ -1,0 +1,104 @@
+"""The built-in networks: an MLP and a small CNN, with dropout placed after batch norm.
+
+Each hidden block is ``Linear/Conv -> [BatchNorm] -> ReLU -> [Dropout]``: dropout
+after the BN layers, because dropout before BN shifts the variance BN sees between
+training and evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class GaussianDropout(nn.Module):
+    """Multiplicative Gaussian noise N(1, p/(1-p)) in training; identity in eval.
+
+    It has the mean and variance of inverted Bernoulli dropout with rate ``p`` without
+    zeroing units, which shifts the variance that batch norm sees less.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"`0 <= p < 1` must hold, but got p={p}")
+        self.p = p
+        self.std = math.sqrt(p / (1 - p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (1 + self.std * torch.randn_like(x))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def make_dropout(p: float, kind: str) -> nn.Module:
+    if p == 0:
+        return nn.Identity()
+    # nn.Dropout is inverted dropout: kept units are scaled by 1/(1-p) in training.
+    return GaussianDropout(p) if kind == "gaussian" else nn.Dropout(p)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_features: int, n_outputs: int, hidden: int = 128, layers: int = 2,
+                 dropout: float = 0.0, dropout_kind: str = "bernoulli",
+                 batchnorm: bool = False) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = n_features
+        for _ in range(layers):
+            # The bias is redundant before BN, which has its own shift.
+            blocks.append(nn.Linear(width, hidden, bias=not batchnorm))
+            if batchnorm:
+                blocks.append(nn.BatchNorm1d(hidden))
+            blocks += [nn.ReLU(), make_dropout(dropout, dropout_kind)]
+            width = hidden
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class CNN(nn.Module):
+    """A small CNN for little images given as flat vectors (digits: 1x8x8)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], n_outputs: int, hidden: int = 32,
+                 layers: int = 2, dropout: float = 0.0, dropout_kind: str = "bernoulli",
+                 batchnorm: bool = False) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        channels, size, _ = image_shape
+        blocks: list[nn.Module] = []
+        for i in range(layers):
+            blocks.append(nn.Conv2d(channels, hidden, 3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                blocks.append(nn.BatchNorm2d(hidden))
+            blocks += [nn.ReLU(), make_dropout(dropout, dropout_kind)]
+            if i < 2 and size >= 4:  # pool twice at most: 8x8 -> 4x4 -> 2x2
+                blocks.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = hidden
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels * size * size, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.shape[0], *self.image_shape)
+        return self.head(self.body(x).flatten(1))
+
+
+def build_model(name: str, *, n_features: int, n_outputs: int,
+                image_shape: tuple[int, int, int] | None, hidden: int, layers: int,
+                dropout: float, dropout_kind: str, batchnorm: bool) -> nn.Module:
+    """A built-in network by name (``mlp`` or ``cnn``)."""
+    common = dict(hidden=hidden, layers=layers, dropout=dropout, dropout_kind=dropout_kind,
+                  batchnorm=batchnorm)
+    if name == "cnn":
+        if image_shape is None:
+            raise ValueError("model 'cnn' needs an image dataset")
+        return CNN(image_shape, n_outputs, **common)  # type: ignore[arg-type]
+    return MLP(n_features, n_outputs, **common)  # type: ignore[arg-type]

@@ -1,0 +1,79 @@
+"""Search spaces: YAML files parsed once into frozen, validated objects.
+
+>>> from tuner.space import load_space
+>>> space = load_space("quick")
+>>> space.task.dataset
+'digits'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import SpaceError
+from tuner.space._catalogue import CATALOGUE, OPTIMIZER_HYPER, SCHEDULE_HYPER
+from tuner.space._load import parse_space, read_yaml
+from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, sample
+from tuner.space._schema import EarlyStopping, PrunerSpec, SamplerSpec, Space, Task
+
+__all__ = [
+    "CATALOGUE",
+    "OPTIMIZER_HYPER",
+    "SCHEDULE_HYPER",
+    "Categorical",
+    "EarlyStopping",
+    "Fixed",
+    "FloatRange",
+    "IntRange",
+    "Param",
+    "PrunerSpec",
+    "SamplerSpec",
+    "Space",
+    "Task",
+    "builtin_spaces",
+    "load_space",
+    "parse_space",
+    "sample",
+    "spaces_dir",
+]
+
+
+def spaces_dir() -> Path:
+    """Where the built-in spaces are: inside the installed package, or the repository root."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "search_spaces", package.parent / "search_spaces"):
+        if candidate.is_dir():
+            return candidate
+    raise SpaceError(f"the built-in search spaces are missing (looked next to {package})")
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """Built-in space names and their files, sorted by name."""
+    return {p.stem: p for p in sorted(spaces_dir().glob("*.yaml"))}
+
+
+def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> Space:
+    """Load a built-in space by name, or any YAML file by path, and validate it.
+
+    ``overrides`` are merged into the mapping before validation: top-level keys
+    (``seed``, ``trials``) directly, and ``task`` keys (``epochs``, ``dataset``) into
+    the task, so they are checked and recorded like the file's own values.
+    """
+    path = Path(name_or_path)
+    builtin = builtin_spaces()
+    if str(name_or_path) in builtin and not path.exists():
+        path = builtin[str(name_or_path)]
+    elif not path.exists():
+        raise SpaceError(f"no search space {str(name_or_path)!r}: not a file, and not one of the "
+                         f"built-in spaces ({', '.join(builtin)})")
+    raw = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        if key in ("seed", "trials"):
+            raw[key] = value
+        else:
+            task = raw.get("task")
+            raw["task"] = {**(task if isinstance(task, Mapping) else {}), key: value}
+    source = str(path) if path.parent != spaces_dir() else f"search_spaces/{path.name}"
+    return parse_space(raw, name=path.stem, source=source)

@@ -1,0 +1,381 @@
+"""Parse a YAML search space into a frozen :class:`Space`, validating it on the way.
+
+Every error names the file, the key path, the rule and the value, e.g.::
+
+    search_spaces/mine.yaml: params.l2: `low <= high` must hold, but got (low=1.0, high=0.1)
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from tuner.errors import SpaceError
+from tuner.space._catalogue import CATALOGUE, CONDITIONAL_PARENTS, MODELS, Rule, is_number
+from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, walk
+from tuner.space._schema import EarlyStopping, PrunerSpec, SamplerSpec, Space, Task
+
+TOP_KEYS = ("description", "trials", "seed", "task", "params", "sampler", "pruner",
+            "early_stopping")
+TASK_KEYS = ("dataset", "model", "epochs", "metric", "direction", "n_samples", "n_features")
+RANGE_KEYS = ("type", "low", "high", "log", "step")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def _int_or_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float:
+    text = loader.construct_scalar(node)
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _int_or_float)
+
+
+class _Context:
+    """Carries the source name so every message has the same shape."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> NoReturn:
+        raise SpaceError(f"{self.source}: {path}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be a mapping, but got {value!r}")
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{path}.{key}" if path else str(key),
+                          f"unknown key {key!r}; expected one of: {', '.join(allowed)}")
+        return dict(value)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML file into a mapping, turning every failure into a SpaceError."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read the search space: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpaceError(f"{path}: malformed YAML: {where}{problem}") from None
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{path}: a search space must be a YAML mapping, but got {data!r}")
+    return dict(data)
+
+
+def parse_space(raw: Mapping[str, Any], *, name: str, source: str) -> Space:
+    """Validate a mapping (as read from YAML) and freeze it into a :class:`Space`."""
+    ctx = _Context(source)
+    top = ctx.mapping(raw, "", TOP_KEYS)
+    task = _parse_task(ctx, top.get("task"))
+    params = _parse_params(ctx, top.get("params"), "params")
+    _check_conditionals(ctx, params)
+    space = Space(
+        name=name,
+        description=_string(ctx, top.get("description", ""), "description"),
+        task=task,
+        params=params,
+        sampler=_parse_sampler(ctx, top.get("sampler")),
+        pruner=_parse_pruner(ctx, top.get("pruner"), "pruner", task),
+        early_stopping=_parse_early_stopping(ctx, top.get("early_stopping")),
+        seed=_integer(ctx, top.get("seed", 0), "seed", minimum=0),
+        trials=_integer(ctx, top.get("trials", 50), "trials", minimum=1),
+        source=source,
+        raw=copy.deepcopy(dict(raw)),
+    )
+    if space.sampler.name == "grid":
+        _check_grid(ctx, space)
+    return space
+
+
+def _string(ctx: _Context, value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        ctx.fail(path, f"must be a string, but got {value!r}")
+    return value
+
+
+def _integer(ctx: _Context, value: Any, path: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        ctx.fail(path, f"must be an integer >= {minimum}, but got {value!r}")
+    return value
+
+
+def _parse_task(ctx: _Context, raw: Any) -> Task:
+    from tuner.data import DATASETS
+    from tuner.metrics import METRICS
+
+    task = ctx.mapping(raw, "task", TASK_KEYS)
+    dataset = task.get("dataset", Task.dataset)
+    if dataset not in DATASETS:
+        ctx.fail("task.dataset", f"unknown dataset {dataset!r}; expected one of: "
+                 f"{', '.join(DATASETS)}")
+    kind = DATASETS[dataset].task
+    default_metric = "accuracy" if kind == "classification" else "rmse"
+    metric = task.get("metric", default_metric)
+    if metric not in METRICS:
+        ctx.fail("task.metric", f"unknown metric {metric!r}; expected one of: {', '.join(METRICS)}")
+    if METRICS[metric].task != kind:
+        ctx.fail("task.metric", f"metric {metric!r} is for {METRICS[metric].task}, but dataset "
+                 f"{dataset!r} is {kind}")
+    direction = task.get("direction", METRICS[metric].direction)
+    if direction != METRICS[metric].direction:
+        ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
+                 f"but got {direction!r}")
+    model = task.get("model", Task.model)
+    if model not in MODELS:
+        ctx.fail("task.model", f"unknown model {model!r}; expected one of: {', '.join(MODELS)}")
+    if model == "cnn" and DATASETS[dataset].image_shape is None:
+        ctx.fail("task.model", f"model 'cnn' needs an image dataset, but {dataset!r} is tabular")
+    return Task(
+        dataset=dataset,
+        model=model,
+        epochs=_integer(ctx, task.get("epochs", Task.epochs), "task.epochs", minimum=1),
+        metric=metric,
+        direction=direction,
+        n_samples=_integer(ctx, task.get("n_samples", Task.n_samples), "task.n_samples",
+                           minimum=10),
+        n_features=_integer(ctx, task.get("n_features", Task.n_features), "task.n_features",
+                            minimum=1),
+    )
+
+
+def _parse_params(ctx: _Context, raw: Any, path: str) -> tuple[Param, ...]:
+    params = ctx.mapping(raw, path, tuple(CATALOGUE))
+    return tuple(_parse_param(ctx, name, spec, f"{path}.{name}") for name, spec in params.items())
+
+
+def _check_value(ctx: _Context, rule: Rule, value: Any, path: str) -> Any:
+    if value is None and rule.nullable:
+        return None
+    if rule.kind == "bool":
+        if not isinstance(value, bool):
+            ctx.fail(path, f"must be true or false, but got {value!r}")
+    elif rule.kind == "choice":
+        if value not in rule.options:
+            ctx.fail(path, f"unknown value {value!r}; expected one of: {', '.join(rule.options)}")
+    elif rule.kind == "milestones":
+        return _milestones(ctx, value, path)
+    else:
+        if not is_number(value) or (rule.kind == "int" and not isinstance(value, int)):
+            ctx.fail(path, f"must be {'an integer' if rule.kind == 'int' else 'a number'}, "
+                     f"but got {value!r}")
+        if not rule.check(value):
+            ctx.fail(path, f"`{rule.text}` must hold, but got {value!r}")
+        if rule.kind == "float":
+            value = float(value)
+    return value
+
+
+def _milestones(ctx: _Context, value: Any, path: str) -> str:
+    """Milestones are stored as a string such as ``"10,20"`` so Optuna can choose among them."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        epochs = [int(str(item).strip()) for item in items]
+    except (TypeError, ValueError):
+        ctx.fail(path, f"must be an increasing list of epochs >= 1, but got {value!r}")
+    if not epochs or epochs[0] < 1 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        ctx.fail(path, f"must be an increasing list of epochs >= 1, but got {value!r}")
+    return ",".join(str(e) for e in epochs)
+
+
+def _parse_param(ctx: _Context, name: str, spec: Any, path: str) -> Param:
+    rule = CATALOGUE[name]
+    if not isinstance(spec, Mapping):
+        return Fixed(name, _check_value(ctx, rule, spec, path))
+    if "choices" in spec:
+        return _parse_categorical(ctx, name, spec, path, rule)
+    if "value" in spec:
+        ctx.mapping(spec, path, ("value",))
+        return Fixed(name, _check_value(ctx, rule, spec["value"], f"{path}.value"))
+    if not rule.searchable_range:
+        ctx.fail(path, f"{name!r} is {rule.kind}: give a value or `choices`, not a range")
+    spec = ctx.mapping(spec, path, RANGE_KEYS)
+    for key in ("low", "high"):
+        if key not in spec:
+            ctx.fail(path, f"a range needs `low` and `high`, but `{key}` is missing")
+    declared = spec.get("type", rule.kind)
+    if declared != rule.kind:
+        ctx.fail(f"{path}.type", f"{name!r} is {rule.kind}, but got type {declared!r}")
+    low = _check_value(ctx, rule, spec["low"], f"{path}.low")
+    high = _check_value(ctx, rule, spec["high"], f"{path}.high")
+    if low is None or high is None:
+        ctx.fail(path, f"a range needs numbers, but got (low={low!r}, high={high!r})")
+    if low > high:
+        ctx.fail(path, f"`low <= high` must hold, but got (low={low!r}, high={high!r})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        ctx.fail(f"{path}.log", f"must be true or false, but got {log!r}")
+    if log and low <= 0:
+        ctx.fail(path, f"`low > 0` must hold for a log range, but got (low={low!r})")
+    step = spec.get("step")
+    if step is not None:
+        if not is_number(step) or step <= 0 or (rule.kind == "int" and not isinstance(step, int)):
+            ctx.fail(f"{path}.step", f"`step > 0` must hold, but got {step!r}")
+        if log:
+            ctx.fail(path, "`step` and `log` cannot be used together")
+    if rule.kind == "int":
+        return IntRange(name, low, high, log=log, step=step or 1)
+    return FloatRange(name, low, high, log=log, step=None if step is None else float(step))
+
+
+def _parse_categorical(ctx: _Context, name: str, spec: Mapping[str, Any], path: str,
+                       rule: Rule) -> Param:
+    ctx.mapping(spec, path, ("choices",))
+    choices = spec["choices"]
+    branches: list[tuple[Any, tuple[Param, ...]]] = []
+    if isinstance(choices, Mapping):
+        if name not in CONDITIONAL_PARENTS:
+            ctx.fail(f"{path}.choices", f"only {' and '.join(CONDITIONAL_PARENTS)} have "
+                     "conditional parameters; give a list of choices")
+        values = []
+        for choice, sub in choices.items():
+            value = _check_value(ctx, rule, choice, f"{path}.choices")
+            branches.append((value, _parse_params(ctx, sub, f"{path}.choices.{choice}")))
+            values.append(value)
+    elif isinstance(choices, list) and choices:
+        values = [_check_value(ctx, rule, c, f"{path}.choices") for c in choices]
+    else:
+        ctx.fail(f"{path}.choices", f"must be a non-empty list or mapping, but got {choices!r}")
+    if len(set(map(repr, values))) != len(values):
+        ctx.fail(f"{path}.choices", f"choices must be distinct, but got {values!r}")
+    return Categorical(name, tuple(values), tuple(branches))
+
+
+def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
+    """A hyper-parameter of an optimizer or schedule must belong to the one it is under.
+
+    Under a branch, only that choice's hyper-parameters may appear. At top level, one
+    is allowed only when every possible choice of its parent accepts it (``lr`` for
+    all optimizers, ``gamma`` when the schedule is fixed to ``step``, ...).
+    """
+    top = {p.name: p for p in params}
+    seen: dict[str, str] = {}
+    for parent, accepted in CONDITIONAL_PARENTS.items():
+        spec = top.get(parent)
+        default = CATALOGUE[parent].default
+        choices = (spec.choices if isinstance(spec, Categorical)
+                   else (spec.value,) if isinstance(spec, Fixed) else (default,))
+        own = {h for hyper in accepted.values() for h in hyper}
+        for param in params:
+            if param.name in own and not all(param.name in accepted[c] for c in choices):
+                ctx.fail(f"params.{param.name}", f"{param.name!r} applies only to "
+                         f"{parent} {', '.join(c for c in accepted if param.name in accepted[c])}"
+                         f"; put it under params.{parent}.choices.<{parent}>")
+        if isinstance(spec, Categorical):
+            for choice, sub in spec.branches:
+                for param in walk(sub):
+                    if param.name not in accepted[choice]:
+                        ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
+                                 f"{parent} {choice!r} has no hyper-parameter {param.name!r}; "
+                                 f"it takes: {', '.join(accepted[choice]) or 'none'}")
+                    if param.name in top:
+                        ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
+                                 f"{param.name!r} is also given at top level; give it once")
+                    kind = type(param).__name__
+                    if seen.setdefault(param.name, kind) != kind:
+                        ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
+                                 f"{param.name!r} must be the same kind in every branch "
+                                 f"({seen[param.name]} elsewhere), but got {kind}")
+
+
+def _options(ctx: _Context, raw: Mapping[str, Any], path: str, target: Any,
+             skip: tuple[str, ...] = ()) -> tuple[tuple[str, Any], ...]:
+    """Keyword options for an Optuna class, checked against its constructor."""
+    accepted = [p for p in inspect.signature(target).parameters if p not in ("self", *skip)]
+    options = {k: v for k, v in raw.items() if k not in ("name", "wrapped")}
+    for key in options:
+        if key not in accepted:
+            ctx.fail(f"{path}.{key}", f"unknown setting {key!r} for {raw.get('name')!r}; "
+                     f"expected one of: {', '.join(accepted)}")
+    return tuple(sorted(options.items()))
+
+
+def _parse_sampler(ctx: _Context, raw: Any) -> SamplerSpec:
+    from tuner.samplers import SAMPLERS
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        ctx.fail("sampler", f"must be a mapping with a `name`, but got {raw!r}")
+    spec = dict(raw)
+    name = spec.get("name", "tpe")
+    if name not in SAMPLERS:
+        ctx.fail("sampler.name", f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
+    sampler = SamplerSpec(name, _options(ctx, spec, "sampler", SAMPLERS[name],
+                                         skip=("search_space",)))
+    _try_build(ctx, "sampler", lambda: SAMPLERS[name](**sampler.kwargs) if name != "grid" else None)
+    return sampler
+
+
+def _parse_pruner(ctx: _Context, raw: Any, path: str, task: Task) -> PrunerSpec:
+    from tuner.samplers import PRUNERS, build_pruner
+
+    if raw is None:
+        raw = {"name": "median"}
+    if not isinstance(raw, Mapping):
+        ctx.fail(path, f"must be a mapping with a `name`, but got {raw!r}")
+    name = raw.get("name", "median")
+    if name not in PRUNERS:
+        ctx.fail(f"{path}.name", f"unknown pruner {name!r}; expected one of: {', '.join(PRUNERS)}")
+    wrapped = None
+    if name == "patient" and raw.get("wrapped") is not None:
+        # Without `wrapped`, the patient pruner prunes on patience alone.
+        wrapped = _parse_pruner(ctx, raw["wrapped"], f"{path}.wrapped", task)
+    elif "wrapped" in raw:
+        ctx.fail(f"{path}.wrapped", "only the `patient` pruner wraps another pruner")
+    spec = PrunerSpec(name, _options(ctx, raw, path, PRUNERS[name], skip=("wrapped_pruner",)),
+                      wrapped)
+    _try_build(ctx, path, lambda: build_pruner(spec, epochs=task.epochs))
+    return spec
+
+
+def _try_build(ctx: _Context, path: str, build: Any) -> None:
+    try:
+        build()
+    except (TypeError, ValueError) as exc:
+        ctx.fail(path, str(exc).splitlines()[0])
+
+
+def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:
+    spec = ctx.mapping(raw, "early_stopping", ("patience", "min_delta"))
+    patience = spec.get("patience")
+    if patience is not None:
+        patience = _integer(ctx, patience, "early_stopping.patience", minimum=1)
+    min_delta = spec.get("min_delta", 0.0)
+    if not is_number(min_delta) or min_delta < 0:
+        ctx.fail("early_stopping.min_delta", f"`min_delta >= 0` must hold, but got {min_delta!r}")
+    return EarlyStopping(patience, float(min_delta))
+
+
+def _check_grid(ctx: _Context, space: Space) -> None:
+    from tuner.space._params import grid_values
+
+    for param in space.all_params():
+        if not isinstance(param, Fixed) and grid_values(param) is None:
+            ctx.fail(f"params.{param.name}", "the grid sampler needs finite values: give "
+                     "`choices`, an int range without log, or a float range with `step`")

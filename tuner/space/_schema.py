@@ -1,0 +1,85 @@
+"""The frozen objects a search-space file becomes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.space._params import Param, walk
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every trial trains and how it is judged."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    epochs: int = 20
+    metric: str = "accuracy"
+    direction: str = "maximize"
+    # Size of the synthetic datasets; ignored by the scikit-learn ones.
+    n_samples: int = 2000
+    n_features: int = 20
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    name: str = "median"
+    options: tuple[tuple[str, Any], ...] = ()
+    wrapped: PrunerSpec | None = None  # the inner pruner of `patient`
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop a trial when the validation metric has not improved by more than
+    ``min_delta`` for ``patience`` epochs (``None``: never stop early)."""
+
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Space:
+    """A parsed, validated search space. Build one with :func:`tuner.load_space`."""
+
+    name: str
+    description: str
+    task: Task
+    params: tuple[Param, ...]
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    early_stopping: EarlyStopping
+    seed: int = 0
+    trials: int = 50
+    source: str = "<memory>"
+    # The mapping this space was parsed from (after overrides); it is what the
+    # study database stores, so a worker elsewhere can rebuild the same space.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def all_params(self) -> list[Param]:
+        return walk(self.params)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that shapes the study; a resumed study must match.
+
+        It is taken over the parsed objects, not the text, so equivalent files (a
+        default spelled out, ``1e-3`` for ``0.001``) match; the budget is left out.
+        """
+        shaping = (self.task, self.params, self.sampler, self.pruner, self.early_stopping,
+                   self.seed)
+        return hashlib.sha256(repr(shaping).encode()).hexdigest()[:16]

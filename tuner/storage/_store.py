@@ -1,0 +1,174 @@
+"""Opening the study database: Optuna's RDB storage plus the tuner's tables.
+
+All SQL the tuner writes goes through :meth:`TunerStorage.session`, the one context
+manager that commits, rolls back, closes, and turns SQLAlchemy errors into
+:class:`~tuner.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy import Connection, event, make_url
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from tuner.errors import StorageError, UsageError
+from tuner.storage._tables import epochs, metadata, trial_info
+
+DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
+HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 20  # a RUNNING trial silent for this long belongs to a dead worker
+
+
+def display_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _prepare_sqlite(path: Path, create: bool) -> None:
+    """Check the file can be written, and switch it to write-ahead logging.
+
+    WAL lets readers (the dashboard, query commands) work while a worker writes.
+    The mode is stored in the file, so setting it once serves every connection.
+    """
+    if not path.exists():
+        if not create:
+            raise StorageError(f"no study database at {path}; run `tuner start` first, "
+                               "or pass --storage")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory {path.parent}: "
+                               f"{exc.strerror}") from None
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise StorageError(f"the study database {path} is not writable "
+                           f"({target} does not allow writing)")
+    try:
+        with sqlite3.connect(path, timeout=30) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the study database {path}: {exc}") from None
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # WAL makes NORMAL durable against application crashes; FULL would fsync every commit.
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+class TunerStorage:
+    """A study database: Optuna's storage and the tuner's tables on one engine.
+
+    >>> storage = TunerStorage("sqlite:///:memory:").open()
+    >>> storage.study_names()
+    []
+    """
+
+    def __init__(self, url: str = DEFAULT_STORAGE, *, create: bool = True,
+                 heartbeat: bool = True) -> None:
+        self.url = url
+        self.create = create
+        self.heartbeat = heartbeat
+        self._optuna: optuna.storages.RDBStorage | None = None
+
+    def open(self) -> TunerStorage:
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError:
+            raise UsageError(f"--storage: not a database URL: {self.url!r} (expected e.g. "
+                             f"{DEFAULT_STORAGE} or postgresql://user@host/db)") from None
+        engine_kwargs: dict[str, Any] = {}
+        path = _sqlite_path(self.url)
+        if parsed.drivername.startswith("sqlite"):
+            if path is not None:
+                _prepare_sqlite(path, self.create)
+            engine_kwargs["connect_args"] = {"timeout": 60}
+        elif parsed.drivername.startswith("postgresql"):
+            if parsed.drivername == "postgresql":
+                self.url = parsed.set(drivername="postgresql+psycopg").render_as_string(
+                    hide_password=False)
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+            engine_kwargs["pool_pre_ping"] = True
+        heartbeat = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=3),
+        ) if self.heartbeat else {}
+        try:
+            self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
+                                                      **heartbeat)  # type: ignore[arg-type]
+            if path is not None:
+                event.listen(self.engine, "connect", _on_sqlite_connect)
+            metadata.create_all(self.engine)
+        except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+            raise StorageError(f"cannot open the study database {display_url(self.url)}: "
+                               f"{_first_line(exc)}") from None
+        return self
+
+    @property
+    def optuna(self) -> optuna.storages.RDBStorage:
+        if self._optuna is None:
+            raise RuntimeError("TunerStorage.open() must be called first")
+        return self._optuna
+
+    @property
+    def engine(self) -> Engine:
+        return self.optuna.engine
+
+    @contextmanager
+    def session(self) -> Iterator[Connection]:
+        """A transaction: commits on success, rolls back on error, always closes."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error on {display_url(self.url)}: "
+                               f"{_first_line(exc)}") from None
+
+    def study_names(self) -> list[str]:
+        return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def record_trial(self, *, trial_id: int, study_id: int, seed: int, best_epoch: int | None,
+                     outcome: str, device: str, history: Sequence[Any]) -> None:
+        """One transaction per trial: its per-epoch rows and its summary row."""
+        rows = [dict(trial_id=trial_id, epoch=m.epoch, train_loss=_finite(m.train_loss),
+                     val_loss=_finite(m.val_loss), val_metric=_finite(m.val_metric),
+                     lr=m.lr, seconds=m.seconds) for m in history]
+        with self.session() as conn:
+            if rows:
+                conn.execute(epochs.insert(), rows)
+            conn.execute(trial_info.insert(), dict(
+                trial_id=trial_id, study_id=study_id, seed=seed, best_epoch=best_epoch,
+                epochs_run=len(rows), outcome=outcome, device=device))
+
+    def set_test_metric(self, trial_id: int, value: float) -> None:
+        with self.session() as conn:
+            conn.execute(trial_info.update().where(trial_info.c.trial_id == trial_id)
+                         .values(test_metric=value))
+
+
+def _finite(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,37 @@
+"""The tuner's own tables, next to Optuna's in the same database.
+
+Optuna's schema holds studies, trials, parameters and intermediate values; these add
+what a practitioner queries about training: one row per trial and epoch, and one
+row per trial with its seed, best epoch and (for the best trials) test metric.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table
+
+metadata = MetaData()
+
+epochs = Table(
+    "tuner_epochs",
+    metadata,
+    Column("trial_id", Integer, primary_key=True, autoincrement=False),  # Optuna's trials.trial_id
+    Column("epoch", Integer, primary_key=True, autoincrement=False),  # 1-based
+    Column("train_loss", Float),
+    Column("val_loss", Float),
+    Column("val_metric", Float),
+    Column("lr", Float),
+    Column("seconds", Float),
+)
+
+trial_info = Table(
+    "tuner_trials",
+    metadata,
+    Column("trial_id", Integer, primary_key=True, autoincrement=False),
+    Column("study_id", Integer, nullable=False, index=True),
+    Column("seed", Integer, nullable=False),
+    Column("best_epoch", Integer),
+    Column("epochs_run", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # completed, early_stopped, pruned, diverged
+    Column("device", String(32), nullable=False),
+    Column("test_metric", Float),  # computed only for trials that became the study's best
+)

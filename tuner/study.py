@@ -1,0 +1,114 @@
+"""Creating, resuming and loading studies, with their search space stored alongside.
+
+A study records the space it was created with (as JSON, in a study user attribute),
+so a resumed study can be checked against the file, and a worker on another machine
+can rebuild the same space from the database alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import text
+
+from tuner.errors import StudyMismatchError, StudyNotFoundError
+from tuner.samplers import build_pruner, build_sampler
+from tuner.space import Space, parse_space
+from tuner.storage import TunerStorage
+
+SPACE_ATTR = "tuner:space"
+NAME_ATTR = "tuner:space_name"
+FINGERPRINT_ATTR = "tuner:fingerprint"
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def study_exists(storage: TunerStorage, name: str) -> bool:
+    try:
+        storage.optuna.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def require_study(storage: TunerStorage, name: str) -> int:
+    """The study's id, or a StudyNotFoundError that lists the studies there are."""
+    try:
+        return storage.optuna.get_study_id_from_name(name)
+    except KeyError:
+        names = storage.study_names()
+        known = f"studies here: {', '.join(names)}" if names else "this database has no studies"
+        raise StudyNotFoundError(f"no study {name!r} in the storage; {known}") from None
+
+
+def stored_space(storage: TunerStorage, name: str) -> Space:
+    """Rebuild the search space a study was created with."""
+    attrs = storage.optuna.get_study_user_attrs(require_study(storage, name))
+    if SPACE_ATTR not in attrs:
+        raise StudyNotFoundError(f"study {name!r} was not created by tuner (it has no "
+                                 "stored search space)")
+    return parse_space(json.loads(attrs[SPACE_ATTR]), name=attrs.get(NAME_ATTR, name),
+                       source=f"study {name!r}")
+
+
+def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
+    """Create the study, or resume it when it exists with the same search space."""
+    direction = space.task.direction
+    if study_exists(storage, name):
+        attrs = storage.optuna.get_study_user_attrs(storage.optuna.get_study_id_from_name(name))
+        stored = attrs.get(FINGERPRINT_ATTR)
+        if stored is None:
+            raise StudyMismatchError(f"study {name!r} exists but was not created by tuner; "
+                                     "choose another --study name")
+        if stored != space.fingerprint():
+            raise StudyMismatchError(
+                f"study {name!r} was created with a different search space "
+                f"({attrs.get(NAME_ATTR, '?')}, fingerprint {stored}) than {space.source} with "
+                f"these options (fingerprint {space.fingerprint()}); resume it with the same "
+                "space and options, or choose another --study name")
+        study = _load(storage, space, name)
+        if study.direction.name.lower() != direction:
+            raise StudyMismatchError(f"study {name!r} is {study.direction.name.lower()}d, "
+                                     f"but the space's metric is {direction}d")
+        return study
+    study = optuna.create_study(storage=storage.optuna, study_name=name, direction=direction,
+                                sampler=build_sampler(space, 0),
+                                pruner=build_pruner(space.pruner, space.task.epochs))
+    try:
+        study.set_user_attr(SPACE_ATTR, json.dumps(space.raw, sort_keys=True, default=str))
+        study.set_user_attr(NAME_ATTR, space.name)
+        study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())
+    except BaseException:
+        # Leave no half-created study behind.
+        optuna.delete_study(study_name=name, storage=storage.optuna)
+        raise
+    return study
+
+
+def _load(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
+    # Offset the sampler's seed by the trials so far, so that a resumed study does not
+    # replay the random start-up points it has already tried.
+    n = len(storage.optuna.get_all_trials(storage.optuna.get_study_id_from_name(name),
+                                          deepcopy=False))
+    return optuna.load_study(study_name=name, storage=storage.optuna,
+                             sampler=build_sampler(space, n),
+                             pruner=build_pruner(space.pruner, space.task.epochs))
+
+
+def count_states(storage: TunerStorage, study: optuna.Study) -> dict[TrialState, int]:
+    """Trials per state, counted in SQL (no trial is loaded into Python)."""
+    counts = dict.fromkeys(TrialState, 0)
+    with storage.session() as conn:
+        rows = conn.execute(text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
+                                 "GROUP BY state"), {"sid": study._study_id})
+        for state, n in rows:
+            counts[TrialState[state]] = n
+    return counts
+
+
+def finished(counts: Mapping[TrialState, int]) -> int:
+    """The trials that count against the budget: complete and pruned."""
+    return sum(counts[s] for s in FINISHED)
