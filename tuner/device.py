@@ -19,7 +19,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, but got {spec!r}") from None
+        raise UsageError(
+            f"--device: expected auto, cpu, cuda or cuda:N, but got {spec!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: CUDA is not available on this machine")

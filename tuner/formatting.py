@@ -52,7 +52,8 @@ def format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: 
         raise ValueError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip()
+              for row in cells]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ STUDY_COLUMNS = ("study", "direction", "complete", "pruned", "running", "failed"
 
 _STUDIES_SQL = text("""
 SELECT s.study_name AS study,
-       LOWER(d.direction) AS direction,
+       d.direction AS direction,
        SUM(CASE WHEN t.state = 'COMPLETE' THEN 1 ELSE 0 END) AS complete,
        SUM(CASE WHEN t.state = 'PRUNED' THEN 1 ELSE 0 END) AS pruned,
        SUM(CASE WHEN t.state = 'RUNNING' THEN 1 ELSE 0 END) AS running,
@@ -52,6 +52,7 @@ def studies(storage: TunerStorage) -> list[dict[str, Any]]:
     with storage.session() as conn:
         rows = [dict(row._mapping) for row in conn.execute(_STUDIES_SQL)]
     for row in rows:
+        row["direction"] = str(row["direction"]).lower()
         row["created"] = _as_datetime(row["created"])
         row["last_activity"] = _as_datetime(row["last_activity"])
     return rows

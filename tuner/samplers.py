@@ -43,7 +43,8 @@ def build_sampler(space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
     kwargs = spec.kwargs
     kwargs["seed"] = kwargs.get("seed", space.seed) + offset
     if spec.name == "grid":
-        grid = {p.name: grid_values(p) for p in space.all_params() if not isinstance(p, Fixed)}
+        grid = {p.name: grid_values(p) or [] for p in space.all_params()
+                if not isinstance(p, Fixed)}
         return optuna.samplers.GridSampler(grid, seed=kwargs["seed"])
     if spec.name == "tpe" and any(p.name in ("optimizer", "schedule") for p in space.params):
         # Conditional branches: let multivariate TPE model each branch's group jointly.

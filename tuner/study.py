@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -56,7 +57,8 @@ def stored_space(storage: TunerStorage, name: str) -> Space:
 
 def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
     """Create the study, or resume it when it exists with the same search space."""
-    direction = space.task.direction
+    direction: Literal["minimize", "maximize"] = (
+        "maximize" if space.task.direction == "maximize" else "minimize")
     if study_exists(storage, name):
         attrs = storage.optuna.get_study_user_attrs(storage.optuna.get_study_id_from_name(name))
         stored = attrs.get(FINGERPRINT_ATTR)

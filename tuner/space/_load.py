@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,7 +78,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read the search space: {exc.strerror}") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -198,7 +199,7 @@ def _milestones(ctx: _Context, value: Any, path: str) -> str:
         epochs = [int(str(item).strip()) for item in items]
     except (TypeError, ValueError):
         ctx.fail(path, f"must be an increasing list of epochs >= 1, but got {value!r}")
-    if not epochs or epochs[0] < 1 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+    if not epochs or epochs[0] < 1 or any(b <= a for a, b in itertools.pairwise(epochs)):
         ctx.fail(path, f"must be an increasing list of epochs >= 1, but got {value!r}")
     return ",".join(str(e) for e in epochs)
 
@@ -278,8 +279,9 @@ def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
     for parent, accepted in CONDITIONAL_PARENTS.items():
         spec = top.get(parent)
         default = CATALOGUE[parent].default
-        choices = (spec.choices if isinstance(spec, Categorical)
-                   else (spec.value,) if isinstance(spec, Fixed) else (default,))
+        choices = tuple(str(c) for c in (
+            spec.choices if isinstance(spec, Categorical)
+            else (spec.value,) if isinstance(spec, Fixed) else (default,)))
         own = {h for hyper in accepted.values() for h in hyper}
         for param in params:
             if param.name in own and not all(param.name in accepted[c] for c in choices):
@@ -287,7 +289,8 @@ def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
                          f"{parent} {', '.join(c for c in accepted if param.name in accepted[c])}"
                          f"; put it under params.{parent}.choices.<{parent}>")
         if isinstance(spec, Categorical):
-            for choice, sub in spec.branches:
+            for value, sub in spec.branches:
+                choice = str(value)
                 for param in walk(sub):
                     if param.name not in accepted[choice]:
                         ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
@@ -297,7 +300,7 @@ def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
                         ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
                                  f"{param.name!r} is also given at top level; give it once")
                     kind = type(param).__name__
-                    if seen.setdefault(param.name, kind) != kind:
+                    if not isinstance(param, Fixed) and seen.setdefault(param.name, kind) != kind:
                         ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
                                  f"{param.name!r} must be the same kind in every branch "
                                  f"({seen[param.name]} elsewhere), but got {kind}")
@@ -325,7 +328,8 @@ def _parse_sampler(ctx: _Context, raw: Any) -> SamplerSpec:
     spec = dict(raw)
     name = spec.get("name", "tpe")
     if name not in SAMPLERS:
-        ctx.fail("sampler.name", f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
+        ctx.fail("sampler.name",
+                 f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
     sampler = SamplerSpec(name, _options(ctx, spec, "sampler", SAMPLERS[name],
                                          skip=("search_space",)))
     _try_build(ctx, "sampler", lambda: SAMPLERS[name](**sampler.kwargs) if name != "grid" else None)

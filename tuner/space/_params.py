@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import optuna
 
-Scalar = Union[None, bool, int, float, str]
+Scalar = None | bool | int | float | str
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Categorical:
         return ()
 
 
-Param = Union[Fixed, FloatRange, IntRange, Categorical]
+Param = Fixed | FloatRange | IntRange | Categorical
 
 
 def sample(params: tuple[Param, ...], trial: optuna.Trial) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def grid_values(param: Param) -> list[Any] | None:
     if isinstance(param, IntRange) and not param.log:
         return list(range(param.low, param.high + 1, param.step))
     if isinstance(param, FloatRange) and param.step is not None and not param.log:
-        n = int(round((param.high - param.low) / param.step))
+        n = round((param.high - param.low) / param.step)
         return [param.low + i * param.step for i in range(n + 1)]
     return None
 

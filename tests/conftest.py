@@ -1,0 +1,107 @@
+"""Shared fixtures: a CLI runner, a throwaway SQLite database, tiny search spaces."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+
+# Small enough that a trial takes a fraction of a second on a CPU: iris, one hidden
+# layer of 16 units, 2 epochs. The optimizer is a choice with a conditional
+# hyper-parameter, so the tiny study exercises the conditional path too.
+TINY_SPACE: dict[str, Any] = {
+    "description": "tiny test space",
+    "trials": 3,
+    "seed": 0,
+    "task": {"dataset": "iris", "model": "mlp", "epochs": 2},
+    "sampler": {"name": "random"},
+    "pruner": {"name": "none"},
+    "params": {
+        "hidden": 16,
+        "layers": 1,
+        "batch_size": 32,
+        "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+        "optimizer": {"choices": {"adam": {}, "momentum": {"momentum": {"low": 0.5,
+                                                                         "high": 0.9}}}},
+    },
+}
+
+SpaceWriter = Callable[..., Path]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run every test in its own directory, so a default `storage/tuner.db` never lands
+    in the repository, and keep the environment's storage and device out of the way."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    monkeypatch.delenv("TUNER_DEVICE", raising=False)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where the test's SQLite database lives (not created yet)."""
+    return tmp_path / "db" / "tuner.db"
+
+
+@pytest.fixture
+def storage_url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def tiny_space() -> dict[str, Any]:
+    """A fresh, mutable copy of the tiny space mapping."""
+    return copy.deepcopy(TINY_SPACE)
+
+
+@pytest.fixture
+def write_space(tmp_path: Path) -> SpaceWriter:
+    """Write a space (a mapping, or YAML text as is) to ``tmp_path/spaces/<name>.yaml``."""
+
+    def write(content: Mapping[str, Any] | str, name: str = "tiny") -> Path:
+        folder = tmp_path / "spaces"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.yaml"
+        text = content if isinstance(content, str) else yaml.safe_dump(dict(content),
+                                                                         sort_keys=False)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_path(write_space: SpaceWriter, tiny_space: dict[str, Any]) -> Path:
+    return write_space(tiny_space)
+
+
+def _snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr)
+                for t in tables}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_snapshot() -> Callable[[Path], dict[str, list[tuple[Any, ...]]]]:
+    """Every row of every table of a SQLite file, for before/after comparisons."""
+    return _snapshot

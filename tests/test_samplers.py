@@ -1,0 +1,232 @@
+"""Samplers and pruners by name: the right Optuna class, with what the space implies."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import optuna
+import pytest
+
+from tuner.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler, grid_size
+from tuner.space import PrunerSpec, Space, load_space, parse_space, sample
+
+TASK = {"dataset": "iris", "epochs": 4}
+
+
+def _space(**raw: Any) -> Space:
+    return parse_space({"task": TASK, **raw}, name="test", source="test.yaml")
+
+
+# --- samplers -------------------------------------------------------------------------------
+
+SAMPLER_CLASSES = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "grid": optuna.samplers.GridSampler,
+}
+
+
+def test_every_sampler_name_is_known() -> None:
+    assert set(SAMPLERS) == set(SAMPLER_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_CLASSES))
+def test_build_sampler_returns_the_optuna_class(name: str) -> None:
+    space = _space(sampler={"name": name},
+                   params={"hidden": {"low": 8, "high": 16}, "dropout": {"choices": [0.0, 0.2]}})
+    assert type(build_sampler(space)) is SAMPLER_CLASSES[name]
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes", "gp", "qmc"])
+def test_sampler_options_reach_optuna(name: str) -> None:
+    options = {"tpe": {"n_startup_trials": 3}, "random": {}, "cmaes": {"n_startup_trials": 2},
+               "gp": {"n_startup_trials": 4}, "qmc": {"qmc_type": "halton"}}[name]
+    space = _space(sampler={"name": name, **options})
+    assert dict(space.sampler.options) == options
+    assert isinstance(build_sampler(space), SAMPLER_CLASSES[name])
+
+
+def _draws(sampler: optuna.samplers.BaseSampler, space: Space, n: int = 5) -> list[dict[str, Any]]:
+    study = optuna.create_study(sampler=sampler)
+    return [sample(space.params, study.ask()) for _ in range(n)]
+
+
+def test_sampler_is_seeded_from_the_space_plus_offset() -> None:
+    space = _space(seed=5, sampler={"name": "random"},
+                   params={"lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                           "hidden": {"low": 8, "high": 64}})
+    reference = _draws(optuna.samplers.RandomSampler(seed=5), space)
+    assert _draws(build_sampler(space), space) == reference
+    assert _draws(build_sampler(space), space) == reference
+    # A resumed study offsets the seed so it does not replay its first points.
+    assert _draws(build_sampler(space, 3), space) == _draws(
+        optuna.samplers.RandomSampler(seed=8), space)
+    assert _draws(build_sampler(space, 3), space) != reference
+
+
+def test_sampler_own_seed_wins_over_the_space_seed() -> None:
+    space = _space(seed=5, sampler={"name": "random", "seed": 11},
+                   params={"lr": {"low": 1e-4, "high": 1e-1, "log": True}})
+    assert _draws(build_sampler(space), space) == _draws(
+        optuna.samplers.RandomSampler(seed=11), space)
+
+
+@pytest.mark.parametrize("sampler", [
+    {"name": "tpe"},
+    {"name": "tpe", "multivariate": True},
+    {"name": "tpe", "multivariate": False},
+    {"name": "tpe", "group": False},
+    {"name": "random"},
+    {"name": "cmaes"},
+    {"name": "qmc"},
+], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_every_accepted_sampler_builds_with_conditional_params(sampler: dict[str, Any]) -> None:
+    """A space the loader accepts must give a sampler that builds: the loader is the edge
+    where bad settings are refused, not `tuner start` halfway through opening a study."""
+    space = _space(sampler=sampler, params={
+        "optimizer": {"choices": {"adam": {}, "momentum": {"momentum": {"low": 0.5,
+                                                                           "high": 0.9}}}},
+    })
+    built = build_sampler(space)
+    assert isinstance(built, SAMPLER_CLASSES[sampler["name"]])
+
+
+# --- grid -----------------------------------------------------------------------------------
+
+GRID_PARAMS = {
+    "hidden": {"low": 8, "high": 24, "step": 8},  # 8, 16, 24
+    "layers": {"low": 1, "high": 2},  # 1, 2
+    "optimizer": {"choices": ["adam", "sgd"]},
+    "dropout": {"low": 0.0, "high": 0.2, "step": 0.1},  # 0.0, 0.1, 0.2
+    "lr": 1e-3,  # fixed: not a grid axis
+}
+
+
+def test_grid_size_is_the_product_of_the_axes() -> None:
+    space = _space(sampler={"name": "grid"}, params=GRID_PARAMS)
+    assert grid_size(space) == 3 * 2 * 2 * 3
+    assert grid_size(_space(sampler={"name": "grid"}, params={"lr": 1e-3})) == 1
+
+
+def test_grid_sampler_visits_every_point_once() -> None:
+    space = _space(sampler={"name": "grid"}, params=GRID_PARAMS)
+    sampler = build_sampler(space)
+    assert isinstance(sampler, optuna.samplers.GridSampler)
+    study = optuna.create_study(sampler=sampler)
+    seen: list[tuple[Any, ...]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        values = sample(space.params, trial)
+        assert values["lr"] == 1e-3
+        seen.append((values["hidden"], values["layers"], values["optimizer"],
+                     round(values["dropout"], 9)))
+        return 0.0
+
+    # Optuna's grid sampler stops the study itself once the grid is exhausted.
+    study.optimize(objective, n_trials=grid_size(space) * 2)
+    expected = set(itertools.product((8, 16, 24), (1, 2), ("adam", "sgd"), (0.0, 0.1, 0.2)))
+    assert len(seen) == grid_size(space)
+    assert set(seen) == expected
+
+
+def test_grid_sampler_is_seeded() -> None:
+    space = _space(seed=3, sampler={"name": "grid"},
+                   params={"hidden": {"low": 8, "high": 64, "step": 8}})
+    orders = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=build_sampler(space))
+        orders.append([sample(space.params, study.ask())["hidden"] for _ in range(4)])
+    assert orders[0] == orders[1]
+
+
+# --- pruners --------------------------------------------------------------------------------
+
+PRUNER_CASES: list[tuple[dict[str, Any], type]] = [
+    ({"name": "median"}, optuna.pruners.MedianPruner),
+    ({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1}, optuna.pruners.MedianPruner),
+    ({"name": "percentile", "percentile": 25.0}, optuna.pruners.PercentilePruner),
+    ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
+    ({"name": "hyperband"}, optuna.pruners.HyperbandPruner),
+    ({"name": "patient", "patience": 2}, optuna.pruners.PatientPruner),
+    ({"name": "patient", "wrapped": {"name": "median"}}, optuna.pruners.PatientPruner),
+    ({"name": "wilcoxon"}, optuna.pruners.WilcoxonPruner),
+    ({"name": "threshold", "lower": 0.1}, optuna.pruners.ThresholdPruner),
+    ({"name": "none"}, optuna.pruners.NopPruner),
+]
+
+
+def test_every_pruner_name_is_covered() -> None:
+    assert set(PRUNERS) == {case["name"] for case, _ in PRUNER_CASES}
+
+
+@pytest.mark.parametrize(("raw", "cls"), PRUNER_CASES,
+                         ids=["-".join(map(str, raw.values())) for raw, _ in PRUNER_CASES])
+def test_build_pruner_returns_the_optuna_class(raw: dict[str, Any], cls: type) -> None:
+    space = _space(pruner=raw)
+    assert type(build_pruner(space.pruner, space.task.epochs)) is cls
+
+
+def test_default_pruner_is_median() -> None:
+    assert isinstance(build_pruner(_space().pruner, 4), optuna.pruners.MedianPruner)
+
+
+def test_pruner_settings_reach_optuna() -> None:
+    space = _space(pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    pruner = build_pruner(space.pruner, space.task.epochs)
+    assert pruner._n_startup_trials == 2
+    assert pruner._n_warmup_steps == 1
+
+
+def test_hyperband_max_resource_is_the_epochs() -> None:
+    space = _space(pruner={"name": "hyperband"})
+    assert build_pruner(space.pruner, epochs=17)._max_resource == 17
+    explicit = _space(pruner={"name": "hyperband", "max_resource": 5})
+    assert build_pruner(explicit.pruner, epochs=17)._max_resource == 5
+
+
+def test_patient_without_wrapped_prunes_on_patience_alone() -> None:
+    pruner = build_pruner(PrunerSpec("patient", (("patience", 2),)), epochs=10)
+    assert isinstance(pruner, optuna.pruners.PatientPruner)
+    assert pruner._wrapped_pruner is None
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    improving = study.ask()
+    for step, value in enumerate([0.5, 0.6, 0.7, 0.8, 0.9], start=1):
+        improving.report(value, step)
+        assert not improving.should_prune()
+
+    # The first trial of a study: a median pruner would never prune it; patience does.
+    worsening = optuna.create_study(direction="maximize", pruner=pruner).ask()
+    pruned_at = None
+    for step, value in enumerate([0.9, 0.8, 0.7, 0.6, 0.5], start=1):
+        worsening.report(value, step)
+        if worsening.should_prune():
+            pruned_at = step
+            break
+    assert pruned_at == 4  # patience 2: three steps after the best without beating it
+
+
+def test_patient_with_wrapped_wraps_the_built_inner_pruner() -> None:
+    space = _space(pruner={"name": "patient", "patience": 1,
+                           "wrapped": {"name": "hyperband"}})
+    pruner = build_pruner(space.pruner, epochs=9)
+    assert isinstance(pruner._wrapped_pruner, optuna.pruners.HyperbandPruner)
+    assert pruner._wrapped_pruner._max_resource == 9
+    assert pruner._patience == 1
+
+
+def test_patient_default_patience() -> None:
+    assert build_pruner(PrunerSpec("patient"), epochs=10)._patience == 3
+
+
+@pytest.mark.parametrize("name", ["quick", "optimizers", "regularization",
+                                  "dropout_vs_batchnorm"])
+def test_builtin_spaces_build_their_sampler_and_pruner(name: str) -> None:
+    space = load_space(name)
+    assert isinstance(build_sampler(space), SAMPLER_CLASSES[space.sampler.name])
+    assert isinstance(build_pruner(space.pruner, space.task.epochs),
+                      PRUNERS[space.pruner.name])

@@ -1,0 +1,359 @@
+"""The training loop against a plain reference loop, and its stopping rules."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner.config import TrialConfig
+from tuner.data import Splits, load_splits, split_arrays
+from tuner.metrics import METRICS
+from tuner.regularizers import penalized_weights
+from tuner.train import EpochMetrics, build_for, evaluate, train
+
+SMALL = {"hidden": 16, "layers": 2, "batch_size": 16}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny models: thread hand-offs cost more than the arithmetic, and a busy machine
+    # makes them slower still.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def iris() -> Splits:
+    return load_splits("iris", seed=0)
+
+
+@pytest.fixture(scope="module")
+def diabetes() -> Splits:
+    return load_splits("diabetes", seed=0)
+
+
+@pytest.fixture(scope="module")
+def odd_regression() -> Splits:
+    """61 training rows: with batches of 20 the last one would hold a single sample."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(103, 5))
+    y = x @ rng.normal(size=5) + 0.1 * rng.normal(size=103) + 3.0
+    splits = split_arrays(x, y, "regression", seed=0)
+    assert splits.x_train.shape[0] == 61
+    return splits
+
+
+def _config(values: dict[str, Any], epochs: int, metric: str = "accuracy",
+            **kwargs: Any) -> TrialConfig:
+    return TrialConfig.from_values({**SMALL, **values}, epochs=epochs,
+                                   maximize=METRICS[metric].maximize, **kwargs)
+
+
+def _model(config: TrialConfig, data: Splits, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_for(config, data)
+
+
+# --- (1) the fast loop is a plain loop ------------------------------------------------
+
+
+def _reference_losses(model: nn.Module, data: Splits, config: TrialConfig,
+                      optimizer: torch.optim.Optimizer) -> list[float]:
+    """A straightforward loop: one permutation per epoch, batches in order, and a last
+    batch of a single sample folded into the one before it (batch norm needs two)."""
+    x, y = data.x_train, data.y_train
+    n, bs = x.shape[0], min(config.batch_size, x.shape[0])
+    starts = list(range(0, n, bs))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    ends = [*starts[1:], n]
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    losses = []
+    for _ in range(config.epochs):
+        model.train()
+        order = torch.randperm(n)
+        total = 0.0
+        for start, end in zip(starts, ends, strict=True):
+            idx = order[start:end]
+            xb, yb = x[idx], y[idx]
+            if config.input_noise:
+                xb = xb + config.input_noise * torch.randn(xb.shape)
+            out = model(xb)
+            if data.task == "classification":
+                loss = F.cross_entropy(out, yb)
+            else:
+                loss = ((out[:, 0] - yb) ** 2).mean()
+            total += loss.item() * len(idx)
+            for w in weights:
+                loss = loss + config.l1 * w.abs().sum() + config.l2 / 2 * (w**2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if config.max_norm is not None:
+                with torch.no_grad():
+                    for w in weights:
+                        norms = w.flatten(1).norm(dim=1)
+                        # torch.renorm's rule: rows above max_norm scaled to max_norm.
+                        scale = torch.where(norms > config.max_norm,
+                                            config.max_norm / (norms + 1e-7),
+                                            torch.ones_like(norms))
+                        w.mul_(scale.view(-1, *[1] * (w.ndim - 1)))
+        losses.append(total / n)
+    return losses
+
+
+def test_train_losses_equal_a_plain_loop_adam(iris: Splits) -> None:
+    config = _config({"optimizer": "adam", "lr": 0.01, "beta1": 0.8}, epochs=5)
+    model = _model(config, iris)
+    reference = copy.deepcopy(model)
+
+    torch.manual_seed(123)
+    result = train(model, iris, config, metric=METRICS["accuracy"])
+    torch.manual_seed(123)
+    expected = _reference_losses(
+        reference, iris, config,
+        torch.optim.Adam(reference.parameters(), lr=0.01, betas=(0.8, 0.999)))
+
+    got = [h.train_loss for h in result.history]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert expected[-1] < expected[0]  # it learned something
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4, 5]
+
+
+def test_train_losses_equal_a_plain_loop_with_every_regularizer(odd_regression: Splits) -> None:
+    # Momentum SGD, L1 + L2, max-norm, input noise, dropout and batch norm with a
+    # one-sample tail batch that has to be folded into the previous one.
+    values = {"optimizer": "momentum", "lr": 0.05, "momentum": 0.8, "batch_size": 20,
+              "batchnorm": True, "dropout": 0.2, "l1": 1e-3, "l2": 1e-2, "max_norm": 1.0,
+              "input_noise": 0.1}
+    config = _config(values, epochs=4, metric="rmse")
+    model = _model(config, odd_regression)
+    reference = copy.deepcopy(model)
+
+    torch.manual_seed(7)
+    result = train(model, odd_regression, config, metric=METRICS["rmse"])
+    torch.manual_seed(7)
+    expected = _reference_losses(
+        reference, odd_regression, config,
+        torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.8))
+
+    got = [h.train_loss for h in result.history]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_recorded_lr_follows_the_schedule(iris: Splits) -> None:
+    config = _config({"optimizer": "sgd", "lr": 0.1, "schedule": "step", "step_size": 2,
+                      "gamma": 0.5}, epochs=6)
+
+    result = train(_model(config, iris), iris, config, metric=METRICS["accuracy"])
+
+    lrs = [h.lr for h in result.history]
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-12)
+
+
+# --- (2) early stopping keeps the best weights -----------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "cross_entropy"])
+def test_returned_model_holds_the_best_epoch(iris: Splits, metric: str) -> None:
+    config = _config({"optimizer": "adam", "lr": 0.05, "hidden": 32}, epochs=20, metric=metric)
+    model = _model(config, iris)
+
+    torch.manual_seed(0)
+    result = train(model, iris, config, metric=METRICS[metric])
+
+    values = np.array([h.val_metric for h in result.history])
+    best = int(np.argmax(values) if METRICS[metric].maximize else np.argmin(values))
+    assert result.best_epoch == best + 1
+    assert result.best_metric == values[best]
+    assert result.best_epoch < len(result.history)  # training went past the best epoch
+    best_row = result.history[best]
+    assert best_row.val_loss != result.history[-1].val_loss
+
+    val_loss, val_metric = evaluate(model, iris.x_val, iris.y_val, iris.task, METRICS[metric])
+
+    assert val_metric.item() == pytest.approx(best_row.val_metric, abs=1e-6)
+    assert val_loss.item() == pytest.approx(best_row.val_loss, abs=1e-6)
+
+
+# --- (3) pruning through report -------------------------------------------------------
+
+
+def test_report_returning_true_prunes(iris: Splits) -> None:
+    config = _config({}, epochs=10)
+    seen: list[EpochMetrics] = []
+
+    def report(metrics: EpochMetrics) -> bool:
+        seen.append(metrics)
+        return metrics.epoch == 3
+
+    result = train(_model(config, iris), iris, config, metric=METRICS["accuracy"],
+                   report=report)
+
+    assert result.pruned
+    assert not result.stopped_early and not result.diverged
+    assert len(result.history) == 3
+    assert seen == result.history
+
+
+def test_report_returning_false_trains_every_epoch(iris: Splits) -> None:
+    config = _config({}, epochs=4)
+    calls: list[int] = []
+
+    result = train(_model(config, iris), iris, config, metric=METRICS["accuracy"],
+                   report=lambda m: calls.append(m.epoch) is not None)
+
+    assert calls == [1, 2, 3, 4]
+    assert not result.pruned and not result.stopped_early
+    assert len(result.history) == 4
+
+
+# --- (4) patience ---------------------------------------------------------------------
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement(iris: Splits) -> None:
+    # A rate of 1e-12 leaves the model where it is: the metric never improves after epoch 1.
+    config = _config({"optimizer": "sgd", "lr": 1e-12}, epochs=20, patience=3)
+
+    result = train(_model(config, iris), iris, config, metric=METRICS["accuracy"])
+
+    assert result.stopped_early
+    assert not result.pruned
+    assert result.best_epoch == 1
+    assert len(result.history) == 4  # epoch 1 is the best, then 3 epochs without gain
+
+
+def test_min_delta_larger_than_any_gain_stops_early(iris: Splits) -> None:
+    # Accuracy lies in [0, 1]: no later epoch can beat the first by more than 1.
+    config = _config({"optimizer": "adam", "lr": 0.05}, epochs=20, patience=2, min_delta=1.0)
+
+    result = train(_model(config, iris), iris, config, metric=METRICS["accuracy"])
+
+    assert result.stopped_early
+    assert result.best_epoch == 1
+    assert len(result.history) == 3
+
+
+def test_without_patience_every_epoch_runs(iris: Splits) -> None:
+    config = _config({"optimizer": "sgd", "lr": 1e-12}, epochs=6)
+
+    result = train(_model(config, iris), iris, config, metric=METRICS["accuracy"])
+
+    assert not result.stopped_early
+    assert len(result.history) == 6
+
+
+# --- (5) divergence ---------------------------------------------------------------------
+
+
+def test_huge_learning_rate_diverges(diabetes: Splits) -> None:
+    config = _config({"optimizer": "sgd", "lr": 1e4, "batch_size": 32}, epochs=10,
+                     metric="rmse")
+
+    result = train(_model(config, diabetes), diabetes, config, metric=METRICS["rmse"])
+
+    assert result.diverged
+    assert not result.pruned and not result.stopped_early
+    assert len(result.history) < 10
+    assert not math.isfinite(result.history[-1].train_loss)
+    assert all(math.isfinite(h.train_loss) for h in result.history[:-1])
+
+
+# --- (6) penalties and max-norm inside the loop ---------------------------------------
+
+
+def _norm(model: nn.Module, p: int) -> float:
+    return sum(w.detach().abs().pow(p).sum().item() for w in penalized_weights(model))
+
+
+@pytest.mark.parametrize(("penalty", "p"), [("l1", 1), ("l2", 2)])
+def test_penalty_shrinks_the_weights(iris: Splits, penalty: str, p: int) -> None:
+    base = {"optimizer": "adam", "lr": 0.01}
+    plain_config = _config(base, epochs=10, metric="cross_entropy")
+    penalized_config = _config({**base, penalty: 0.05}, epochs=10, metric="cross_entropy")
+    plain, penalized = _model(plain_config, iris), _model(penalized_config, iris)
+    assert _norm(plain, p) == _norm(penalized, p)  # same start
+
+    for model, config in ((plain, plain_config), (penalized, penalized_config)):
+        torch.manual_seed(0)
+        train(model, iris, config, metric=METRICS["cross_entropy"])
+
+    assert _norm(penalized, p) < 0.8 * _norm(plain, p)
+
+
+def test_max_norm_holds_after_training(iris: Splits) -> None:
+    c = 0.5
+    free_config = _config({"optimizer": "adam", "lr": 0.05}, epochs=8)
+    clipped_config = _config({"optimizer": "adam", "lr": 0.05, "max_norm": c}, epochs=8)
+    free, clipped = _model(free_config, iris), _model(clipped_config, iris)
+
+    for model, config in ((free, free_config), (clipped, clipped_config)):
+        torch.manual_seed(0)
+        train(model, iris, config, metric=METRICS["accuracy"])
+
+    def row_norms(model: nn.Module) -> torch.Tensor:
+        return torch.cat([w.detach().flatten(1).norm(dim=1) for w in penalized_weights(model)])
+
+    assert row_norms(free).max() > c  # without the constraint some unit grows past c
+    assert row_norms(clipped).max() <= c + 1e-5
+
+
+# --- (7) evaluate -----------------------------------------------------------------------
+
+
+def test_evaluate_classification_matches_a_plain_computation(iris: Splits) -> None:
+    config = _config({"dropout": 0.5}, epochs=2)
+    model = _model(config, iris)
+    train(model, iris, config, metric=METRICS["accuracy"])
+    model.train()
+
+    loss, accuracy = evaluate(model, iris.x_val, iris.y_val, iris.task, METRICS["accuracy"],
+                              batch_size=7)
+
+    assert model.training  # evaluate puts the mode back
+    model.eval()
+    with torch.no_grad():
+        out = model(iris.x_val)
+    expected_accuracy = (out.argmax(dim=1) == iris.y_val).double().mean().item()
+    assert accuracy.item() == pytest.approx(expected_accuracy, abs=1e-7)
+    assert loss.item() == pytest.approx(F.cross_entropy(out, iris.y_val).item(), rel=1e-5)
+
+
+def test_evaluate_regression_reports_rmse_in_target_units(diabetes: Splits) -> None:
+    config = _config({"batchnorm": True, "dropout": 0.3}, epochs=2, metric="rmse")
+    model = _model(config, diabetes)
+    train(model, diabetes, config, metric=METRICS["rmse"])
+
+    loss, rmse = evaluate(model, diabetes.x_val, diabetes.y_val, diabetes.task, METRICS["rmse"],
+                          diabetes.y_std)
+
+    model.eval()
+    with torch.no_grad():
+        error = (model(diabetes.x_val)[:, 0] - diabetes.y_val).double()
+    assert diabetes.y_std > 10  # raw diabetes targets: a scale that matters
+    assert rmse.item() == pytest.approx(error.pow(2).mean().sqrt().item() * diabetes.y_std,
+                                        rel=1e-5)
+    assert loss.item() == pytest.approx(error.pow(2).mean().item(), rel=1e-5)
+
+
+def test_history_val_metric_is_in_target_units(diabetes: Splits) -> None:
+    config = _config({}, epochs=1, metric="mae")
+    model = _model(config, diabetes)
+
+    result = train(model, diabetes, config, metric=METRICS["mae"])
+
+    model.eval()
+    with torch.no_grad():
+        error = (model(diabetes.x_val)[:, 0] - diabetes.y_val).double()
+    assert result.history[0].val_metric == pytest.approx(
+        error.abs().mean().item() * diabetes.y_std, rel=1e-5)
