@@ -105,7 +105,7 @@ def _sorted_tensor(x: torch.Tensor, splits: Splits) -> torch.Tensor:
 
 
 def test_regression_targets_are_standardized_on_train_and_recorded() -> None:
-    x, y = skd.load_diabetes(return_X_y=True)
+    _, y = skd.load_diabetes(return_X_y=True)
     splits = load_splits("diabetes", seed=0)
 
     assert splits.task == "regression"
@@ -170,6 +170,26 @@ def test_synthetic_datasets_follow_the_requested_size() -> None:
 
     assert splits.n_features == 5
     assert len(splits.y_train) + len(splits.y_val) + len(splits.y_test) == 150
+
+
+def test_synthetic_classification_with_one_feature_loads() -> None:
+    # The search space allows task.n_features >= 1: "of any size".
+    splits = load_splits("classification", seed=0, n_samples=200, n_features=1)
+
+    assert splits.n_features == 1
+    assert splits.n_outputs >= 2
+    labels = torch.cat([splits.y_train, splits.y_val, splits.y_test])
+    assert torch.unique(labels).numel() == splits.n_outputs
+
+
+def test_too_few_samples_to_stratify_is_a_data_error() -> None:
+    # 10 samples of 4 classes cannot give every class a place in a 2-sample test split:
+    # the user must get one clear DataError, not scikit-learn's ValueError.
+    x = np.arange(20.0).reshape(10, 2)
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+
+    with pytest.raises(DataError):
+        split_arrays(x, y, "classification", seed=0)
 
 
 def test_unknown_dataset_is_a_data_error_naming_it() -> None:

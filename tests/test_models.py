@@ -150,6 +150,16 @@ def test_cnn_on_8x8_images_gives_one_row_of_logits_per_image(layers: int,
     assert out.shape == (5, 10)
 
 
+@pytest.mark.parametrize("image_shape", [(2, 6, 6), (1, 8, 6), (3, 4, 10)])
+def test_cnn_accepts_any_small_image_shape(image_shape: tuple[int, int, int]) -> None:
+    c, h, w = image_shape
+    model = CNN(image_shape, 3, hidden=4, layers=2)
+
+    out = model(torch.randn(2, c * h * w))
+
+    assert out.shape == (2, 3)
+
+
 def test_cnn_block_order_is_conv_batchnorm_relu_dropout_then_pool() -> None:
     model = CNN((1, 8, 8), 10, hidden=4, layers=2, dropout=0.2, batchnorm=True)
 

@@ -42,7 +42,7 @@ def pg_url() -> str:
         with engine.connect():
             pass
         engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means no usable server
+    except Exception as exc:  # any failure means no usable server
         message = (f"no PostgreSQL server at {URL} ({type(exc).__name__}); set "
                    "TUNER_TEST_POSTGRES_URL to a reachable database to run these tests")
         if os.environ.get("TUNER_REQUIRE_SERVICES") == "1":

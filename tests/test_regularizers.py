@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -92,42 +93,32 @@ def test_l1_penalty_gradient_is_l1_times_sign_w() -> None:
         torch.testing.assert_close(w.grad, l1 * w.detach().sign(), rtol=0, atol=1e-15)
 
 
+def _sgd_steps(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, lr: float,
+               weight_decay: float = 0.0, l2: float = 0.0, steps: int = 5) -> torch.Tensor:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        if l2:
+            loss = loss + penalty(penalized_weights(model), 0.0, l2)
+        loss.backward()
+        opt.step()
+    return model.weight.detach()
+
+
 def test_l2_penalty_with_plain_sgd_equals_torch_weight_decay() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(32, 6), torch.randn(32, 3)
-    ours = nn.Linear(6, 3, bias=False)
-    reference = nn.Linear(6, 3, bias=False)
-    reference.load_state_dict(ours.state_dict())
+    initial = nn.Linear(6, 3, bias=False)
+    ours, reference, plain = (copy.deepcopy(initial) for _ in range(3))
     lr, l2 = 0.1, 0.05
-    opt_ours = torch.optim.SGD(ours.parameters(), lr=lr)
-    opt_ref = torch.optim.SGD(reference.parameters(), lr=lr, weight_decay=l2)
 
-    for _ in range(5):
-        opt_ours.zero_grad()
-        loss = nn.functional.mse_loss(ours(x), y) + penalty(penalized_weights(ours), 0.0, l2)
-        loss.backward()
-        opt_ours.step()
+    got = _sgd_steps(ours, x, y, lr, l2=l2)
+    expected = _sgd_steps(reference, x, y, lr, weight_decay=l2)
+    undecayed = _sgd_steps(plain, x, y, lr)
 
-        opt_ref.zero_grad()
-        nn.functional.mse_loss(reference(x), y).backward()
-        opt_ref.step()
-
-    torch.testing.assert_close(ours.weight, reference.weight, rtol=0, atol=1e-6)
-    # ...and the decay did something: without it the weights would differ.
-    assert not torch.allclose(ours.weight, _sgd_without_decay(x, y, lr, reference), atol=1e-4)
-
-
-def _sgd_without_decay(x: torch.Tensor, y: torch.Tensor, lr: float,
-                       like: nn.Linear) -> torch.Tensor:
-    torch.manual_seed(0)
-    model = nn.Linear(6, 3, bias=False)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(5):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-    assert model.weight.shape == like.weight.shape
-    return model.weight.detach()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(got, undecayed, atol=1e-4)  # the decay did something
 
 
 # --- max-norm ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits, split_arrays
 from tuner.metrics import METRICS
 from tuner.regularizers import penalized_weights
-from tuner.train import EpochMetrics, build_for, evaluate, train
+from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
 
 SMALL = {"hidden": 16, "layers": 2, "batch_size": 16}
 
@@ -357,3 +357,40 @@ def test_history_val_metric_is_in_target_units(diabetes: Splits) -> None:
         error = (model(diabetes.x_val)[:, 0] - diabetes.y_val).double()
     assert result.history[0].val_metric == pytest.approx(
         error.abs().mean().item() * diabetes.y_std, rel=1e-5)
+
+
+# --- resuming from a checkpoint ---------------------------------------------------------
+
+
+def _without_seconds(history: list[EpochMetrics]) -> list[tuple[float, ...]]:
+    return [(h.epoch, h.train_loss, h.val_loss, h.val_metric, h.lr) for h in history]
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(iris: Splits) -> None:
+    # Dropout and noise draw from the RNG, momentum and the schedule carry state: all
+    # must survive the checkpoint for the curve to be the same.
+    values = {"optimizer": "momentum", "lr": 0.05, "dropout": 0.3, "input_noise": 0.1,
+              "schedule": "step", "step_size": 2, "gamma": 0.5}
+    config = _config(values, epochs=6)
+    model = _model(config, iris)
+    initial = copy.deepcopy(model.state_dict())
+    checkpoints: list[Checkpoint] = []
+
+    torch.manual_seed(5)
+    full = train(model, iris, config, metric=METRICS["accuracy"],
+                 checkpoint=checkpoints.append, checkpoint_every=0.0)
+    assert [c.epoch for c in checkpoints] == [1, 2, 3, 4, 5, 6]
+
+    blob = checkpoints[2].to_bytes()  # after epoch 3, through the database's bytes
+    fresh = _model(config, iris, seed=99)
+    assert not torch.equal(fresh.state_dict()["head.weight"], initial["head.weight"])
+    torch.manual_seed(1234)  # the checkpoint's RNG state must win over this
+    resumed = train(fresh, iris, config, metric=METRICS["accuracy"],
+                    resume=Checkpoint.from_bytes(blob))
+
+    assert _without_seconds(resumed.history) == _without_seconds(full.history)
+    assert [h.lr for h in full.history] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.0125,
+                                                          0.0125])
+    assert (resumed.best_epoch, resumed.best_metric) == (full.best_epoch, full.best_metric)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name

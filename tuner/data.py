@@ -33,7 +33,7 @@ def _sklearn(loader: Callable[..., ArrayPair]) -> Callable[[int, int, int], Arra
 
 
 def _synthetic_classification(seed: int, n_samples: int, n_features: int) -> ArrayPair:
-    informative = max(2, min(n_features, n_features // 2 + 1))
+    informative = max(1, min(n_features, n_features // 2 + 1))
     classes = 4 if informative >= 2 else 2
     return skd.make_classification(n_samples=n_samples, n_features=n_features,
                                    n_informative=informative, n_redundant=0,
@@ -102,11 +102,16 @@ def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
     y = np.asarray(y)
     stratify = y if task == "classification" else None
     val_frac, test_frac = fractions
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test_frac, random_state=seed, stratify=stratify)
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val_frac / (1 - test_frac), random_state=seed,
-        stratify=y_rest if stratify is not None else None)
+    try:
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=test_frac, random_state=seed, stratify=stratify)
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest, y_rest, test_size=val_frac / (1 - test_frac), random_state=seed,
+            stratify=y_rest if stratify is not None else None)
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(y)} samples into train/validation/test "
+                        f"({1 - val_frac - test_frac:.0%}/{val_frac:.0%}/{test_frac:.0%}): "
+                        f"{exc}") from None
     if image_shape is not None:
         # One scalar for the whole image keeps the background uniform under shifts.
         mean = np.full(x.shape[1], x_train.mean())

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from tuner.errors import DataError, UsageError
+
 
 class GaussianDropout(nn.Module):
     """Multiplicative Gaussian noise N(1, p/(1-p)) in training; identity in eval.
@@ -72,19 +74,19 @@ class CNN(nn.Module):
                  batchnorm: bool = False) -> None:
         super().__init__()
         self.image_shape = image_shape
-        channels, size, _ = image_shape
+        channels, height, width = image_shape
         blocks: list[nn.Module] = []
         for i in range(layers):
             blocks.append(nn.Conv2d(channels, hidden, 3, padding=1, bias=not batchnorm))
             if batchnorm:
                 blocks.append(nn.BatchNorm2d(hidden))
             blocks += [nn.ReLU(), make_dropout(dropout, dropout_kind)]
-            if i < 2 and size >= 4:  # pool twice at most: 8x8 -> 4x4 -> 2x2
+            if i < 2 and min(height, width) >= 4:  # pool twice at most: 8x8 -> 4x4 -> 2x2
                 blocks.append(nn.MaxPool2d(2))
-                size //= 2
+                height, width = height // 2, width // 2
             channels = hidden
         self.body = nn.Sequential(*blocks)
-        self.head = nn.Linear(channels * size * size, n_outputs)
+        self.head = nn.Linear(channels * height * width, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(x.shape[0], *self.image_shape)
@@ -99,6 +101,8 @@ def build_model(name: str, *, n_features: int, n_outputs: int,
                   batchnorm=batchnorm)
     if name == "cnn":
         if image_shape is None:
-            raise ValueError("model 'cnn' needs an image dataset")
+            raise DataError("model 'cnn' needs an image dataset")
         return CNN(image_shape, n_outputs, **common)  # type: ignore[arg-type]
+    if name != "mlp":
+        raise UsageError(f"unknown model {name!r}; expected one of: mlp, cnn")
     return MLP(n_features, n_outputs, **common)  # type: ignore[arg-type]

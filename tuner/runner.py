@@ -1,13 +1,17 @@
-"""Running a study to its budget: the loop a worker runs.
+"""Running a study to its budget: the loop every worker runs.
 
 The budget is the study's total of finished (complete + pruned) trials, wherever they
-ran; trials still running elsewhere hold their slot. Failed trials do not count, so a
-resumed study makes up for them.
+ran. A worker claims a slot under the study's lock (:mod:`tuner.claims`) only while
+``finished + running < budget``, so any number of workers end with exactly the budget.
+Failed trials do not count, so a resumed study makes up for them; trials left RUNNING
+by a dead worker are failed once their heartbeat goes stale, and retried.
 """
 
 from __future__ import annotations
 
+import enum
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,14 +19,25 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.claims import budget_lock
 from tuner.errors import TunerError
+from tuner.heartbeat import Heartbeat
 from tuner.objective import Objective
 from tuner.samplers import grid_size
 from tuner.space import Space
-from tuner.storage import TunerStorage, trial_info
+from tuner.storage import GRACE_PERIOD, TunerStorage, trial_info
 from tuner.study import count_states, finished, open_study
 
 MAX_CONSECUTIVE_FAILURES = 5
+WAIT_POLL = 1.0  # seconds between looks while the rest of the budget runs elsewhere
+MAX_WAIT = 3 * GRACE_PERIOD + 60  # then leave the running trials to their workers
+
+
+class Claim(enum.Enum):
+    """What a claim returns instead of a trial."""
+
+    FULL = "enough trials have finished"
+    WAIT = "the rest of the budget is running elsewhere"
 
 
 @dataclass
@@ -49,63 +64,112 @@ class RunSummary:
     best: FrozenTrial | None
     best_epoch: int | None
     test_metric: float | None
-    stop_reason: str  # "budget", "timeout" or "already_done"
-
-    @property
-    def ran(self) -> int:
-        return self.finished - self.finished_before
+    stop_reason: str  # "budget", "timeout", "max_trials" or "already_done"
+    ran: int = 0  # trials this call ran to the end (complete, pruned or failed)
 
 
 def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: int,
               device: torch.device, timeout: float | None = None,
+              max_trials: int | None = None, checkpoint_every: float = 30.0,
               on_progress: Callable[[Snapshot], None] | None = None,
               on_start: Callable[[Snapshot], None] | None = None) -> RunSummary:
-    """Run (or resume) ``study_name`` until it has ``budget`` finished trials.
+    """Run (or resume, or join) ``study_name`` until it has ``budget`` finished trials.
 
-    A grid search's budget is capped at the size of its grid.
+    ``max_trials`` caps how many trials this call runs; a grid search's budget is
+    capped at the size of its grid.
     """
     if space.sampler.name == "grid":
         budget = min(budget, grid_size(space))
     study = open_study(storage, space, study_name)
-    objective = Objective(space, storage, device)
-    counts = count_states(storage, study)
-    before = finished(counts)
+    objective = Objective(space, storage, device, checkpoint_every)
+    before = finished(count_states(storage, study))
     start = time.monotonic()
-    failures = 0
+    failures = ran = 0
+    waiting_since: float | None = None
     reason = "already_done"
 
-    def snapshot(last: FrozenTrial | None = None) -> Snapshot:
-        c = count_states(storage, study)
-        return Snapshot(finished(c), budget, c[TrialState.PRUNED], c[TrialState.FAIL],
-                        _best_value(study), last)
-
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal failures
-        failures = failures + 1 if trial.state == TrialState.FAIL else 0
-        if on_progress is not None:
-            on_progress(snapshot(trial))
-
     if on_start is not None:
-        on_start(snapshot())
+        on_start(snapshot(storage, study, budget))
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and retried
-        counts = count_states(storage, study)
-        if finished(counts) + counts[TrialState.RUNNING] >= budget:
-            reason = "budget" if finished(counts) > before else "already_done"
-            break
         if timeout is not None and time.monotonic() - start >= timeout:
             reason = "timeout"
+            break
+        if max_trials is not None and ran >= max_trials:
+            reason = "max_trials"
             break
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise TunerError(f"{failures} trials in a row failed; the last error: "
                              f"{_last_error(study)}")
-        study.optimize(objective, n_trials=1, catch=(RuntimeError,), callbacks=[after_trial])
+        trial = _claim(study, storage, budget)
+        if trial is Claim.FULL:
+            reason = "budget" if ran else "already_done"
+            break
+        if trial is Claim.WAIT:
+            # The budget is held by trials running elsewhere: wait until they finish, or
+            # until their worker is found dead and a retry is queued for us to take.
+            waiting_since = waiting_since or time.monotonic()
+            if time.monotonic() - waiting_since > MAX_WAIT:
+                reason = "budget"
+                break
+            time.sleep(WAIT_POLL)
+            continue
+        waiting_since = None
+        frozen = _run_trial(study, trial, objective)
+        ran += 1
+        failures = failures + 1 if frozen.state == TrialState.FAIL else 0
+        if on_progress is not None:
+            on_progress(snapshot(storage, study, budget, frozen))
 
+    return summarize(storage, study, budget, before, time.monotonic() - start, reason, ran)
+
+
+def summarize(storage: TunerStorage, study: optuna.Study, budget: int, before: int,
+              elapsed: float, reason: str, ran: int) -> RunSummary:
     counts = count_states(storage, study)
     best = _best_trial(study)
-    return RunSummary(study_name, budget, before, finished(counts), counts[TrialState.PRUNED],
-                      counts[TrialState.FAIL], time.monotonic() - start, best,
-                      *_best_epoch_and_test(storage, best), reason)
+    return RunSummary(study.study_name, budget, before, finished(counts),
+                      counts[TrialState.PRUNED], counts[TrialState.FAIL], elapsed, best,
+                      *_best_epoch_and_test(storage, best), reason, ran)
+
+
+def snapshot(storage: TunerStorage, study: optuna.Study, budget: int,
+             last: FrozenTrial | None = None) -> Snapshot:
+    c = count_states(storage, study)
+    return Snapshot(finished(c), budget, c[TrialState.PRUNED], c[TrialState.FAIL],
+                    _best_value(study), last)
+
+
+def _claim(study: optuna.Study, storage: TunerStorage, budget: int) -> optuna.Trial | Claim:
+    """A new RUNNING trial if the budget has room, atomically across workers; else FULL
+    (enough trials finished) or WAIT (the rest of the budget is running elsewhere)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # A dead worker's trial is failed here, and queued again (WAITING) for a retry.
+        optuna.storages.fail_stale_trials(study)
+    with budget_lock(storage, study._study_id):
+        counts = count_states(storage, study)
+        if finished(counts) >= budget:
+            return Claim.FULL
+        if finished(counts) + counts[TrialState.RUNNING] >= budget:
+            return Claim.WAIT
+        return study.ask()  # takes a WAITING (retried or enqueued) trial first
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
+    """Run the objective with a heartbeat and tell the outcome; Ctrl-C fails the trial."""
+    state, value = TrialState.FAIL, None
+    with Heartbeat(study._storage, trial._trial_id):
+        try:
+            value = objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except RuntimeError:  # recorded on the trial; the study goes on
+            state = TrialState.FAIL
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+    return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
 
 def _best_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -23,6 +23,7 @@ from tuner.storage import TunerStorage
 SPACE_ATTR = "tuner:space"
 NAME_ATTR = "tuner:space_name"
 FINGERPRINT_ATTR = "tuner:fingerprint"
+BUDGET_ATTR = "tuner:budget"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -80,7 +81,7 @@ def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
                                 sampler=build_sampler(space, 0),
                                 pruner=build_pruner(space.pruner, space.task.epochs))
     try:
-        study.set_user_attr(SPACE_ATTR, json.dumps(space.raw, sort_keys=True, default=str))
+        study.set_user_attr(SPACE_ATTR, json.dumps(space.raw, default=str))
         study.set_user_attr(NAME_ATTR, space.name)
         study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())
     except BaseException:
@@ -114,3 +115,15 @@ def count_states(storage: TunerStorage, study: optuna.Study) -> dict[TrialState,
 def finished(counts: Mapping[TrialState, int]) -> int:
     """The trials that count against the budget: complete and pruned."""
     return sum(counts[s] for s in FINISHED)
+
+
+def save_budget(study: optuna.Study, budget: int) -> None:
+    """Record the study's total budget, so that workers joining it know when to stop."""
+    if study.user_attrs.get(BUDGET_ATTR) != budget:
+        study.set_user_attr(BUDGET_ATTR, budget)
+
+
+def stored_budget(storage: TunerStorage, name: str) -> int | None:
+    attrs = storage.optuna.get_study_user_attrs(require_study(storage, name))
+    value = attrs.get(BUDGET_ATTR)
+    return None if value is None else int(value)

@@ -16,10 +16,12 @@ on-device permutation; the only host syncs are one per epoch, to read the metric
 from __future__ import annotations
 
 import copy
+import io
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +39,8 @@ from tuner.regularizers import (
     penalty,
 )
 
-__all__ = ["METRICS", "EpochMetrics", "TrainResult", "build_for", "evaluate", "train"]
+__all__ = ["METRICS", "Checkpoint", "EpochMetrics", "TrainResult", "build_for", "evaluate",
+           "train"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,47 @@ class TrainResult:
 Report = Callable[[EpochMetrics], bool]
 
 
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a trial after its last finished epoch."""
+
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    best_epoch: int
+    best_metric: float
+    best_state: dict[str, Any] | None
+    history: list[EpochMetrics]
+    rng: dict[str, torch.Tensor]
+
+    def to_bytes(self) -> bytes:
+        state = {**self.__dict__, "history": [tuple(vars(m).values()) for m in self.history]}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Checkpoint:
+        # weights_only: a checkpoint from the database is data, never code to run.
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        state["history"] = [EpochMetrics(*row) for row in state["history"]]
+        return cls(**state)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def build_for(config: TrialConfig, data: Splits) -> nn.Module:
     """The built-in model a config describes, sized for ``data``, on the data's device."""
     model = build_model(config.model, n_features=data.n_features, n_outputs=data.n_outputs,
@@ -84,13 +128,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, metr
 
 
 def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric,
-          report: Report | None = None) -> TrainResult:
+          report: Report | None = None, resume: Checkpoint | None = None,
+          checkpoint: Callable[[Checkpoint], None] | None = None,
+          checkpoint_every: float = 30.0) -> TrainResult:
     """Train ``model`` on ``data`` as ``config`` says; on return it holds its best epoch's weights.
 
     Early stopping watches the validation metric with ``config.patience`` and
     ``config.min_delta``; ``report`` is called after every epoch and stops training
     (``pruned``) when it returns True. A non-finite training loss stops it too
     (``diverged``).
+
+    With ``checkpoint``, a :class:`Checkpoint` is handed to it after an epoch once
+    ``checkpoint_every`` seconds have passed since the last one; ``resume`` continues
+    from such a checkpoint, with the same result as an uninterrupted run.
     """
     weights = penalized_weights(model)
     optimizer = build_optimizer(model.parameters(), config.optimizer,
@@ -104,7 +154,18 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
 
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
-    for epoch in range(1, config.epochs + 1):
+    first = 1
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        result.history = list(resume.history)
+        result.best_epoch, result.best_metric = resume.best_epoch, resume.best_metric
+        best_state = resume.best_state
+        _set_rng_state(resume.rng, x.device)
+        first = resume.epoch + 1
+    last_checkpoint = time.monotonic()
+    for epoch in range(first, config.epochs + 1):
         start = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -129,10 +190,10 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
 
         val_loss, val_metric = evaluate(model, data.x_val, data.y_val, data.task, metric,
                                         data.y_std)
-        step_scheduler(scheduler, val_metric)
         # The one host sync of the epoch.
         train_loss_f, val_loss_f, val_metric_f = torch.stack(
             [loss_sum / n, val_loss, val_metric]).tolist()
+        step_scheduler(scheduler, val_metric_f)
         metrics = EpochMetrics(epoch, train_loss_f, val_loss_f, val_metric_f, lr,
                                time.perf_counter() - start)
         result.history.append(metrics)
@@ -150,6 +211,12 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         if config.patience is not None and epoch - result.best_epoch >= config.patience:
             result.stopped_early = True
             break
+        if checkpoint is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
+            checkpoint(Checkpoint(
+                epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+                scheduler.state_dict(), result.best_epoch, result.best_metric, best_state,
+                list(result.history), _rng_state(x.device)))
+            last_checkpoint = time.monotonic()
 
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -37,10 +37,14 @@ def cli() -> None:
     Start with `tuner start` (the built-in `regularization` study on digits), then look
     at the results with `tuner studies`, `tuner trials` and `tuner best`.
     """
+    quiet_optuna()
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines would bury the progress bar; warnings still show,
+    but not the notices that a stable-for-years feature (heartbeats) is "experimental"."""
     import optuna
 
-    # Optuna's per-trial INFO lines would bury the progress bar; warnings still show,
-    # but not the notices that a stable-for-years feature (heartbeats) is "experimental".
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").propagate = False
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

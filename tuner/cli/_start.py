@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,10 +21,38 @@ from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.data import DATASETS
 from tuner.device import resolve_device
+from tuner.placement import assign_devices
+from tuner.pool import run_pool
 from tuner.runner import RunSummary, Snapshot, run_study
 from tuner.space import builtin_spaces, load_space
 from tuner.space._params import describe
 from tuner.storage import TunerStorage, display_url
+from tuner.study import open_study, save_budget, stored_budget, stored_space
+
+
+class GpuList(click.ParamType):
+    """A comma-separated list of GPU indices, e.g. ``0,1,3``."""
+
+    name = "gpus"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            gpus = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"expected GPU indices such as 0,1, but got {value!r}", param, ctx)
+        if not gpus or min(gpus) < 0:
+            self.fail(f"expected GPU indices such as 0,1, but got {value!r}", param, ctx)
+        return gpus
+
+
+checkpoint_option = click.option(
+    "--checkpoint-every", type=click.FloatRange(min=0), default=30.0, show_default=True,
+    metavar="SECONDS",
+    help="Save a running trial's model and optimizer this often, so that a retry after a "
+         "crash resumes from there instead of epoch 0.")
 
 
 @cli.command()
@@ -47,10 +76,18 @@ from tuner.storage import TunerStorage, display_url
               help="Override the space's maximum epochs per trial.")
 @click.option("--dataset", type=click.Choice(list(DATASETS)),
               help="Override the space's dataset.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine sharing the study.")
+@click.option("--devices", type=GpuList(), metavar="0,1,...",
+              help="GPUs for the workers, round-robin (default: every visible GPU).")
+@click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many workers may share one GPU.")
+@checkpoint_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
 def start(space: str, study: str | None, storage: str, trials: int | None,
           timeout: float | None, device: str, seed: int | None, epochs: int | None,
-          dataset: str | None, quiet: bool) -> None:
+          dataset: str | None, workers: int, devices: list[int] | None, workers_per_gpu: int,
+          checkpoint_every: float, quiet: bool) -> None:
     """Run a study, or resume it, until it has its budget of finished trials.
 
     \b
@@ -58,6 +95,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start                                    # regularization on digits, SQLite
       tuner start --space quick --trials 20 --study demo
       tuner start --space regularization --trials 200 --study reg --seed 0
+      tuner start --space quick --trials 100 --workers 4
     """
     overrides: dict[str, Any] = {}
     if seed is not None:
@@ -68,18 +106,66 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         overrides["dataset"] = dataset
     # Everything is validated before the database is touched.
     parsed = load_space(space, overrides)
-    torch_device = resolve_device(device)
+    placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,
+                            cuda_count=torch.cuda.device_count())
+    if workers == 1:
+        placed = [str(resolve_device(device))]
     name = study or parsed.name
     budget = trials or parsed.trials
     db = TunerStorage(storage).open()
+    opened = open_study(db, parsed, name)
+    save_budget(opened, budget)
     console = Console(stderr=True)
     if not quiet:
+        where = ", ".join(sorted(set(placed)))
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
-                      f"/ {parsed.task.model} · device {torch_device} · "
+                      f"/ {parsed.task.model} · {workers} worker(s) on {where} · "
                       f"{display_url(db.url)}")
     with _progress(console, quiet) as progress:
-        summary = run_study(parsed, storage=db, study_name=name, budget=budget,
-                            device=torch_device, timeout=timeout,
+        if workers == 1:
+            summary = run_study(parsed, storage=db, study_name=name, budget=budget,
+                                device=torch.device(placed[0]), timeout=timeout,
+                                checkpoint_every=checkpoint_every,
+                                on_start=progress.start, on_progress=progress.update)
+        else:
+            summary = run_pool(db, opened, budget, placed, timeout=timeout,
+                               checkpoint_every=checkpoint_every,
+                               on_start=progress.start, on_progress=progress.update)
+    click.echo(_summary(summary, parsed.task.metric))
+
+
+@cli.command()
+@click.option("--study", required=True, metavar="NAME", help="The study to join.")
+@storage_option
+@click.option("--trials", type=click.IntRange(min=1),
+              help="Run at most this many trials here (default: work until the study's "
+                   "budget is reached).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Start no new trial after this many seconds.")
+@click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
+              help="Where this worker trains: auto (CUDA when present), cpu, cuda or cuda:N.")
+@checkpoint_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
+def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
+           checkpoint_every: float, quiet: bool) -> None:
+    """Join a study from any machine and work until its budget is reached.
+
+    The worker reads the study's search space and budget from the database, so it
+    needs nothing but the storage URL and the study's name.
+
+    \b
+    Example:
+      tuner worker --study reg --storage postgresql://user@dbhost/tuner
+    """
+    torch_device = resolve_device(device)
+    db = TunerStorage(storage).open()
+    parsed = stored_space(db, study)
+    budget = stored_budget(db, study) or parsed.trials
+    console = Console(stderr=True)
+    with _progress(console, quiet) as progress:
+        summary = run_study(parsed, storage=db, study_name=study, budget=budget,
+                            device=torch_device, timeout=timeout, max_trials=trials,
+                            checkpoint_every=checkpoint_every,
                             on_start=progress.start, on_progress=progress.update)
     click.echo(_summary(summary, parsed.task.metric))
 

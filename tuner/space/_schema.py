@@ -78,8 +78,9 @@ class Space:
         """A short hash of everything that shapes the study; a resumed study must match.
 
         It is taken over the parsed objects, not the text, so equivalent files (a
-        default spelled out, ``1e-3`` for ``0.001``) match; the budget is left out.
+        default spelled out, ``1e-3`` for ``0.001``, parameters in another order)
+        match; the budget is left out.
         """
-        shaping = (self.task, self.params, self.sampler, self.pruner, self.early_stopping,
-                   self.seed)
+        params = sorted(self.params, key=lambda p: p.name)
+        shaping = (self.task, params, self.sampler, self.pruner, self.early_stopping, self.seed)
         return hashlib.sha256(repr(shaping).encode()).hexdigest()[:16]

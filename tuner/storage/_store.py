@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tuner.errors import StorageError, UsageError
-from tuner.storage._tables import epochs, metadata, trial_info
+from tuner.storage._tables import checkpoints, epochs, metadata, trial_info
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
@@ -158,6 +158,24 @@ class TunerStorage:
             conn.execute(trial_info.insert(), dict(
                 trial_id=trial_id, study_id=study_id, seed=seed, best_epoch=best_epoch,
                 epochs_run=len(rows), outcome=outcome, device=device))
+
+    def save_checkpoint(self, study_id: int, number: int, epoch: int, state: bytes) -> None:
+        key = (checkpoints.c.study_id == study_id) & (checkpoints.c.number == number)
+        with self.session() as conn:
+            conn.execute(checkpoints.delete().where(key))
+            conn.execute(checkpoints.insert(), dict(study_id=study_id, number=number,
+                                                    epoch=epoch, state=state))
+
+    def load_checkpoint(self, study_id: int, number: int) -> bytes | None:
+        key = (checkpoints.c.study_id == study_id) & (checkpoints.c.number == number)
+        with self.session() as conn:
+            return conn.execute(checkpoints.select().with_only_columns(checkpoints.c.state)
+                                .where(key)).scalar()
+
+    def delete_checkpoint(self, study_id: int, number: int) -> None:
+        key = (checkpoints.c.study_id == study_id) & (checkpoints.c.number == number)
+        with self.session() as conn:
+            conn.execute(checkpoints.delete().where(key))
 
     def set_test_metric(self, trial_id: int, value: float) -> None:
         with self.session() as conn:

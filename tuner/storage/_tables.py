@@ -7,7 +7,7 @@ row per trial with its seed, best epoch and (for the best trials) test metric.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table
+from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -34,4 +34,14 @@ trial_info = Table(
     Column("outcome", String(16), nullable=False),  # completed, early_stopped, pruned, diverged
     Column("device", String(32), nullable=False),
     Column("test_metric", Float),  # computed only for trials that became the study's best
+)
+
+checkpoints = Table(
+    "tuner_checkpoints",
+    metadata,
+    # Keyed by the original trial's number: every retry of it resumes the same checkpoint.
+    Column("study_id", Integer, primary_key=True, autoincrement=False),
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", Integer, nullable=False),
+    Column("state", LargeBinary, nullable=False),
 )

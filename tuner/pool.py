@@ -1,0 +1,126 @@
+"""Several worker processes on this machine, sharing one study.
+
+Each worker is a process (not a thread: training holds the GIL) that rebuilds the
+search space from the study database and runs :func:`tuner.runner.run_study` on its
+own device. The parent watches the database for progress and owns shutdown: on
+Ctrl-C or SIGTERM every worker fails its current trial (it is retried on resume)
+and exits within a few seconds; stragglers are terminated.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+import optuna
+
+from tuner.errors import TunerError
+from tuner.runner import RunSummary, Snapshot, snapshot, summarize
+from tuner.storage import TunerStorage
+from tuner.study import count_states, finished
+
+SHUTDOWN_GRACE = 10.0  # seconds a worker gets to fail its trial and exit
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    storage_url: str
+    study_name: str
+    budget: int
+    device: str
+    threads: int
+    timeout: float | None = None
+    max_trials: int | None = None
+    checkpoint_every: float = 30.0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def worker_main(args: WorkerArgs) -> None:
+    """A worker process: join the study and work until its budget is reached."""
+    import torch
+
+    from tuner.cli import quiet_optuna
+    from tuner.runner import run_study
+    from tuner.study import stored_space
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    quiet_optuna()
+    torch.set_num_threads(args.threads)
+    try:
+        storage = TunerStorage(args.storage_url).open()
+        space = stored_space(storage, args.study_name)
+        run_study(space, storage=storage, study_name=args.study_name, budget=args.budget,
+                  device=torch.device(args.device), timeout=args.timeout,
+                  max_trials=args.max_trials, checkpoint_every=args.checkpoint_every)
+    except TunerError as exc:
+        print(f"Error: worker on {args.device}: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: list[str], *,
+             timeout: float | None = None, checkpoint_every: float = 30.0,
+             on_start: Callable[[Snapshot], None] | None = None,
+             on_progress: Callable[[Snapshot], None] | None = None,
+             poll: float = 0.5) -> RunSummary:
+    """Run ``len(devices)`` workers on the study until it has ``budget`` finished trials."""
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    context = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    before = finished(count_states(storage, study))
+    start = time.monotonic()
+    processes = [context.Process(
+        target=worker_main, name=f"tuner-worker-{i}",
+        args=(WorkerArgs(storage.url, study.study_name, budget, device, threads, timeout,
+                         None, checkpoint_every),))
+        for i, device in enumerate(devices)]
+    if on_start is not None:
+        on_start(snapshot(storage, study, budget))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for process in processes:
+            process.start()
+        while any(p.is_alive() for p in processes):
+            time.sleep(poll)
+            if on_progress is not None:
+                on_progress(snapshot(storage, study, budget))
+    except KeyboardInterrupt:
+        _shutdown(processes)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failed = [(p.name, p.exitcode) for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        name, code = failed[0]
+        raise TunerError(f"{len(failed)} of {len(processes)} workers failed ({name} exited with "
+                         f"code {code}); the study is intact: run the same command to resume")
+    if on_progress is not None:
+        on_progress(snapshot(storage, study, budget))
+    after = finished(count_states(storage, study))
+    reason = "timeout" if timeout is not None and after < budget else (
+        "budget" if after > before else "already_done")
+    return summarize(storage, study, budget, before, time.monotonic() - start, reason,
+                     after - before)
+
+
+def _shutdown(processes: Sequence[mp.process.BaseProcess]) -> None:
+    """Ask every worker to stop (SIGTERM), then terminate those still alive after the grace."""
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
