@@ -9,10 +9,13 @@ by a dead worker are failed once their heartbeat goes stale, and retried.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import optuna
@@ -146,30 +149,55 @@ def _claim(study: optuna.Study, storage: TunerStorage, budget: int) -> optuna.Tr
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # A dead worker's trial is failed here, and queued again (WAITING) for a retry.
         optuna.storages.fail_stale_trials(study)
-    with budget_lock(storage, study._study_id):
-        counts = count_states(storage, study)
-        if finished(counts) >= budget:
-            return Claim.FULL
-        if finished(counts) + counts[TrialState.RUNNING] >= budget:
-            return Claim.WAIT
-        return study.ask()  # takes a WAITING (retried or enqueued) trial first
+        # Optuna warns that heartbeats are meant for Study.optimize; this loop beats itself.
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        with budget_lock(storage, study._study_id):
+            counts = count_states(storage, study)
+            if finished(counts) >= budget:
+                return Claim.FULL
+            if finished(counts) + counts[TrialState.RUNNING] >= budget:
+                return Claim.WAIT
+            return study.ask()  # takes a WAITING (retried or enqueued) trial first
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
     """Run the objective with a heartbeat and tell the outcome; Ctrl-C fails the trial."""
     state, value = TrialState.FAIL, None
-    with Heartbeat(study._storage, trial._trial_id):
-        try:
-            value = objective(trial)
-            state = TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except RuntimeError:  # recorded on the trial; the study goes on
-            state = TrialState.FAIL
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-    return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    try:
+        with Heartbeat(study._storage, trial._trial_id):
+            try:
+                value = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except RuntimeError:  # recorded on the trial; the study goes on
+                state = TrialState.FAIL
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise
+            except BaseException:
+                # Ctrl-C, SIGTERM or an error: record the trial as failed (it is retried
+                # on resume), even if a second signal arrives meanwhile, then stop.
+                with _signals_ignored():
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another worker took this trial for dead (its heartbeat stalled) and failed it;
+        # a retry is queued, so this result is dropped.
+        return study._storage.get_trial(trial._trial_id)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _best_trial(study: optuna.Study) -> FrozenTrial | None:

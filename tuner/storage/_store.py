@@ -23,8 +23,10 @@ from tuner.errors import StorageError, UsageError
 from tuner.storage._tables import checkpoints, epochs, metadata, trial_info
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
-HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 20  # a RUNNING trial silent for this long belongs to a dead worker
+# Seconds between a running trial's heartbeats, and the silence after which a RUNNING
+# trial is taken to belong to a dead worker (failed, then retried). Tests shorten them.
+HEARTBEAT_INTERVAL = int(os.environ.get("TUNER_HEARTBEAT_INTERVAL", "5"))
+GRACE_PERIOD = int(os.environ.get("TUNER_GRACE_PERIOD", "20"))
 
 
 def display_url(url: str) -> str:
@@ -82,10 +84,13 @@ class TunerStorage:
     """
 
     def __init__(self, url: str = DEFAULT_STORAGE, *, create: bool = True,
-                 heartbeat: bool = True) -> None:
+                 heartbeat: bool = True, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD) -> None:
         self.url = url
         self.create = create
         self.heartbeat = heartbeat
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
         self._optuna: optuna.storages.RDBStorage | None = None
 
     def open(self) -> TunerStorage:
@@ -107,8 +112,8 @@ class TunerStorage:
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
             engine_kwargs["pool_pre_ping"] = True
         heartbeat = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
+            heartbeat_interval=self.heartbeat_interval,
+            grace_period=self.grace_period,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=3),
         ) if self.heartbeat else {}

@@ -1,0 +1,51 @@
+"""Device assignment for workers, tested without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.errors import UsageError
+from tuner.placement import assign_devices
+
+
+def test_cpu_places_every_worker_on_cpu() -> None:
+    assert assign_devices(3, "cpu", cuda_count=2) == ["cpu", "cpu", "cpu"]
+
+
+def test_auto_without_gpu_is_cpu() -> None:
+    assert assign_devices(2, "auto", cuda_count=0) == ["cpu", "cpu"]
+
+
+def test_auto_round_robins_over_visible_gpus() -> None:
+    assert assign_devices(4, "auto", cuda_count=4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+
+
+def test_devices_list_restricts_and_orders_gpus() -> None:
+    assert assign_devices(2, "cuda", gpus=[3, 1], cuda_count=4) == ["cuda:3", "cuda:1"]
+
+
+def test_workers_per_gpu_allows_sharing() -> None:
+    got = assign_devices(4, "auto", workers_per_gpu=2, cuda_count=2)
+    assert got == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert assign_devices(3, "cuda", workers_per_gpu=3, cuda_count=1) == ["cuda:0"] * 3
+
+
+def test_more_workers_than_gpu_slots_is_an_error() -> None:
+    with pytest.raises(UsageError, match="--workers-per-gpu"):
+        assign_devices(3, "auto", cuda_count=2)
+
+
+def test_explicit_cuda_index_places_all_workers_there() -> None:
+    assert assign_devices(2, "cuda:1", cuda_count=2) == ["cuda:1", "cuda:1"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"gpus": [5], "cuda_count": 2}, "GPU 5 does not exist"),
+    ({"device": "cuda", "cuda_count": 0}, "CUDA is not available"),
+    ({"device": "cpu", "gpus": [0], "cuda_count": 1}, "no CUDA device is in use"),
+    ({"device": "tpu", "cuda_count": 1}, "expected auto, cpu, cuda"),
+])
+def test_bad_requests_name_the_problem(kwargs: dict[str, object], match: str) -> None:
+    device = kwargs.pop("device", "cuda")
+    with pytest.raises(UsageError, match=match):
+        assign_devices(1, device, **kwargs)  # type: ignore[arg-type]
