@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -63,6 +64,12 @@ def storage_url(db_path: Path) -> str:
     return f"sqlite:///{db_path}"
 
 
+@pytest.fixture(scope="session")
+def tiny_space_template() -> Mapping[str, Any]:
+    """The tiny space mapping, for session- and module-scoped fixtures (do not mutate)."""
+    return TINY_SPACE
+
+
 @pytest.fixture
 def tiny_space() -> dict[str, Any]:
     """A fresh, mutable copy of the tiny space mapping."""
@@ -105,3 +112,30 @@ def _snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 def db_snapshot() -> Callable[[Path], dict[str, list[tuple[Any, ...]]]]:
     """Every row of every table of a SQLite file, for before/after comparisons."""
     return _snapshot
+
+
+POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A reachable PostgreSQL database, or a skip that says how to get one.
+
+    With TUNER_REQUIRE_SERVICES=1 (as in CI) a missing server fails the test instead.
+    """
+    import sqlalchemy
+
+    url = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # any failure means no usable server
+        message = (f"no PostgreSQL server at {POSTGRES_URL} ({type(exc).__name__}); set "
+                   "TUNER_TEST_POSTGRES_URL to a reachable database to run these tests")
+        if os.environ.get("TUNER_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL

@@ -1,12 +1,12 @@
 """The study database on a real PostgreSQL server.
 
-Skipped, saying how to enable them, when no server answers at TUNER_TEST_POSTGRES_URL
-(default postgresql://postgres@127.0.0.1:5432/test); with TUNER_REQUIRE_SERVICES=1, as
-in CI, a missing server fails them instead.
+The `pg_url` fixture (conftest.py) skips them, saying how to enable them, when no
+server answers; with TUNER_REQUIRE_SERVICES=1, as in CI, a missing server fails them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,8 +24,6 @@ from tuner.storage import TunerStorage
 
 pytestmark = pytest.mark.postgres
 
-URL = os.environ.get("TUNER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
 TINY = {
     "trials": 4,
     "task": {"dataset": "iris", "model": "mlp", "epochs": 3},
@@ -34,32 +32,13 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> str:
-    url = URL.replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:  # any failure means no usable server
-        message = (f"no PostgreSQL server at {URL} ({type(exc).__name__}); set "
-                   "TUNER_TEST_POSTGRES_URL to a reachable database to run these tests")
-        if os.environ.get("TUNER_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return URL
-
-
 @pytest.fixture
 def study_name(pg_url: str) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    try:
+    with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=pg_url.replace(
             "postgresql://", "postgresql+psycopg://", 1))
-    except KeyError:
-        pass
 
 
 def test_study_reaches_budget_and_reads_back(pg_url: str, study_name: str) -> None:

@@ -478,3 +478,33 @@ def test_fingerprint_differs_for_a_changed_space(write_space: Any,
     base = load_space(write_space(MINIMAL, name="a"))
     changed = load_space(write_space(MINIMAL.replace(old, new), name="b"))
     assert base.fingerprint() != changed.fingerprint()
+
+
+def test_fingerprint_ignores_the_order_of_parameters(write_space: Any) -> None:
+    a = load_space(write_space(MINIMAL, name="a"))
+    lines = MINIMAL.splitlines()
+    start = lines.index("params:") + 1
+    reordered = "\n".join(lines[:start] + lines[start:][::-1]) + "\n"
+    b = load_space(write_space(reordered, name="b"))
+    assert [p.name for p in a.params] != [p.name for p in b.params]
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_fingerprint_ignores_the_order_of_parameters_within_a_branch(write_space: Any) -> None:
+    def space(order: tuple[str, str], name: str) -> Space:
+        hyper = {"lr": {"low": 1e-4, "high": 0.1, "log": True},
+                 "momentum": {"low": 0.5, "high": 0.99}}
+        return load_space(write_space({"task": TINY_TASK, "params": {"optimizer": {"choices": {
+            "adam": {}, "momentum": {k: hyper[k] for k in order}}}}}, name=name))
+
+    assert (space(("lr", "momentum"), "a").fingerprint()
+            == space(("momentum", "lr"), "b").fingerprint())
+
+
+def test_fingerprint_keeps_the_order_of_choices(write_space: Any) -> None:
+    """Optuna refuses a categorical whose choices change order within a study."""
+    a = load_space(write_space({"task": TINY_TASK,
+                                "params": {"optimizer": {"choices": ["adam", "sgd"]}}}, "a"))
+    b = load_space(write_space({"task": TINY_TASK,
+                                "params": {"optimizer": {"choices": ["sgd", "adam"]}}}, "b"))
+    assert a.fingerprint() != b.fingerprint()

@@ -13,11 +13,12 @@ from typing import Any
 FORMATS = ("table", "csv", "json")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, exact: bool = False) -> str:
+    """Text for one cell: rounded for reading, or exact (``repr``) for CSV round-trips."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
+        return "nan" if math.isnan(value) else repr(value) if exact else f"{value:.6g}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
@@ -46,7 +47,7 @@ def format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: 
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
-            writer.writerow([_cell(r.get(c)) for c in columns])
+            writer.writerow([_cell(r.get(c), exact=True) for c in columns])
         return out.getvalue()
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")

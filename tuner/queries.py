@@ -95,8 +95,9 @@ def trials(storage: TunerStorage, study: str, *, states: Sequence[str] = (),
     order = "t.number"
     if best_first:
         desc = _direction(storage, study_id) == "maximize"
-        # Trials without a value (pruned, failed) go last in either direction.
-        order = f"(v.value IS NULL), v.value {'DESC' if desc else 'ASC'}, t.number"
+        # Complete trials first: a pruned trial's value is only its last report.
+        order = (f"(CASE WHEN t.state = 'COMPLETE' THEN 0 ELSE 1 END), "
+                 f"v.value {'DESC' if desc else 'ASC'}, t.number")
     sql = text(_TRIALS_SQL.format(where=where, order=order,
                                   limit="LIMIT :limit" if limit else ""))
     if states:

@@ -7,6 +7,7 @@ number of epochs as the pruners' maximum resource).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -37,6 +38,18 @@ PRUNERS: dict[str, Any] = {
 }
 
 
+class _BudgetedGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` when the grid runs out.
+
+    That call is only allowed inside ``Study.optimize``; the tuner's workers use
+    ask-and-tell and cap the budget at the grid's size instead.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+        return None
+
+
 def build_sampler(space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The space's sampler, seeded with the sampler's own seed or the space's, plus ``offset``."""
     spec = space.sampler
@@ -45,8 +58,9 @@ def build_sampler(space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
     if spec.name == "grid":
         grid = {p.name: grid_values(p) or [] for p in space.all_params()
                 if not isinstance(p, Fixed)}
-        return optuna.samplers.GridSampler(grid, seed=kwargs["seed"])
-    if spec.name == "tpe" and any(p.name in ("optimizer", "schedule") for p in space.params):
+        return _BudgetedGridSampler(grid, seed=kwargs["seed"])
+    if (spec.name == "tpe" and kwargs.get("multivariate") is not False
+            and any(p.name in ("optimizer", "schedule") for p in space.params)):
         # Conditional branches: let multivariate TPE model each branch's group jointly.
         kwargs.setdefault("group", True)
     sampler: optuna.samplers.BaseSampler = SAMPLERS[spec.name](**kwargs)

@@ -111,6 +111,11 @@ def parse_space(raw: Mapping[str, Any], *, name: str, source: str) -> Space:
     )
     if space.sampler.name == "grid":
         _check_grid(ctx, space)
+    # Build the sampler exactly as a worker will, so that a bad combination of
+    # settings fails here, before anything is written.
+    from tuner.samplers import build_sampler
+
+    _try_build(ctx, "sampler", lambda: build_sampler(space))
     return space
 
 
@@ -276,6 +281,15 @@ def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
     """
     top = {p.name: p for p in params}
     seen: dict[str, str] = {}
+
+    def _shape(param: Param) -> str:
+        if isinstance(param, Categorical):
+            return f"choices {list(param.choices)}"
+        if isinstance(param, (FloatRange, IntRange)):
+            kind = "float" if isinstance(param, FloatRange) else "int"
+            return f"{kind}{' log' if param.log else ''} range"
+        return "fixed"
+
     for parent, accepted in CONDITIONAL_PARENTS.items():
         spec = top.get(parent)
         default = CATALOGUE[parent].default
@@ -299,11 +313,15 @@ def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
                     if param.name in top:
                         ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
                                  f"{param.name!r} is also given at top level; give it once")
-                    kind = type(param).__name__
-                    if not isinstance(param, Fixed) and seen.setdefault(param.name, kind) != kind:
+                    if isinstance(param, Fixed):
+                        continue
+                    # Optuna needs one distribution shape per name across the study.
+                    shape = _shape(param)
+                    if seen.setdefault(param.name, shape) != shape:
                         ctx.fail(f"params.{parent}.choices.{choice}.{param.name}",
-                                 f"{param.name!r} must be the same kind in every branch "
-                                 f"({seen[param.name]} elsewhere), but got {kind}")
+                                 f"{param.name!r} must have the same kind, log scale and "
+                                 f"choices in every branch ({seen[param.name]} elsewhere), "
+                                 f"but got {shape}")
 
 
 def _options(ctx: _Context, raw: Mapping[str, Any], path: str, target: Any,
@@ -330,10 +348,8 @@ def _parse_sampler(ctx: _Context, raw: Any) -> SamplerSpec:
     if name not in SAMPLERS:
         ctx.fail("sampler.name",
                  f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
-    sampler = SamplerSpec(name, _options(ctx, spec, "sampler", SAMPLERS[name],
-                                         skip=("search_space",)))
-    _try_build(ctx, "sampler", lambda: SAMPLERS[name](**sampler.kwargs) if name != "grid" else None)
-    return sampler
+    return SamplerSpec(name, _options(ctx, spec, "sampler", SAMPLERS[name],
+                                      skip=("search_space",)))
 
 
 def _parse_pruner(ctx: _Context, raw: Any, path: str, task: Task) -> PrunerSpec:
@@ -377,9 +393,10 @@ def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:
 
 
 def _check_grid(ctx: _Context, space: Space) -> None:
-    from tuner.space._params import grid_values
+    from tuner.space._params import describe, grid_values
 
     for param in space.all_params():
         if not isinstance(param, Fixed) and grid_values(param) is None:
             ctx.fail(f"params.{param.name}", "the grid sampler needs finite values: give "
-                     "`choices`, an int range without log, or a float range with `step`")
+                     "`choices`, an int range without log, or a float range with `step`, "
+                     f"but got {describe(param)}")

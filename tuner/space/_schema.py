@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.space._params import Param, walk
+from tuner.space._params import Categorical, Param, walk
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,18 @@ class Space:
         default spelled out, ``1e-3`` for ``0.001``, parameters in another order)
         match; the budget is left out.
         """
-        params = sorted(self.params, key=lambda p: p.name)
-        shaping = (self.task, params, self.sampler, self.pruner, self.early_stopping, self.seed)
+        shaping = (self.task, _canonical(self.params), self.sampler, self.pruner,
+                   self.early_stopping, self.seed)
         return hashlib.sha256(repr(shaping).encode()).hexdigest()[:16]
+
+
+def _canonical(params: tuple[Param, ...]) -> list[Any]:
+    """Parameters sorted by name at every level; the order of choices is kept (it matters)."""
+    out: list[Any] = []
+    for param in sorted(params, key=lambda p: p.name):
+        if isinstance(param, Categorical):
+            branches = [(choice, _canonical(sub)) for choice, sub in param.branches]
+            out.append((param.name, param.choices, branches))
+        else:
+            out.append(param)
+    return out
