@@ -22,3 +22,28 @@ study_option: Callable[[Any], Any] = click.option(
 format_option: Callable[[Any], Any] = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
     help="Output as an aligned table, CSV (pandas reads it back) or JSON (jq reads it).")
+
+
+class GpuList(click.ParamType):
+    """A comma-separated list of GPU indices, e.g. ``0,1,3``."""
+
+    name = "gpus"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            gpus = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"expected GPU indices such as 0,1, but got {value!r}", param, ctx)
+        if not gpus or min(gpus) < 0:
+            self.fail(f"expected GPU indices such as 0,1, but got {value!r}", param, ctx)
+        return gpus
+
+
+checkpoint_option = click.option(
+    "--checkpoint-every", type=click.FloatRange(min=0), default=30.0, show_default=True,
+    metavar="SECONDS",
+    help="Save a running trial's model and optimizer this often, so that a retry after a "
+         "crash resumes from there instead of epoch 0.")

@@ -1,4 +1,4 @@
-"""``tuner start`` and ``tuner spaces``."""
+"""``tuner start`` (run or resume a study) and ``tuner spaces``."""
 
 from __future__ import annotations
 
@@ -7,52 +7,19 @@ from typing import Any
 import click
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from tuner.cli import cli
-from tuner.cli._options import storage_option
+from tuner.cli._display import RunProgress, summary_text
+from tuner.cli._options import GpuList, checkpoint_option, storage_option
 from tuner.data import DATASETS
 from tuner.device import resolve_device
 from tuner.placement import assign_devices
 from tuner.pool import run_pool
-from tuner.runner import RunSummary, Snapshot, run_study
+from tuner.runner import run_study
 from tuner.space import builtin_spaces, load_space
 from tuner.space._params import describe
 from tuner.storage import TunerStorage, display_url
-from tuner.study import open_study, save_budget, stored_budget, stored_space
-
-
-class GpuList(click.ParamType):
-    """A comma-separated list of GPU indices, e.g. ``0,1,3``."""
-
-    name = "gpus"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> list[int]:
-        if isinstance(value, list):
-            return value
-        try:
-            gpus = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"expected GPU indices such as 0,1, but got {value!r}", param, ctx)
-        if not gpus or min(gpus) < 0:
-            self.fail(f"expected GPU indices such as 0,1, but got {value!r}", param, ctx)
-        return gpus
-
-
-checkpoint_option = click.option(
-    "--checkpoint-every", type=click.FloatRange(min=0), default=30.0, show_default=True,
-    metavar="SECONDS",
-    help="Save a running trial's model and optimizer this often, so that a retry after a "
-         "crash resumes from there instead of epoch 0.")
+from tuner.study import open_study, save_budget
 
 
 @cli.command()
@@ -121,7 +88,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
                       f"/ {parsed.task.model} · {workers} worker(s) on {where} · "
                       f"{display_url(db.url)}")
-    with _progress(console, quiet) as progress:
+    with RunProgress(console, quiet) as progress:
         if workers == 1:
             summary = run_study(parsed, storage=db, study_name=name, budget=budget,
                                 device=torch.device(placed[0]), timeout=timeout,
@@ -131,108 +98,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
             summary = run_pool(db, opened, budget, placed, timeout=timeout,
                                checkpoint_every=checkpoint_every,
                                on_start=progress.start, on_progress=progress.update)
-    click.echo(_summary(summary, parsed.task.metric))
-
-
-@cli.command()
-@click.option("--study", required=True, metavar="NAME", help="The study to join.")
-@storage_option
-@click.option("--trials", type=click.IntRange(min=1),
-              help="Run at most this many trials here (default: work until the study's "
-                   "budget is reached).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Start no new trial after this many seconds.")
-@click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
-              help="Where this worker trains: auto (CUDA when present), cpu, cuda or cuda:N.")
-@checkpoint_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
-def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
-           checkpoint_every: float, quiet: bool) -> None:
-    """Join a study from any machine and work until its budget is reached.
-
-    The worker reads the study's search space and budget from the database, so it
-    needs nothing but the storage URL and the study's name.
-
-    \b
-    Example:
-      tuner worker --study reg --storage postgresql://user@dbhost/tuner
-    """
-    torch_device = resolve_device(device)
-    db = TunerStorage(storage).open()
-    parsed = stored_space(db, study)
-    budget = stored_budget(db, study) or parsed.trials
-    console = Console(stderr=True)
-    with _progress(console, quiet) as progress:
-        summary = run_study(parsed, storage=db, study_name=study, budget=budget,
-                            device=torch_device, timeout=timeout, max_trials=trials,
-                            checkpoint_every=checkpoint_every,
-                            on_start=progress.start, on_progress=progress.update)
-    click.echo(_summary(summary, parsed.task.metric))
-
-
-class _progress:
-    """A rich progress bar fed by the runner's snapshots (silent when quiet)."""
-
-    def __init__(self, console: Console, quiet: bool) -> None:
-        self.bar = None if quiet else Progress(
-            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=console, transient=False)
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> _progress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def start(self, s: Snapshot) -> None:
-        if self.bar is not None:
-            self.task = self.bar.add_task("trials", total=s.budget, completed=s.finished,
-                                          info=self._info(s))
-
-    def update(self, s: Snapshot) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=min(s.finished, s.budget), info=self._info(s))
-
-    @staticmethod
-    def _info(s: Snapshot) -> str:
-        best = "-" if s.best_value is None else f"{s.best_value:.4g}"
-        failed = f" · failed {s.failed}" if s.failed else ""
-        return f"pruned {s.pruned}{failed} · best {best}"
-
-
-def _summary(s: RunSummary, metric: str) -> str:
-    name = s.study_name
-    if s.stop_reason == "already_done":
-        head = (f"Study {name!r} already has {s.finished} finished trials (budget {s.budget}): "
-                f"nothing to do. Raise --trials to run more.")
-    else:
-        why = " (timeout)" if s.stop_reason == "timeout" else ""
-        head = (f"Study {name!r}: ran {s.ran} trials in {_duration(s.elapsed)}{why}; "
-                f"{s.finished}/{s.budget} finished ({s.pruned} pruned, {s.failed} failed).")
-    lines = [head]
-    if s.best is not None:
-        test = "" if s.test_metric is None else f", test {metric} {s.test_metric:.4f}"
-        epoch = "" if s.best_epoch is None else f" (epoch {s.best_epoch})"
-        lines.append(f"Best trial #{s.best.number}: validation {metric} {s.best.value:.4f}"
-                     f"{test}{epoch}")
-        width = max(len(k) for k in s.best.params) if s.best.params else 0
-        lines += [f"  {k.ljust(width)}  {_value(v)}" for k, v in s.best.params.items()]
-    lines.append(f"More: tuner trials --study {name}  ·  tuner best --study {name}")
-    return "\n".join(lines)
-
-
-def _value(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m {secs:02d}s" if minutes else f"{seconds:.1f}s"
+    click.echo(summary_text(summary, parsed.task.metric))
 
 
 @cli.command()

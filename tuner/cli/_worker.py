@@ -1,0 +1,50 @@
+"""``tuner worker``: join a study from any machine."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from tuner.cli import cli
+from tuner.cli._display import RunProgress, summary_text
+from tuner.cli._options import checkpoint_option, storage_option
+from tuner.device import resolve_device
+from tuner.runner import run_study
+from tuner.storage import TunerStorage
+from tuner.study import stored_budget, stored_space
+
+
+@cli.command()
+@click.option("--study", required=True, metavar="NAME", help="The study to join.")
+@storage_option
+@click.option("--trials", type=click.IntRange(min=1),
+              help="Run at most this many trials here (default: work until the study's "
+                   "budget is reached).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Start no new trial after this many seconds.")
+@click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
+              help="Where this worker trains: auto (CUDA when present), cpu, cuda or cuda:N.")
+@checkpoint_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
+def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
+           checkpoint_every: float, quiet: bool) -> None:
+    """Join a study from any machine and work until its budget is reached.
+
+    The worker reads the study's search space and budget from the database, so it
+    needs nothing but the storage URL and the study's name.
+
+    \b
+    Example:
+      tuner worker --study reg --storage postgresql://user@dbhost/tuner
+    """
+    torch_device = resolve_device(device)
+    db = TunerStorage(storage).open()
+    parsed = stored_space(db, study)
+    budget = stored_budget(db, study) or parsed.trials
+    console = Console(stderr=True)
+    with RunProgress(console, quiet) as progress:
+        summary = run_study(parsed, storage=db, study_name=study, budget=budget,
+                            device=torch_device, timeout=timeout, max_trials=trials,
+                            checkpoint_every=checkpoint_every,
+                            on_start=progress.start, on_progress=progress.update)
+    click.echo(summary_text(summary, parsed.task.metric))
