@@ -1,0 +1,226 @@
+"""Your own data: CSV, NPZ or Parquet files, or a Python function that returns arrays.
+
+>>> spec = DataSpec("examples/data.csv", target="label")      # doctest: +SKIP
+>>> x, y, splits = read_user_data(spec)                       # doctest: +SKIP
+
+Every problem is a :class:`~tuner.errors.DataError` that names the file, the column
+and the rule: a missing file or target column, non-numeric features, NaNs, a target
+with a single class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.errors import DataError
+
+SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where user data comes from and which column is the target."""
+
+    source: str  # a file path, or "package.module:function" / "file.py:function"
+    target: str | None = None
+    task: str | None = None  # classification | regression; inferred when None
+    features: tuple[str, ...] | None = None
+    aux_target: str | None = None
+
+
+@dataclass(frozen=True)
+class UserArrays:
+    x: np.ndarray
+    y: np.ndarray
+    task: str
+    aux: np.ndarray | None = None
+    # A predefined split: (x_val, y_val, x_test, y_test), the rest being training data.
+    split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    feature_names: tuple[str, ...] = ()
+
+
+def is_reference(source: str) -> bool:
+    """``pkg.mod:function`` or ``file.py:function`` rather than a data file."""
+    head, sep, tail = source.rpartition(":")
+    return bool(sep) and tail.isidentifier() and not Path(source).exists() and (
+        head.endswith(".py") or all(part.isidentifier() for part in head.split(".")))
+
+
+def import_reference(reference: str, what: str) -> Callable[..., Any]:
+    """The callable named by ``package.module:function`` or ``path/file.py:function``."""
+    module_name, _, attr = reference.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.exists():
+                raise DataError(f"{what} {reference!r}: no such file {module_name!r}")
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            if loader is None or loader.loader is None:
+                raise DataError(f"{what} {reference!r}: cannot import {module_name!r}")
+            module = importlib.util.module_from_spec(loader)
+            sys.modules.setdefault(path.stem, module)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DataError(f"{what} {reference!r}: cannot import {module_name!r}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise DataError(f"{what} {reference!r}: {module_name!r} has no function {attr!r}")
+    return function
+
+
+def read_user_data(spec: DataSpec) -> UserArrays:
+    """Load, check and return the arrays ``spec`` names."""
+    if is_reference(spec.source):
+        return _from_function(spec)
+    path = Path(spec.source)
+    if not path.exists():
+        raise DataError(f"--data {spec.source}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _from_npz(path, spec)
+    if suffix in (".csv", ".parquet", ".pq"):
+        return _from_table(path, spec)
+    raise DataError(f"--data {spec.source}: unsupported file type {suffix!r}; expected .csv, "
+                    ".npz or .parquet")
+
+
+def _from_table(path: Path, spec: DataSpec) -> UserArrays:
+    import pandas as pd
+
+    try:
+        frame = (pd.read_csv(path) if path.suffix.lower() == ".csv"
+                 else pd.read_parquet(path))
+    except Exception as exc:  # pandas raises many kinds; each becomes one line
+        raise DataError(f"--data {path}: cannot read it: {str(exc).splitlines()[0]}") from None
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if spec.target is None:
+        raise DataError(f"--data {path}: name the target column with --target (columns: "
+                        f"{', '.join(columns)})")
+    for name, flag in ((spec.target, "--target"), (spec.aux_target, "--aux-target")):
+        if name is not None and name not in columns:
+            raise DataError(f"--data {path}: {flag} column {name!r} does not exist (columns: "
+                            f"{', '.join(columns)})")
+    exclude = {spec.target, spec.aux_target}
+    features = list(spec.features) if spec.features else [c for c in columns if c not in exclude]
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise DataError(f"--data {path}: --features column {missing[0]!r} does not exist")
+    non_numeric = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
+    if non_numeric:
+        raise DataError(f"--data {path}: feature column {non_numeric[0]!r} is not numeric "
+                        f"(dtype {frame[non_numeric[0]].dtype}); encode it or leave it out "
+                        "with --features")
+    x = frame[features].to_numpy(dtype=np.float64)
+    y = frame[spec.target].to_numpy()
+    aux = frame[spec.aux_target].to_numpy() if spec.aux_target else None
+    return _checked(str(path), x, y, aux, spec.task, None, tuple(features))
+
+
+def _from_npz(path: Path, spec: DataSpec) -> UserArrays:
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = dict(archive)
+    if all(k in arrays for k in SPLIT_KEYS):
+        return _split_arrays(str(path), arrays, spec)
+    x_key = next((k for k in ("x", "X") if k in arrays), None)
+    y_key = spec.target or "y"
+    if x_key is None or y_key not in arrays:
+        raise DataError(f"--data {path}: an .npz needs arrays 'x' and {y_key!r} (or x_train, "
+                        f"y_train, x_val, y_val, x_test, y_test); it has: {', '.join(arrays)}")
+    aux = arrays.get(spec.aux_target) if spec.aux_target else None
+    if spec.aux_target and aux is None:
+        raise DataError(f"--data {path}: --aux-target array {spec.aux_target!r} does not exist")
+    return _checked(str(path), arrays[x_key], arrays[y_key], aux, spec.task, None, ())
+
+
+def _from_function(spec: DataSpec) -> UserArrays:
+    function = import_reference(spec.source, "--data")
+    try:
+        result = function()
+    except Exception as exc:  # the user's code: one line, its own words
+        raise DataError(f"--data {spec.source}: the function raised "
+                        f"{type(exc).__name__}: {exc}") from None
+    if isinstance(result, Mapping):
+        if all(k in result for k in SPLIT_KEYS):
+            return _split_arrays(spec.source, {k: _numpy(v) for k, v in result.items()}, spec)
+        if "x" in result and "y" in result:
+            aux = result.get("aux")
+            return _checked(spec.source, _numpy(result["x"]), _numpy(result["y"]),
+                            None if aux is None else _numpy(aux), spec.task, None, ())
+    if isinstance(result, tuple) and len(result) in (2, 3):
+        aux = _numpy(result[2]) if len(result) == 3 else None
+        return _checked(spec.source, _numpy(result[0]), _numpy(result[1]), aux, spec.task, None,
+                        ())
+    raise DataError(f"--data {spec.source}: the function must return (x, y), (x, y, aux), or "
+                    f"a dict with x/y or {', '.join(SPLIT_KEYS)}; got {type(result).__name__}")
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _split_arrays(source: str, arrays: Mapping[str, np.ndarray], spec: DataSpec) -> UserArrays:
+    checked = _checked(source, arrays["x_train"], arrays["y_train"], None, spec.task, None, ())
+    for part in ("val", "test"):
+        _checked(source, arrays[f"x_{part}"], arrays[f"y_{part}"], None, checked.task, None, (),
+                 min_rows=1)
+    return UserArrays(checked.x, checked.y, checked.task, None,
+                      (np.asarray(arrays["x_val"], dtype=np.float64), arrays["y_val"],
+                       np.asarray(arrays["x_test"], dtype=np.float64), arrays["y_test"]))
+
+
+def infer_task(y: np.ndarray) -> str:
+    """Classification for labels (strings, booleans, or few distinct integers)."""
+    if y.dtype.kind in "OUSb":
+        return "classification"
+    if y.dtype.kind in "iu" and len(np.unique(y)) <= max(20, int(len(y) ** 0.5)):
+        return "classification"
+    return "regression"
+
+
+def _checked(source: str, x: np.ndarray, y: np.ndarray, aux: np.ndarray | None,
+             task: str | None, split: Any, names: tuple[str, ...],
+             min_rows: int = 10) -> UserArrays:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        x = x.reshape(len(x), -1)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"--data {source}: features must be numeric, but got dtype {x.dtype}")
+    x = x.astype(np.float64)
+    if len(x) != len(y):
+        raise DataError(f"--data {source}: {len(x)} feature rows but {len(y)} targets")
+    if len(x) < min_rows:
+        raise DataError(f"--data {source}: at least {min_rows} rows are needed, but got {len(x)}")
+    bad = np.isnan(x).any(axis=0)
+    if bad.any():
+        column = names[int(np.argmax(bad))] if names else f"#{int(np.argmax(bad))}"
+        raise DataError(f"--data {source}: feature column {column} has "
+                        f"{int(np.isnan(x[:, int(np.argmax(bad))]).sum())} NaN value(s); fill "
+                        "or drop them first")
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise DataError(f"--data {source}: the target has {int(np.isnan(y).sum())} NaN value(s)")
+    task = task or infer_task(y)
+    if task not in ("classification", "regression"):
+        raise DataError(f"--task: expected classification or regression, but got {task!r}")
+    if task == "classification" and len(np.unique(y)) < 2 and min_rows > 1:
+        raise DataError(f"--data {source}: the target has a single class ({np.unique(y)[0]!r});"
+                        " classification needs at least two")
+    if task == "regression" and y.dtype.kind not in "biuf":
+        raise DataError(f"--data {source}: a regression target must be numeric, but got dtype "
+                        f"{y.dtype}")
+    return UserArrays(x, y, task, aux, split, names)
