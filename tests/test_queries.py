@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from optuna.trial import TrialState
 
 from tuner import queries
-from tuner.errors import StudyNotFoundError
+from tuner.errors import StorageError, StudyNotFoundError, UsageError
 from tuner.runner import run_study
 from tuner.space import load_space
 from tuner.storage import TunerStorage
@@ -224,3 +225,150 @@ def test_tuner_columns_from_a_real_run(storage_url: str, tiny_path: Path,
     best_rows = queries.trials(storage, "tiny", states=("complete",), best_first=True, limit=1)
     assert best_rows[0]["number"] == study.best_trial.number
     assert best_rows[0]["test_metric"] is not None
+
+
+def test_curves_from_a_real_run_match_the_epochs(storage_url: str, tiny_path: Path) -> None:
+    storage = TunerStorage(storage_url).open()
+    run_study(load_space(tiny_path), storage=storage, study_name="tiny", budget=2,
+              device=torch.device("cpu"))
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    rows = queries.curves(storage, "tiny", [1, 0])
+    assert [r["trial"] for r in rows] == [1] * 2 + [0] * 2  # in the order asked for
+    for trial in study.trials:
+        mine = [r for r in rows if r["trial"] == trial.number]
+        assert {r["epoch"]: r["val_metric"] for r in mine} == pytest.approx(
+            trial.intermediate_values)
+        assert all(r["train_loss"] is not None and r["lr"] is not None for r in mine)
+
+
+# --- a plain Optuna database, and files that are not one ---------------------------------------
+
+
+@pytest.fixture
+def plain_optuna(tmp_path: Path, db_snapshot: Any) -> tuple[str, Path]:
+    """An Optuna database made by Optuna alone: none of the tuner's tables."""
+    path = tmp_path / "plain.db"
+    url = f"sqlite:///{path}"
+    study = optuna.create_study(study_name="plain", storage=url, direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(6):
+        trial = study.ask()
+        x = trial.suggest_float("x", -3, 3)
+        trial.suggest_categorical("kind", ["a", "b"])
+        for step in range(1, 4):
+            trial.report(x * x + 1 / step, step)
+        if i == 4:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, x * x)
+    assert "tuner_trials" not in db_snapshot(path)
+    return url, path
+
+
+def _schema(path: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(conn.execute("SELECT type, name FROM sqlite_master").fetchall())
+    finally:
+        conn.close()
+
+
+def test_reading_a_plain_optuna_database_changes_nothing(plain_optuna: tuple[str, Path],
+                                                         db_snapshot: Any) -> None:
+    url, path = plain_optuna
+    before, schema = db_snapshot(path), _schema(path)
+    storage = TunerStorage(url, create=False, heartbeat=False).open()
+    assert storage.tuner_tables is False
+    study = optuna.load_study(study_name="plain", storage=url)
+    rows = queries.trials(storage, "plain", where="kind == 'a' or x > 0", sort=["-value"])
+    expected = [t for t in study.trials if t.params["kind"] == "a" or t.params["x"] > 0]
+    assert sorted(r["number"] for r in rows) == sorted(t.number for t in expected)
+    assert all(r["best_epoch"] is None and r["seed"] is None for r in rows)
+    (best,) = queries.best_trials(storage, "plain")
+    assert (best["number"], best["value"]) == (study.best_trial.number, study.best_value)
+    assert [r["study"] for r in queries.studies(storage)] == ["plain"]
+    curves = queries.curves(storage, "plain", [2])
+    assert {r["epoch"]: r["val_metric"] for r in curves} == study.trials[2].intermediate_values
+    assert db_snapshot(path) == before
+    assert _schema(path) == schema  # no table, index or view created
+
+
+def test_creating_open_adds_the_tuner_tables_and_views(plain_optuna: tuple[str, Path]) -> None:
+    """The contrast: a worker's open (create=True) does add them."""
+    url, path = plain_optuna
+    TunerStorage(url, heartbeat=False).open()
+    names = {name for _, name in _schema(path)}
+    assert {"tuner_trials", "tuner_epochs", "trial_summary", "epoch_summary"} <= names
+
+
+@pytest.mark.parametrize("content", ["empty", "unrelated", "garbage"])
+def test_a_file_that_is_not_an_optuna_database(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "other.db"
+    if content == "garbage":
+        path.write_bytes(b"this is not a database at all\n" * 100)
+    else:
+        conn = sqlite3.connect(path)
+        if content == "unrelated":
+            conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+            conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+            conn.commit()
+        conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=r"not (an Optuna study|a database)") as info:
+        TunerStorage(f"sqlite:///{path}", create=False, heartbeat=False).open()
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_a_database_missing_some_optuna_tables(tmp_path: Path) -> None:
+    path = tmp_path / "half.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
+    conn.execute("CREATE TABLE trials (trial_id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(StorageError, match="missing tables: study_directions, trial_params"):
+        TunerStorage(f"sqlite:///{path}", create=False, heartbeat=False).open()
+    assert {name for _, name in _schema(path)} == {"studies", "trials"}
+
+
+def test_infinite_values_sort_where_optuna_puts_them(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'inf.db'}"
+    storage = TunerStorage(url, heartbeat=False).open()
+    study = optuna.create_study(study_name="inf", storage=storage.optuna, direction="maximize")
+    for value in (1.0, float("inf"), 2.0, float("-inf")):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, value)
+    rows = queries.trials(storage, "inf", best_first=True)
+    assert [r["value"] for r in rows] == [float("inf"), 2.0, 1.0, float("-inf")]
+    assert rows[0]["number"] == study.best_trial.number
+    assert [r["value"] for r in queries.trials(storage, "inf", sort=["value"])] == [
+        float("-inf"), 1.0, 2.0, float("inf")]
+
+
+def test_curves_of_a_trial_that_does_not_exist(storage: TunerStorage,
+                                               populated: dict[str, optuna.Study]) -> None:
+    with pytest.raises(UsageError, match=r"study 'min' has no trial 9; its trials are 0\.\.3"):
+        queries.curves(storage, "min", [0, 9])
+    with pytest.raises(UsageError, match="it has no trials"):
+        queries.curves(storage, "empty", [0])
+
+
+def test_columns_must_exist(storage: TunerStorage, populated: dict[str, optuna.Study]) -> None:
+    assert queries.trials(storage, "max", columns=["number", "seed", "n"])
+    with pytest.raises(UsageError, match=r"--columns: unknown column 'nn'; study 'max' has: "
+                                         r"number, .*datetime_complete, n, opt, x"):
+        queries.trials(storage, "max", columns=["number", "nn"])
+
+
+def test_many_trials_fetch_their_params_in_chunks(tmp_path: Path) -> None:
+    """More trials than SQLite allows bound parameters in one IN (...) list."""
+    from tuner.bench._query import build_study
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    storage = TunerStorage(url, heartbeat=False).open()
+    build_study(storage, "many", 12_000, steps=1)
+    rows = queries.trials(storage, "many", where="number >= 1000")
+    assert len(rows) == 11_000 and all(len(r["params"]) == 10 for r in rows)
+    trial = optuna.load_study(study_name="many", storage=url).trials[-1]
+    assert rows[-1]["params"] == trial.params

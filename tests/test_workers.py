@@ -39,13 +39,13 @@ def tiny_space(tmp_path: Path, epochs: int = 3, hidden: int = 16) -> Path:
 
 
 def slow_space(tmp_path: Path) -> Path:
-    """Trials of a few seconds: digits, a wide MLP, many epochs, no early stopping."""
+    """Trials of several seconds: digits, many epochs, no early stopping, no pruning."""
     space = {
         "trials": 3,
-        "task": {"dataset": "digits", "model": "mlp", "epochs": 400},
+        "task": {"dataset": "digits", "model": "mlp", "epochs": 150},
         "pruner": {"name": "none"},
         "sampler": {"name": "random"},
-        "params": {"hidden": 256, "layers": 2, "batch_size": 32,
+        "params": {"hidden": 64, "layers": 2, "batch_size": 32,
                    "lr": {"low": 1e-4, "high": 1e-3, "log": True}},
     }
     path = tmp_path / "slow.yaml"
@@ -100,7 +100,7 @@ def test_workers_reach_exactly_the_budget(backend: str, tmp_path: Path,
 def test_kill_9_loses_no_trial_and_the_retry_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     args = ["start", "--space", str(slow_space(tmp_path)), "--study", "crash", "--storage", url,
-            "--trials", "2", "--checkpoint-every", "0", "--quiet"]
+            "--trials", "2", "--quiet"]
     engine = sqlalchemy.create_engine(url)
 
     def checkpointed_epochs() -> int:
@@ -112,7 +112,7 @@ def test_kill_9_loses_no_trial_and_the_retry_resumes_from_its_checkpoint(tmp_pat
                 return 0
         return int(value or 0)
 
-    victim = tuner(*args)
+    victim = tuner(*args, "--checkpoint-every", "0")  # a checkpoint after every epoch
     wait_for(lambda: checkpointed_epochs() >= 3, timeout=120)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
@@ -120,7 +120,7 @@ def test_kill_9_loses_no_trial_and_the_retry_resumes_from_its_checkpoint(tmp_pat
     assert before[TrialState.RUNNING] == 1  # left behind by the dead worker
 
     survivor = tuner(*args)
-    out, _ = survivor.communicate(timeout=300)
+    out, _ = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, out
     study = optuna.load_study(study_name="crash", storage=url)
     trials = study.get_trials(deepcopy=False)

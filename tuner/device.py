@@ -1,4 +1,5 @@
-"""Where trials run: the one place that turns ``--device`` into a ``torch.device``."""
+"""Where trials run: the one place that turns ``--device`` into a ``torch.device``, and
+that decides how many CPU threads torch uses for them."""
 
 from __future__ import annotations
 
@@ -6,16 +7,32 @@ import torch
 
 from tuner.errors import UsageError
 
+# What torch would use on its own (one thread per physical core), read before the
+# tuner changes it; `tuner bench` measures the machine's matmul peak with it.
+MACHINE_THREADS = torch.get_num_threads()
+
+# Trials on the CPU run torch with one intra-op thread. The tuner's models are small:
+# one of their matmuls takes microseconds, less than handing it to the thread pool and
+# meeting the other threads at its barrier, and on a busy or shared machine that
+# meeting waits for a time slice of a core someone else holds (milliseconds).
+# Measured on a shared 2-core machine (`tuner bench --threads 1` vs `--threads 2`):
+# digits/MLP epochs ran more than 10x faster on one thread, and even an MLP of 512
+# units on batches of 256 (12,000 samples) ran 10-20x faster. The cores are better
+# used by trials side by side: `--workers N` gives each worker its share of them.
+CPU_THREADS = 1
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` picks the first CUDA device when there is one, else the CPU.
+
+    On the CPU it also sets torch's intra-op threads to ``CPU_THREADS`` (see above).
 
     >>> resolve_device("cpu")
     device(type='cpu')
     """
     spec = spec.strip().lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -26,6 +43,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise UsageError(f"--device {spec}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
+    elif device.type == "cpu":
+        torch.set_num_threads(CPU_THREADS)
+    else:
         raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, but got {spec!r}")
     return device

@@ -127,6 +127,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, metr
     return loss_fn(task, output, y), metric_value(metric, output, y, y_scale)
 
 
+def _optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
+    """The config's optimizer, fused where torch has a fused kernel for it on this device.
+
+    A fused step updates every parameter in one kernel instead of about ten per
+    parameter: on a small model Adam's step is ~3x faster. It computes the same update
+    (to float rounding), so a trial's curve is reproducible with either.
+    """
+    hyper = dict(config.optimizer_hyper)
+    optimizer = build_optimizer(model.parameters(), config.optimizer, **hyper)
+    if "fused" not in optimizer.defaults or "fused" in hyper:
+        return optimizer
+    try:
+        return build_optimizer(model.parameters(), config.optimizer, **hyper, fused=True)
+    except RuntimeError:  # no fused kernel on this device (e.g. Adagrad on CUDA)
+        return optimizer
+
+
+def _batch_sizes(n: int, batch_size: int) -> list[int]:
+    """Batch sizes covering ``n`` samples; a last batch of one sample breaks batch norm,
+    so it is folded into the previous one."""
+    bs = min(batch_size, n)
+    n_batches = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
+    return [bs] * (n_batches - 1) + [n - bs * (n_batches - 1)]
+
+
 def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric,
           report: Report | None = None, resume: Checkpoint | None = None,
           checkpoint: Callable[[Checkpoint], None] | None = None,
@@ -143,14 +168,17 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     from such a checkpoint, with the same result as an uninterrupted run.
     """
     weights = penalized_weights(model)
-    optimizer = build_optimizer(model.parameters(), config.optimizer,
-                                **dict(config.optimizer_hyper))
+    optimizer = _optimizer(model, config)
     scheduler = build_scheduler(optimizer, config.schedule, **dict(config.schedule_hyper))
     x, y = data.x_train, data.y_train
-    n, bs = x.shape[0], min(config.batch_size, x.shape[0])
-    # A last batch of one sample breaks batch norm; fold it into the previous one.
-    n_batches = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
-    regularize = bool(config.l1 or config.l2)
+    n = x.shape[0]
+    sizes = _batch_sizes(n, config.batch_size)
+    # Decided once, not per batch.
+    augment = data.image_shape if config.augment else None
+    noise, l1, l2, max_norm = config.input_noise, config.l1, config.l2, config.max_norm
+    regularize = bool(l1 or l2)
+    # zero_grad(set_to_none=True) without its per-call profiler hooks.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
@@ -169,24 +197,27 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         start = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
+        # One gather per epoch puts the samples in this epoch's order; batches are then
+        # views of it (the same batches as indexing with slices of the permutation).
         order = torch.randperm(n, device=x.device)
+        batches = zip(x[order].split(sizes), y[order].split(sizes), strict=True)
         loss_sum = torch.zeros((), device=x.device)
-        for i in range(n_batches):
-            idx = order[i * bs:] if i == n_batches - 1 else order[i * bs:(i + 1) * bs]
-            xb, yb = x[idx], y[idx]
-            if config.augment and data.image_shape is not None:
-                xb = augment_images(xb, data.image_shape)
-            if config.input_noise:
-                xb = add_input_noise(xb, config.input_noise)
+        for xb, yb in batches:
+            if augment is not None:
+                xb = augment_images(xb, augment)
+            if noise:
+                xb = add_input_noise(xb, noise)
             loss = loss_fn(data.task, model(xb), yb)
-            loss_sum += loss.detach() * idx.shape[0]
+            # Accumulated on the device: no host sync per batch.
+            loss_sum.add_(loss.detach(), alpha=xb.shape[0])
             if regularize:
-                loss = loss + penalty(weights, config.l1, config.l2)
-            optimizer.zero_grad(set_to_none=True)
+                loss = loss + penalty(weights, l1, l2)
+            for p in params:
+                p.grad = None
             loss.backward()
             optimizer.step()
-            if config.max_norm is not None:
-                apply_max_norm(weights, config.max_norm)
+            if max_norm is not None:
+                apply_max_norm(weights, max_norm)
 
         val_loss, val_metric = evaluate(model, data.x_val, data.y_val, data.task, metric,
                                         data.y_std)

@@ -7,20 +7,27 @@ manager that commits, rolls back, closes, and turns SQLAlchemy errors into
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy import Connection, event, make_url
+from optuna.storages._rdb.models import (
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialUserAttributeModel,
+)
+from sqlalchemy import Connection, create_engine, event, inspect, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tuner.errors import StorageError, UsageError
 from tuner.storage._tables import checkpoints, epochs, metadata, trial_info
+from tuner.storage._views import create_views
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
 # Seconds between a running trial's heartbeats, and the silence after which a RUNNING
@@ -75,8 +82,41 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
+# Optuna's tables a study database must have to be read; `version_info` and
+# `alembic_version` too, or opening it through Optuna would write them.
+OPTUNA_TABLES = ("studies", "study_directions", "trials", "trial_params", "trial_values",
+                 "trial_intermediate_values", "version_info", "alembic_version")
+TUNER_TABLES = (epochs.name, trial_info.name)
+
+
+def _check_schema(url: str, engine_kwargs: dict[str, Any]) -> bool:
+    """Check, without writing anything, that ``url`` holds an Optuna study database.
+
+    Returns whether the tuner's own tables are there too (a plain Optuna database
+    has none: its trials simply have no best epoch, seed or per-epoch rows).
+    """
+    engine = create_engine(url, **engine_kwargs)
+    try:
+        names = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if "studies" not in names or "trials" not in names:
+        raise StorageError(f"{display_url(url)} is not an Optuna study database (it has no "
+                           "`studies` and `trials` tables); check --storage")
+    missing = [t for t in OPTUNA_TABLES if t not in names]
+    if missing:
+        raise StorageError(f"{display_url(url)} is not a complete Optuna study database "
+                           f"(missing tables: {', '.join(missing)})")
+    return all(t in names for t in TUNER_TABLES)
+
+
 class TunerStorage:
     """A study database: Optuna's storage and the tuner's tables on one engine.
+
+    With ``create=True`` (workers) the database, Optuna's schema, the tuner's tables and
+    its views are created as needed. With ``create=False`` (read-back commands, the
+    dashboard) nothing is written: the database must already hold Optuna's schema, and
+    the tuner's tables may be missing (a plain Optuna database), see :attr:`tuner_tables`.
 
     >>> storage = TunerStorage("sqlite:///:memory:").open()
     >>> storage.study_names()
@@ -92,6 +132,8 @@ class TunerStorage:
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self._optuna: optuna.storages.RDBStorage | None = None
+        # Whether the tuner's tables exist (always, once a creating open() has run).
+        self.tuner_tables = create
 
     def open(self) -> TunerStorage:
         try:
@@ -102,8 +144,11 @@ class TunerStorage:
         engine_kwargs: dict[str, Any] = {}
         path = _sqlite_path(self.url)
         if parsed.drivername.startswith("sqlite"):
-            if path is not None:
+            if path is not None and self.create:
                 _prepare_sqlite(path, self.create)
+            elif path is not None and not path.exists():
+                raise StorageError(f"no study database at {path}; run `tuner start` first, "
+                                   "or pass --storage")
             engine_kwargs["connect_args"] = {"timeout": 60}
         elif parsed.drivername.startswith("postgresql"):
             if parsed.drivername == "postgresql":
@@ -118,12 +163,20 @@ class TunerStorage:
                 max_retry=3),
         ) if self.heartbeat else {}
         try:
-            self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
-                                                      **heartbeat)  # type: ignore[arg-type]
-            if path is not None:
-                event.listen(self.engine, "connect", _on_sqlite_connect)
-            metadata.create_all(self.engine)
-        except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+            if not self.create:
+                self.tuner_tables = _check_schema(self.url, engine_kwargs)
+            self._optuna = optuna.storages.RDBStorage(
+                self.url, engine_kwargs=engine_kwargs, skip_table_creation=not self.create,
+                **heartbeat)  # type: ignore[arg-type]
+            if self.create:
+                if path is not None:
+                    event.listen(self.engine, "connect", _on_sqlite_connect)
+                    # Optuna's set-up left connections in the pool, opened before the
+                    # listener: without this they would fsync every commit (~5 ms each).
+                    self.engine.dispose()
+                metadata.create_all(self.engine)
+                create_views(self.engine)
+        except (SQLAlchemyError, ModuleNotFoundError, ValueError, RuntimeError) as exc:
             raise StorageError(f"cannot open the study database {display_url(self.url)}: "
                                f"{_first_line(exc)}") from None
         return self
@@ -150,6 +203,40 @@ class TunerStorage:
 
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def write_trial(self, trial: optuna.Trial, values: Sequence[tuple[int, float]] = (),
+                    user_attrs: Mapping[str, Any] | None = None) -> None:
+        """Add intermediate values ``(epoch, value)`` and user attributes to a running
+        Optuna trial, in one transaction.
+
+        Optuna's ``trial.report`` and ``trial.set_user_attr`` cost a transaction each,
+        more than a small model's epoch on SQLite. This writes the same rows of Optuna's
+        tables (through Optuna's own table definitions), after the same check: a trial
+        that has finished (e.g. failed by another worker as stale) is not updated.
+        """
+        attrs = dict(user_attrs or {})
+        if not values and not attrs:
+            return
+        trial_id = trial._trial_id
+        stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
+        rows = [dict(zip(("intermediate_value", "intermediate_value_type"),
+                         stored(float(value)), strict=True), trial_id=trial_id, step=int(epoch))
+                for epoch, value in values]
+        user = TrialUserAttributeModel.__table__
+        with self.session() as conn:
+            state = conn.execute(select(TrialModel.state)
+                                 .where(TrialModel.trial_id == trial_id)).scalar()
+            if state is None or state.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial #{trial.number} has already finished and cannot be updated")
+            if rows:
+                conn.execute(TrialIntermediateValueModel.__table__.insert(), rows)
+            if attrs:
+                conn.execute(user.delete().where((user.c.trial_id == trial_id)
+                                                 & user.c.key.in_(list(attrs))))
+                conn.execute(user.insert(), [dict(trial_id=trial_id, key=key,
+                                                  value_json=json.dumps(value))
+                                             for key, value in attrs.items()])
 
     def record_trial(self, *, trial_id: int, study_id: int, seed: int, best_epoch: int | None,
                      outcome: str, device: str, history: Sequence[Any]) -> None:
