@@ -7,6 +7,9 @@ for PyTorch models, built on Optuna.
 ['adagrad', 'adam', 'adamw', 'momentum', 'rmsprop', 'sgd']
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tuner.errors import (
     DataError,
     SpaceError,
@@ -16,9 +19,21 @@ from tuner.errors import (
     TunerError,
     UsageError,
 )
-from tuner.optim import build_optimizer, build_scheduler
-from tuner.space import Space, load_space
 from tuner.space._catalogue import OPTIMIZERS, SCHEDULES
+
+if TYPE_CHECKING:
+    from tuner.optim import build_optimizer, build_scheduler
+    from tuner.space import Space, load_space
+
+# torch and Optuna load on first use, so that the command line starts fast.
+_LAZY = {"build_optimizer": "tuner.optim", "build_scheduler": "tuner.optim",
+         "Space": "tuner.space", "load_space": "tuner.space"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

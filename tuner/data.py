@@ -16,6 +16,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from tuner.errors import DataError
+from tuner.space._catalogue import DATASET_NAMES
 
 ArrayPair = tuple[np.ndarray, np.ndarray]
 
@@ -154,3 +155,7 @@ def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2
     info = DATASETS[dataset]
     x, y = info.load(seed, n_samples, n_features)
     return split_arrays(x, y, info.task, seed, info.image_shape).to(torch.device(device))
+
+
+if tuple(DATASETS) != DATASET_NAMES:  # pragma: no cover - a programming error, caught in tests
+    raise RuntimeError("tuner.data.DATASETS and the catalogue's DATASET_NAMES disagree")

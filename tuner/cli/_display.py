@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -15,7 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tuner.runner import RunSummary, Snapshot
+if TYPE_CHECKING:
+    from tuner.runner import RunSummary, Snapshot
 
 
 class RunProgress:

@@ -5,21 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import torch
-from rich.console import Console
 
 from tuner.cli import cli
-from tuner.cli._display import RunProgress, summary_text
 from tuner.cli._options import GpuList, checkpoint_option, storage_option
-from tuner.data import DATASETS
-from tuner.device import resolve_device
-from tuner.placement import assign_devices
-from tuner.pool import run_pool
-from tuner.runner import run_study
-from tuner.space import builtin_spaces, load_space
-from tuner.space._params import describe
-from tuner.storage import TunerStorage, display_url
-from tuner.study import open_study, save_budget
+from tuner.space._catalogue import DATASET_NAMES
+
+# Heavy modules (torch, scikit-learn, Optuna) are imported inside the commands, so that
+# `tuner --help` and the query commands start in a fraction of a second.
 
 
 @cli.command()
@@ -41,7 +33,7 @@ from tuner.study import open_study, save_budget
                    "it (default: the space's `seed`).")
 @click.option("--epochs", type=click.IntRange(min=1),
               help="Override the space's maximum epochs per trial.")
-@click.option("--dataset", type=click.Choice(list(DATASETS)),
+@click.option("--dataset", type=click.Choice(DATASET_NAMES),
               help="Override the space's dataset.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine sharing the study.")
@@ -64,6 +56,18 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space regularization --trials 200 --study reg --seed 0
       tuner start --space quick --trials 100 --workers 4
     """
+    import torch
+    from rich.console import Console
+
+    from tuner.cli._display import RunProgress, summary_text
+    from tuner.device import resolve_device
+    from tuner.placement import assign_devices
+    from tuner.pool import run_pool
+    from tuner.runner import run_study
+    from tuner.space import load_space
+    from tuner.storage import TunerStorage, display_url
+    from tuner.study import open_study, save_budget
+
     overrides: dict[str, Any] = {}
     if seed is not None:
         overrides["seed"] = seed
@@ -104,6 +108,9 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
 @cli.command()
 def spaces() -> None:
     """List the built-in search spaces, one line each."""
+    from tuner.space import builtin_spaces, load_space
+    from tuner.space._params import describe
+
     rows = []
     for name in builtin_spaces():
         space = load_space(name)

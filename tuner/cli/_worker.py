@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
 from tuner.cli import cli
-from tuner.cli._display import RunProgress, summary_text
 from tuner.cli._options import checkpoint_option, storage_option
-from tuner.device import resolve_device
-from tuner.runner import run_study
-from tuner.storage import TunerStorage
-from tuner.study import stored_budget, stored_space
 
 
 @cli.command()
@@ -37,6 +31,14 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     Example:
       tuner worker --study reg --storage postgresql://user@dbhost/tuner
     """
+    from rich.console import Console
+
+    from tuner.cli._display import RunProgress, summary_text
+    from tuner.device import resolve_device
+    from tuner.runner import run_study
+    from tuner.storage import TunerStorage
+    from tuner.study import stored_budget, stored_space
+
     torch_device = resolve_device(device)
     db = TunerStorage(storage).open()
     parsed = stored_space(db, study)

@@ -16,6 +16,10 @@ OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "exponential", "cosine", "plateau")
 DROPOUT_KINDS = ("bernoulli", "gaussian")
 MODELS = ("mlp", "cnn")
+# The built-in datasets (their loaders live in tuner.data, which checks it has each one);
+# named here too so that the command line can list them without importing torch.
+DATASET_NAMES = ("digits", "wine", "breast_cancer", "iris", "diabetes", "classification",
+                 "regression")
 
 # Hyper-parameters that exist only under one optimizer or one schedule (conditionals).
 OPTIMIZER_HYPER: dict[str, tuple[str, ...]] = {
