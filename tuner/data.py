@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,6 +85,7 @@ class Splits:
     x_std: torch.Tensor
     y_mean: float = 0.0
     y_std: float = 1.0  # regression targets are standardized; metrics are scaled back
+    classes: tuple[Any, ...] | None = None  # the original labels, by class index
 
     @property
     def n_features(self) -> int:
@@ -113,10 +115,19 @@ def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
         raise DataError(f"cannot split {len(y)} samples into train/validation/test "
                         f"({1 - val_frac - test_frac:.0%}/{val_frac:.0%}/{test_frac:.0%}): "
                         f"{exc}") from None
+    return standardize(x_train, y_train, x_val, y_val, x_test, y_test, task, image_shape)
+
+
+def standardize(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, task: str,
+                image_shape: tuple[int, int, int] | None = None) -> Splits:
+    """Standardize features (and regression targets) with the training split's statistics."""
+    x_train, x_val, x_test = (np.asarray(a, dtype=np.float64) for a in (x_train, x_val, x_test))
+    y = np.concatenate([np.asarray(y_train), np.asarray(y_val), np.asarray(y_test)])
     if image_shape is not None:
         # One scalar for the whole image keeps the background uniform under shifts.
-        mean = np.full(x.shape[1], x_train.mean())
-        std = np.full(x.shape[1], x_train.std() or 1.0)
+        mean = np.full(x_train.shape[1], x_train.mean())
+        std = np.full(x_train.shape[1], x_train.std() or 1.0)
     else:
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0)
@@ -126,15 +137,18 @@ def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
         return torch.as_tensor((a - mean) / std, dtype=torch.float32)
 
     y_mean, y_std = 0.0, 1.0
+    labels = None
     if task == "classification":
         classes = np.unique(y)
+        labels = tuple(c.item() if hasattr(c, "item") else c for c in classes)
         n_outputs = len(classes)
 
         def targets(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.searchsorted(classes, a), dtype=torch.long)
     else:
         n_outputs = 1
-        y_mean, y_std = float(y_train.mean()), float(y_train.std() or 1.0)
+        y_mean = float(np.mean(y_train))
+        y_std = float(np.std(y_train) or 1.0)
 
         def targets(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor((a - y_mean) / y_std, dtype=torch.float32)
@@ -143,7 +157,8 @@ def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
         features(x_train), targets(y_train), features(x_val), targets(y_val),
         features(x_test), targets(y_test), task=task, n_outputs=n_outputs,
         image_shape=image_shape, x_mean=torch.as_tensor(mean, dtype=torch.float32),
-        x_std=torch.as_tensor(std, dtype=torch.float32), y_mean=y_mean, y_std=y_std)
+        x_std=torch.as_tensor(std, dtype=torch.float32), y_mean=y_mean, y_std=y_std,
+        classes=labels)
 
 
 @functools.lru_cache(maxsize=4)
@@ -155,6 +170,30 @@ def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2
     info = DATASETS[dataset]
     x, y = info.load(seed, n_samples, n_features)
     return split_arrays(x, y, info.task, seed, info.image_shape).to(torch.device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def load_user_splits(source: str, seed: int, device: str = "cpu", target: str | None = None,
+                     kind: str | None = None, features: tuple[str, ...] | None = None,
+                     aux_target: str | None = None) -> Splits:
+    """User data (see :mod:`tuner.userdata`), split with ``seed`` unless it comes split."""
+    from tuner.userdata import DataSpec, read_user_data
+
+    arrays = read_user_data(DataSpec(source, target, kind, features, aux_target))
+    if arrays.split is not None:
+        x_val, y_val, x_test, y_test = arrays.split
+        splits = standardize(arrays.x, arrays.y, x_val, y_val, x_test, y_test, arrays.task)
+    else:
+        splits = split_arrays(arrays.x, arrays.y, arrays.task, seed)
+    return splits.to(torch.device(device))
+
+
+def load_task_data(task: Any, seed: int, device: str = "cpu") -> Splits:
+    """The data a search space's task names: a built-in dataset or the user's own."""
+    if getattr(task, "data", None):
+        return load_user_splits(task.data, seed, device, task.target, task.kind,
+                                task.features, task.aux_target)
+    return load_splits(task.dataset, seed, device, task.n_samples, task.n_features)
 
 
 if tuple(DATASETS) != DATASET_NAMES:  # pragma: no cover - a programming error, caught in tests

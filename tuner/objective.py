@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import optuna
 import torch
 
 from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits
+from tuner.data import Splits, load_task_data
 from tuner.metrics import METRICS, is_better
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space, sample
@@ -20,6 +21,13 @@ from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
 
 # Without a pruner, per-epoch reports are written at most this often (seconds).
 REPORT_EVERY = 1.0
+
+
+def state_bytes(model: torch.nn.Module) -> bytes:
+    """The model's weights as ``torch.save`` bytes, on the CPU (read with weights_only)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
 
 
 def root_number(trial: optuna.Trial) -> int:
@@ -100,8 +108,7 @@ class Objective:
 
     def data(self) -> Splits:
         task = self.space.task
-        return load_splits(task.dataset, self.space.seed, str(self.device), task.n_samples,
-                           task.n_features)
+        return load_task_data(task, self.space.seed, str(self.device))
 
     def config(self, trial: optuna.Trial, number: int) -> TrialConfig:
         values = sample(self.space.params, trial)
@@ -161,6 +168,7 @@ class Objective:
             _, test_metric = evaluate(model, data.x_test, data.y_test, data.task, self.metric,
                                       data.y_std)
             self.storage.set_test_metric(trial._trial_id, float(test_metric))
+            self.storage.save_model(trial._trial_id, state_bytes(model))
         return result.best_metric
 
     def _resume(self, study_id: int, root: int, trial: optuna.Trial) -> Checkpoint | None:

@@ -108,7 +108,14 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 
 def build_for(config: TrialConfig, data: Splits) -> nn.Module:
-    """The built-in model a config describes, sized for ``data``, on the data's device."""
+    """The model a config describes (built-in or the user's), sized for ``data``, on the
+    data's device."""
+    if config.model not in ("mlp", "cnn"):
+        from tuner.usermodel import build_user_model
+
+        user = build_user_model(config.model, config.to_dict(), (data.n_features,),
+                                data.n_outputs)
+        return user.to(data.x_train.device)
     model = build_model(config.model, n_features=data.n_features, n_outputs=data.n_outputs,
                         image_shape=data.image_shape, hidden=config.hidden,
                         layers=config.layers, dropout=config.dropout,

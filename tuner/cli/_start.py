@@ -35,6 +35,20 @@ from tuner.space._catalogue import DATASET_NAMES
               help="Override the space's maximum epochs per trial.")
 @click.option("--dataset", type=click.Choice(DATASET_NAMES),
               help="Override the space's dataset.")
+@click.option("--data", metavar="PATH|MODULE:FUNCTION",
+              help="Your own data instead of --dataset: a CSV, NPZ or Parquet file, or a "
+                   "function returning (x, y) arrays or a dict of predefined splits.")
+@click.option("--target", metavar="COLUMN", help="The target column of --data.")
+@click.option("--task", "kind", type=click.Choice(["classification", "regression"]),
+              help="The kind of target in --data (default: inferred from it).")
+@click.option("--features", metavar="A,B,...",
+              help="The feature columns of --data (default: every other column).")
+@click.option("--aux-target", metavar="COLUMN",
+              help="A column of --data for an auxiliary head (multi-task regularization, "
+                   "weighted by the `aux_weight` parameter).")
+@click.option("--model", metavar="mlp|cnn|MODULE:FUNCTION",
+              help="The network: a built-in one, or your own builder "
+                   "`build(config, input_shape, n_outputs) -> nn.Module`.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine sharing the study.")
 @click.option("--devices", type=GpuList(), metavar="0,1,...",
@@ -45,7 +59,8 @@ from tuner.space._catalogue import DATASET_NAMES
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
 def start(space: str, study: str | None, storage: str, trials: int | None,
           timeout: float | None, device: str, seed: int | None, epochs: int | None,
-          dataset: str | None, workers: int, devices: list[int] | None, workers_per_gpu: int,
+          dataset: str | None, data: str | None, target: str | None, kind: str | None,
+          features: str | None, aux_target: str | None, model: str | None, workers: int, devices: list[int] | None, workers_per_gpu: int,
           checkpoint_every: float, quiet: bool) -> None:
     """Run a study, or resume it, until it has its budget of finished trials.
 
@@ -55,6 +70,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space quick --trials 20 --study demo
       tuner start --space regularization --trials 200 --study reg --seed 0
       tuner start --space quick --trials 100 --workers 4
+      tuner start --space quick --data my.csv --target label --model my_net.py:build
     """
     import torch
     from rich.console import Console
@@ -68,13 +84,10 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.storage import TunerStorage, display_url
     from tuner.study import open_study, save_budget
 
-    overrides: dict[str, Any] = {}
-    if seed is not None:
-        overrides["seed"] = seed
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if dataset is not None:
-        overrides["dataset"] = dataset
+    given = {"seed": seed, "epochs": epochs, "dataset": dataset, "data": data,
+             "target": target, "kind": kind, "features": features, "aux_target": aux_target,
+             "model": model}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     # Everything is validated before the database is touched.
     parsed = load_space(space, overrides)
     placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,

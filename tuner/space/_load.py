@@ -17,14 +17,16 @@ from typing import Any, NoReturn
 
 import yaml
 
-from tuner.errors import SpaceError
+from tuner.errors import DataError, SpaceError
 from tuner.space._catalogue import CATALOGUE, CONDITIONAL_PARENTS, MODELS, Rule, is_number
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, walk
 from tuner.space._schema import EarlyStopping, PrunerSpec, SamplerSpec, Space, Task
+from tuner.userdata import import_reference, is_reference
 
 TOP_KEYS = ("description", "trials", "seed", "task", "params", "sampler", "pruner",
             "early_stopping")
-TASK_KEYS = ("dataset", "model", "epochs", "metric", "direction", "n_samples", "n_features")
+TASK_KEYS = ("dataset", "model", "epochs", "metric", "direction", "n_samples", "n_features",
+             "data", "target", "kind", "features", "aux_target")
 RANGE_KEYS = ("type", "low", "high", "log", "step")
 
 
@@ -140,7 +142,9 @@ def _parse_task(ctx: _Context, raw: Any) -> Task:
     if dataset not in DATASETS:
         ctx.fail("task.dataset", f"unknown dataset {dataset!r}; expected one of: "
                  f"{', '.join(DATASETS)}")
-    kind = DATASETS[dataset].task
+    user = _parse_user_data(ctx, task)
+    kind = user["kind"] if user["data"] else DATASETS[dataset].task
+    image = DATASETS[dataset].image_shape is not None and not user["data"]
     default_metric = "accuracy" if kind == "classification" else "rmse"
     metric = task.get("metric", default_metric)
     if metric not in METRICS:
@@ -153,11 +157,19 @@ def _parse_task(ctx: _Context, raw: Any) -> Task:
         ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
                  f"but got {direction!r}")
     model = task.get("model", Task.model)
+    if not isinstance(model, str) or (model not in MODELS and not is_reference(model)):
+        ctx.fail("task.model", f"unknown model {model!r}; expected one of: {', '.join(MODELS)}, "
+                 "or package.module:function / file.py:function for your own")
     if model not in MODELS:
-        ctx.fail("task.model", f"unknown model {model!r}; expected one of: {', '.join(MODELS)}")
-    if model == "cnn" and DATASETS[dataset].image_shape is None:
-        ctx.fail("task.model", f"model 'cnn' needs an image dataset, but {dataset!r} is tabular")
+        try:
+            import_reference(model, "--model")
+        except DataError as exc:
+            ctx.fail("task.model", str(exc))
+    if model == "cnn" and not image:
+        ctx.fail("task.model", f"model 'cnn' needs an image dataset, but "
+                 f"{user['data'] or dataset!r} is tabular")
     return Task(
+        **user,
         dataset=dataset,
         model=model,
         epochs=_integer(ctx, task.get("epochs", Task.epochs), "task.epochs", minimum=1),
@@ -168,6 +180,38 @@ def _parse_task(ctx: _Context, raw: Any) -> Task:
         n_features=_integer(ctx, task.get("n_features", Task.n_features), "task.n_features",
                             minimum=1),
     )
+
+
+def _parse_user_data(ctx: _Context, task: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's data file or function, read once here so that its errors come first."""
+    data = task.get("data")
+    if data is None:
+        for key in ("target", "kind", "features", "aux_target"):
+            if key in task:
+                ctx.fail(f"task.{key}", "applies only to your own data (task.data / --data)")
+        return {"data": None, "target": None, "kind": None, "features": None,
+                "aux_target": None}
+    data = _string(ctx, data, "task.data")
+    target = task.get("target")
+    kind = task.get("kind")
+    if kind not in (None, "classification", "regression"):
+        ctx.fail("task.kind", f"expected classification or regression, but got {kind!r}")
+    features = task.get("features")
+    if features is not None:
+        if isinstance(features, str):
+            features = [f.strip() for f in features.split(",") if f.strip()]
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            ctx.fail("task.features", f"must be a list of column names, but got {features!r}")
+        features = tuple(features)
+    aux = task.get("aux_target")
+    try:
+        from tuner.data import load_user_splits
+
+        splits = load_user_splits(data, 0, "cpu", target, kind, features, aux)
+    except DataError as exc:
+        ctx.fail("task.data", str(exc))
+    return {"data": data, "target": target, "kind": splits.task, "features": features,
+            "aux_target": aux}
 
 
 def _parse_params(ctx: _Context, raw: Any, path: str) -> tuple[Param, ...]:

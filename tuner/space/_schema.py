@@ -11,7 +11,11 @@ from tuner.space._params import Categorical, Param, walk
 
 @dataclass(frozen=True)
 class Task:
-    """What every trial trains and how it is judged."""
+    """What every trial trains and how it is judged.
+
+    ``model`` is ``mlp``, ``cnn``, or ``package.module:function`` / ``file.py:function``
+    naming your own builder (see :mod:`tuner.usermodel`).
+    """
 
     dataset: str = "digits"
     model: str = "mlp"
@@ -21,6 +25,12 @@ class Task:
     # Size of the synthetic datasets; ignored by the scikit-learn ones.
     n_samples: int = 2000
     n_features: int = 20
+    # Your own data instead of `dataset`: a file (CSV, NPZ, Parquet) or a function.
+    data: str | None = None
+    target: str | None = None
+    kind: str | None = None  # classification or regression (inferred from the target)
+    features: tuple[str, ...] | None = None
+    aux_target: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,179 @@
+"""The batched MLP against the tuner's own MLP, member by member."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tuner.fused import FusedMLP, add_input_noise, member_loss
+from tuner.models import MLP
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _members(k: int, *, n_features: int = 5, n_outputs: int = 3, hidden: int = 8,
+             layers: int = 2, batchnorm: bool = False, dropout: float = 0.0,
+             kind: str = "bernoulli") -> list[MLP]:
+    members = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        members.append(MLP(n_features, n_outputs, hidden=hidden, layers=layers,
+                           dropout=dropout, dropout_kind=kind,
+                           batchnorm=batchnorm).double())
+    return members
+
+
+SHAPES = [dict(layers=1), dict(layers=2), dict(layers=3, batchnorm=True),
+          dict(layers=2, batchnorm=True, n_outputs=1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eval_forward_equals_each_member(shape: dict[str, int]) -> None:
+    members = _members(4, **shape)  # type: ignore[arg-type]
+    for m in members:  # non-trivial running statistics for batch norm's eval mode
+        m.train()
+        m(torch.randn(16, 5, dtype=torch.float64))
+        m.eval()
+    fused = FusedMLP.from_members(members)
+    x = torch.randn(11, 5, dtype=torch.float64)
+
+    out = fused.forward(x, train=False)
+
+    assert out.shape == (4, 11, shape.get("n_outputs", 3))
+    for i, m in enumerate(members):
+        torch.testing.assert_close(out[i], m(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_train_forward_backward_and_batch_norm_statistics_equal_each_member(
+        shape: dict[str, int]) -> None:
+    members = _members(3, **shape)  # type: ignore[arg-type]
+    fused = FusedMLP.from_members(members)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    task = "regression" if shape.get("n_outputs") == 1 else "classification"
+    y = torch.randn(9, dtype=torch.float64) if task == "regression" else torch.randint(0, 3, (9,))
+
+    losses = member_loss(task, fused.forward(x, train=True), y)
+    grads = torch.autograd.grad(losses.sum(), fused.leaves())
+
+    names = list(fused.layout.params)
+    for i, m in enumerate(members):
+        m.train()
+        out = m(x)
+        loss = F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out[:, 0], y)
+        torch.testing.assert_close(losses[i], loss, rtol=1e-12, atol=1e-12)
+        expected = dict(zip([n for n, _ in m.named_parameters()],
+                            torch.autograd.grad(loss, list(m.parameters())), strict=True))
+        for name, grad in zip(names, grads, strict=True):
+            torch.testing.assert_close(grad[i], expected[name], rtol=1e-10, atol=1e-12,
+                                       msg=name)
+        for name, value in fused.state_dict(i).items():
+            if "running" in name:
+                torch.testing.assert_close(value, m.state_dict()[name], rtol=1e-12, atol=1e-12)
+
+
+def test_members_round_trip() -> None:
+    members = _members(3, batchnorm=True)
+    for i, m in enumerate(members):
+        for name, value in m.state_dict().items():
+            # One counter per member: every batch-norm layer sees every batch.
+            if name.endswith("num_batches_tracked"):
+                value.fill_(i + 5)
+    fused = FusedMLP.from_members(members)
+
+    for i, m in enumerate(members):
+        back = fused.member(i)
+        assert isinstance(back, MLP)
+        assert back.state_dict().keys() == m.state_dict().keys()
+        for name, value in m.state_dict().items():
+            assert torch.equal(back.state_dict()[name], value), name
+        assert back.state_dict()["body.1.num_batches_tracked"].item() == i + 5
+
+
+def test_per_member_dropout_rates_are_kept() -> None:
+    members = [_members(1, dropout=p)[0] for p in (0.0, 0.2, 0.5)]
+    fused = FusedMLP.from_members(members)
+    assert fused.dropout.tolist() == [0.0, 0.2, 0.5]
+    assert [getattr(fused.member(i).body[2], "p", 0.0) for i in range(3)] == [0.0, 0.2, 0.5]
+
+
+def test_mixed_shapes_and_dropout_kinds_are_refused() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        FusedMLP.from_members(_members(1, hidden=8) + _members(1, hidden=9))
+    with pytest.raises(ValueError, match="dropout kinds"):
+        FusedMLP.from_members(_members(1, dropout=0.1) +
+                              _members(1, dropout=0.1, kind="gaussian"))
+
+
+def test_select_and_extend_move_whole_members() -> None:
+    members = _members(4, batchnorm=True)
+    fused = FusedMLP.from_members(members[:3])
+    fused.select(torch.tensor([2, 0]))
+    fused.extend(FusedMLP.from_members(members[3:]))
+    x = torch.randn(7, 5, dtype=torch.float64)
+    out = fused.forward(x, train=False)
+    for row, i in enumerate([2, 0, 3]):
+        members[i].eval()
+        torch.testing.assert_close(out[row], members[i](x), rtol=1e-12, atol=1e-12)
+
+
+# -- randomness: per-member rates with the distribution of the sequential layers -----------
+
+
+def _hidden_after_dropout(kind: str, rates: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-mode activations of the first block with and without the dropout draw."""
+    members = [_members(1, n_features=4, hidden=256, layers=1, dropout=p, kind=kind)[0]
+               for p in rates]
+    fused = FusedMLP.from_members(members)
+    x = torch.randn(4000, 4, dtype=torch.float64).abs()
+    weight = fused._param_views["body.0.weight"].detach()
+    bias = fused._param_views["body.0.bias"].detach()
+    clean = torch.relu(torch.baddbmm(bias.unsqueeze(1), x.expand(len(rates), -1, -1),
+                                     weight.transpose(1, 2)))
+    with torch.no_grad():
+        dropped = fused._drop(clean, torch.Generator().manual_seed(0))
+    return clean, dropped
+
+
+def test_bernoulli_dropout_keeps_each_members_share_and_scales_by_its_rate() -> None:
+    rates = [0.0, 0.1, 0.5]
+    clean, dropped = _hidden_after_dropout("bernoulli", rates)
+    active = clean > 0
+    for i, p in enumerate(rates):
+        kept = dropped[i][active[i]] != 0
+        n = int(active[i].sum())
+        assert abs(kept.double().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5 + 1e-12
+        ratio = dropped[i][active[i]][kept] / clean[i][active[i]][kept]
+        torch.testing.assert_close(ratio, torch.full_like(ratio, 1 / (1 - p)))
+
+
+def test_gaussian_dropout_has_mean_one_and_each_members_variance() -> None:
+    rates = [0.0, 0.2, 0.6]
+    clean, dropped = _hidden_after_dropout("gaussian", rates)
+    for i, p in enumerate(rates):
+        active = clean[i] > 0
+        noise = dropped[i][active] / clean[i][active]
+        n = noise.numel()
+        var = p / (1 - p)
+        assert abs(noise.mean().item() - 1) < 5 * (var / n) ** 0.5 + 1e-12
+        assert abs(noise.var().item() - var) < 5 * var * (2 / n) ** 0.5 + 1e-12
+
+
+def test_input_noise_has_each_members_sigma() -> None:
+    x = torch.randn(5000, 6, dtype=torch.float64)
+    sigma = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    noisy = add_input_noise(x, sigma, torch.Generator().manual_seed(0))
+    assert noisy.shape == (3, 5000, 6)
+    assert torch.equal(noisy[0], x)
+    for i in (1, 2):
+        std = (noisy[i] - x).std().item()
+        assert abs(std - sigma[i].item()) < 0.02 * sigma[i].item()

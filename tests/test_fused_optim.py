@@ -1,0 +1,253 @@
+"""The fused optimizers, schedules, penalties and max-norm against torch, member by member.
+
+Every test gives each member different hyper-parameters, runs the fused version on a
+``[K, P]`` float64 tensor and, for each member k, torch's own class (built the way the
+tuner builds it, :mod:`tuner.optim`) on row k alone, and asserts the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tuner.fused import (
+    FusedOptimizer,
+    FusedSchedule,
+    add_penalty_grad_,
+    apply_max_norm_,
+    resolve_hyper,
+)
+from tuner.optim import build_optimizer, build_scheduler, step_scheduler
+from tuner.regularizers import penalty
+
+P = 37  # parameters per member
+STEPS = 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _lrs(hypers: list[dict[str, Any]], names: list[str]) -> list[float]:
+    return [resolve_hyper(n, h)["lr"] for n, h in zip(names, hypers, strict=True)]
+
+
+def _compare(names: list[str], hypers: list[dict[str, Any]], *,
+             lr_decay_per_step: float = 1.0) -> None:
+    """STEPS updates with random gradients; the rate is scaled by ``lr_decay_per_step``
+    after every step, as a schedule would, to check the rate is read at each step."""
+    gen = torch.Generator().manual_seed(0)
+    k = len(names)
+    start = torch.randn(k, P, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(k, P, generator=gen, dtype=torch.float64) for _ in range(STEPS)]
+
+    params = start.clone()
+    fused = FusedOptimizer(names, hypers, params)
+    lr = torch.tensor(_lrs(hypers, names), dtype=torch.float64)
+    for g in grads:
+        fused.step(params, g.clone(), lr)
+        lr = lr * lr_decay_per_step
+
+    for i, (name, hyper) in enumerate(zip(names, hypers, strict=True)):
+        p = start[i].clone().requires_grad_(True)
+        reference = build_optimizer([p], name, **hyper)
+        for g in grads:
+            p.grad = g[i].clone()
+            reference.step()
+            reference.param_groups[0]["lr"] *= lr_decay_per_step
+        np.testing.assert_allclose(params[i].numpy(), p.detach().numpy(), rtol=1e-10,
+                                   atol=1e-12, err_msg=f"member {i}: {name} {hyper}")
+
+
+CASES: dict[str, tuple[list[str], list[dict[str, Any]]]] = {
+    "sgd": (["sgd", "sgd", "sgd"],
+            [{"lr": 0.1}, {"lr": 0.01, "weight_decay": 0.1}, {}]),
+    "momentum": (["momentum", "momentum", "momentum", "momentum"],
+                 [{"lr": 0.1}, {"lr": 0.05, "momentum": 0.5},
+                  {"lr": 0.02, "momentum": 0.99, "dampening": 0.3},
+                  {"lr": 0.03, "momentum": 0.0, "dampening": 0.5, "weight_decay": 0.01}]),
+    "sgd_and_momentum": (["sgd", "momentum", "sgd"],
+                         [{"lr": 0.1}, {"lr": 0.05, "momentum": 0.7}, {"lr": 0.2}]),
+    "adagrad": (["adagrad"] * 4,
+                [{"lr": 0.1}, {"lr": 0.05, "lr_decay": 0.1},
+                 {"lr": 0.3, "initial_accumulator_value": 0.5, "eps": 1e-6},
+                 {"lr": 0.01, "weight_decay": 0.2}]),
+    "rmsprop": (["rmsprop"] * 4,
+                [{"lr": 0.01}, {"lr": 0.02, "alpha": 0.9},
+                 {"lr": 0.005, "alpha": 0.5, "eps": 1e-4, "momentum": 0.9},
+                 {"lr": 0.01, "weight_decay": 0.1, "momentum": 0.3}]),
+    "adam_and_adamw": (["adam", "adamw", "adam", "adamw"],
+                       [{"lr": 0.01}, {"lr": 0.02, "betas": (0.8, 0.99)},
+                        {"lr": 0.003, "betas": (0.5, 0.9), "eps": 1e-3,
+                         "weight_decay": 0.1},
+                        {"lr": 0.05, "weight_decay": 0.3, "eps": 1e-6}]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_member_follows_torch(case: str) -> None:
+    names, hypers = CASES[case]
+    _compare(names, hypers)
+
+
+@pytest.mark.parametrize("case", ["momentum", "adagrad", "adam_and_adamw"])
+def test_the_rate_is_read_at_every_step(case: str) -> None:
+    names, hypers = CASES[case]
+    _compare(names, hypers, lr_decay_per_step=0.7)
+
+
+def test_select_and_extend_keep_each_members_state() -> None:
+    """Compaction drops rows; a member that joins later gets its own step count (Adam's
+    bias corrections start again) while the others go on."""
+    gen = torch.Generator().manual_seed(1)
+    names = ["adam", "adamw", "adam"]
+    hypers: list[dict[str, Any]] = [{"lr": 0.01}, {"lr": 0.02}, {"lr": 0.03,
+                                                                 "betas": (0.7, 0.9)}]
+    start = torch.randn(3, P, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(3, P, generator=gen, dtype=torch.float64) for _ in range(6)]
+    lr = torch.tensor([0.01, 0.02, 0.03], dtype=torch.float64)
+
+    params = start[:2].clone()
+    fused = FusedOptimizer(names[:2], hypers[:2], params)
+    for g in grads[:3]:
+        fused.step(params, g[:2].clone(), lr[:2])
+    fused.select(torch.tensor([1]))  # member 0 leaves
+    params = params[[1]]
+    late = start[2:].clone()
+    fused.extend(FusedOptimizer(names[2:], hypers[2:], late))  # member 2 joins
+    params = torch.cat([params, late])
+    for g in grads[3:]:
+        fused.step(params, g[1:].clone(), lr[1:])
+
+    for row, i, steps in ((0, 1, range(6)), (1, 2, range(3, 6))):
+        p = start[i].clone().requires_grad_(True)
+        reference = build_optimizer([p], names[i], **hypers[i])
+        for t in steps:
+            p.grad = grads[t][i].clone()
+            reference.step()
+        np.testing.assert_allclose(params[row].numpy(), p.detach().numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize(("name", "hyper"), [
+    ("momentum", {"nesterov": True}), ("adam", {"amsgrad": True}),
+    ("rmsprop", {"centered": True}), ("adam", {"maximize": True}),
+])
+def test_what_is_not_fused_is_refused(name: str, hyper: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(hyper))):
+        resolve_hyper(name, hyper)
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+EPOCHS = 14
+SCHEDULES: list[tuple[str, dict[str, Any]]] = [
+    ("none", {}),
+    ("step", {"step_size": 3, "gamma": 0.5}),
+    ("step", {"step_size": 1}),
+    ("multistep", {"milestones": [2, 5, 5, 9], "gamma": 0.3}),
+    ("exponential", {"gamma": 0.8}),
+    ("cosine", {"T_max": 14}),
+    ("cosine", {"T_max": 4, "eta_min": 0.01}),  # past T_max: the restart branch
+    ("plateau", {"mode": "min", "factor": 0.5, "patience": 1}),
+    ("plateau", {"mode": "max", "factor": 0.2, "patience": 0, "cooldown": 2,
+                 "threshold": 0.05}),
+    ("plateau", {"mode": "min", "patience": 2, "threshold_mode": "abs", "threshold": 0.1,
+                 "min_lr": 0.004}),
+    ("plateau", {"mode": "max", "factor": 0.5, "patience": 0}),  # cuts below eps: skipped
+]
+BASE_LRS = [0.1, 0.2, 0.05, 0.3, 0.1, 0.1, 0.07, 0.1, 0.1, 0.02, 2e-8]
+
+
+def _metrics() -> np.ndarray:
+    """Per-epoch validation metrics with plateaus, ties and NaN."""
+    rng = np.random.default_rng(0)
+    values = np.round(rng.uniform(0.0, 1.0, size=(EPOCHS, len(SCHEDULES))), 1)
+    values[6, :] = np.nan
+    return values
+
+
+def test_every_schedule_follows_torch() -> None:
+    kinds = [k for k, _ in SCHEDULES]
+    hypers = [h for _, h in SCHEDULES]
+    metrics = _metrics()
+    fused = FusedSchedule(kinds, hypers, torch.tensor(BASE_LRS, dtype=torch.float64))
+    got = [fused.lr.tolist()]
+    for epoch in range(EPOCHS):
+        fused.step(torch.from_numpy(metrics[epoch]))
+        got.append(fused.lr.tolist())
+
+    for i, (kind, hyper) in enumerate(SCHEDULES):
+        optimizer = build_optimizer([torch.zeros(1, requires_grad=True)], "sgd",
+                                    lr=BASE_LRS[i])
+        scheduler = build_scheduler(optimizer, kind, **hyper)
+        expected = [optimizer.param_groups[0]["lr"]]
+        for epoch in range(EPOCHS):
+            optimizer.step()
+            step_scheduler(scheduler, float(metrics[epoch, i]))
+            expected.append(optimizer.param_groups[0]["lr"])
+        np.testing.assert_allclose(np.array(got)[:, i], expected, rtol=1e-12, atol=0,
+                                   err_msg=f"{kind} {hyper}")
+    assert len(set(np.array(got)[:, 8].tolist())) > 2  # the plateau members did cut
+
+
+def test_schedule_select_and_extend() -> None:
+    kinds = ["step", "plateau"]
+    hypers: list[dict[str, Any]] = [{"step_size": 2, "gamma": 0.5},
+                                    {"mode": "min", "patience": 0, "factor": 0.5}]
+    full = FusedSchedule(kinds, hypers, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    part = FusedSchedule(kinds[:1], hypers[:1], torch.tensor([1.0], dtype=torch.float64))
+    late = FusedSchedule(kinds[1:], hypers[1:], torch.tensor([1.0], dtype=torch.float64))
+    metric = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for _ in range(3):
+        full.step(metric)
+        part.step(metric[:1])
+    part.extend(late)  # the plateau member joins at its epoch 0
+    part.step(metric)
+    part.select(torch.tensor([1]))
+    for _ in range(2):
+        part.step(metric[1:])
+    # The late member's own epochs: 3; torch's plateau cuts on epochs 2 and 3.
+    assert part.lr.tolist() == [0.25]
+    assert full.lr.tolist() == [0.5, 0.25]
+
+
+# -- penalties and max-norm ---------------------------------------------------------------
+
+
+def test_penalty_gradients_equal_autograd_of_the_penalty() -> None:
+    gen = torch.Generator().manual_seed(2)
+    weights = torch.randn(3, 20, generator=gen, dtype=torch.float64)
+    weights[0, :3] = 0.0  # sign(0) = 0, as autograd's abs
+    l1 = torch.tensor([0.0, 0.1, 0.01], dtype=torch.float64)
+    l2 = torch.tensor([0.5, 0.0, 0.02], dtype=torch.float64)
+    grad = torch.randn(3, 20, generator=gen, dtype=torch.float64)
+
+    got = grad.clone()
+    add_penalty_grad_(got, weights, l1, l2)
+
+    for i in range(3):
+        w = weights[i].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(
+            penalty([w.view(4, 5)], float(l1[i]), float(l2[i])), [w])
+        np.testing.assert_allclose(got[i].numpy(), (grad[i] + expected).numpy(), rtol=1e-14)
+
+
+def test_max_norm_follows_torch_renorm() -> None:
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64)
+    c = torch.tensor([0.5, 1.5, float("inf")], dtype=torch.float64)
+    got = w.clone()
+    apply_max_norm_([got], c)
+    for i in range(2):
+        np.testing.assert_allclose(got[i].numpy(),
+                                   torch.renorm(w[i], p=2, dim=0, maxnorm=float(c[i])).numpy(),
+                                   rtol=1e-14)
+    assert torch.equal(got[2], w[2])  # no constraint

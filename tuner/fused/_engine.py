@@ -1,0 +1,162 @@
+"""Train a population of trials at once, as few batched models as their shapes allow.
+
+Configs are grouped by what changes tensor shapes or code paths (:func:`group_key`);
+each group trains as one :class:`FusedMLP` whose every other knob (learning rate and
+schedule, l1, l2, dropout rate, input noise, max-norm, optimizer hyper-parameters) is a
+per-member tensor. Each member stays a trial of its own: its own per-epoch metrics,
+``report`` call (pruning), early stopping and best weights. Members that finish are
+cut out of the batch (compaction), and ``refill`` may hand in new trials for the
+freed slots. Like :func:`tuner.train.train`, the engine knows nothing of Optuna or SQL.
+
+Differences from sequential runs of the same configs, by design:
+
+* Batch order: a group draws one permutation per epoch and every member sees the same
+  batches; a sequential trial draws its own from its seed. The order comes from a
+  generator seeded with ``seed + g`` for the g-th group formed (0, 1, ...).
+* Randomness (dropout, input noise, augmentation): drawn for the whole group at once,
+  so a member's draws depend on the population around it. Initial weights do not:
+  each member is built under its own seed exactly as the sequential objective does.
+* ``EpochMetrics.seconds`` is the wall time of the group's epoch.
+
+>>> from tuner.config import TrialConfig
+>>> from tuner.data import load_splits
+>>> from tuner.metrics import METRICS
+>>> data = load_splits("iris", seed=0)
+>>> configs = [TrialConfig(epochs=2, seed=s, hidden=8) for s in range(3)]
+>>> results = train_population(configs, data, metric=METRICS["accuracy"])
+>>> [len(r.history) for r in results]
+[2, 2, 2]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tuner.config import TrialConfig
+from tuner.data import Splits
+from tuner.fused._group import Group, Member, MemberResult, fits, group_key, joint_key
+from tuner.fused._optim import resolve_hyper
+from tuner.fused._schedule import resolve_schedule
+from tuner.metrics import Metric, is_better
+from tuner.train import EpochMetrics
+
+__all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
+
+MemberReport = Callable[[int, EpochMetrics], bool]  # (member id, metrics) -> prune?
+Refill = Callable[[int], Sequence[TrialConfig]]  # (free slots) -> new configs
+OnFinish = Callable[[int, MemberResult], None]
+
+
+def unsupported_reason(config: TrialConfig) -> str | None:
+    """Why ``config`` cannot be trained fused (then train it sequentially), or None."""
+    if config.model != "mlp":
+        return f"model {config.model!r} is not fused (only 'mlp' is)"
+    try:
+        resolve_hyper(config.optimizer, dict(config.optimizer_hyper))
+        resolve_schedule(config.schedule, dict(config.schedule_hyper))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _partition(members: list[Member]) -> list[list[Member]]:
+    """Members grouped by :func:`group_key`; dropout-free ones join a fitting group."""
+    groups: dict[tuple[Any, ...], list[Member]] = {}
+    for m in members:
+        groups.setdefault(group_key(m.config), []).append(m)
+    for key in [k for k in groups if k[-1] is None]:
+        partner = next((k for k in groups if k[-1] is not None and fits(key, k)), None)
+        if partner is not None:
+            groups[partner] = sorted(groups[partner] + groups.pop(key), key=lambda m: m.id)
+    return list(groups.values())
+
+
+def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Metric,
+                     report: MemberReport | None = None, on_finish: OnFinish | None = None,
+                     refill: Refill | None = None, population: int | None = None,
+                     seed: int = 0) -> list[MemberResult]:
+    """Train every config as a member of a fused population; return results by member id.
+
+    Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
+    trials. After each epoch of a member, ``report(id, metrics)`` is called (True prunes
+    it); early stopping and divergence follow :func:`tuner.train.train`. When a member
+    finishes, ``on_finish(id, result)`` is called and its slot freed; then, with
+    ``refill``, ``refill(free)`` may return up to ``free`` new configs, which join a
+    group of their shape or start a new one. ``population`` is the most members trained
+    at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
+    trial advances at the same pace.
+
+    Raises ``ValueError`` for a config that :func:`unsupported_reason` rejects.
+    """
+    population = max(population or 0, len(configs))
+    results: list[MemberResult] = []
+    groups: list[Group] = []
+    formed = 0
+
+    def admit(new: Sequence[TrialConfig]) -> None:
+        nonlocal formed
+        members = []
+        for config in new:
+            reason = unsupported_reason(config)
+            if reason is not None:
+                raise ValueError(f"config {len(results)} cannot be fused: {reason}")
+            members.append(Member(len(results), config))
+            results.append(members[-1].result)
+        for part in _partition(members):
+            key = joint_key([group_key(m.config) for m in part])
+            home = next((g for g in groups if fits(key, g.key)), None)
+            if home is not None:
+                home.join(part, data)
+            else:
+                groups.append(Group(part, data, seed + formed))
+                formed += 1
+
+    admit(configs)
+    while groups:
+        for group in list(groups):
+            _finish_epoch(group, group.train_epoch(data, metric), metric, report, on_finish)
+            if not group.members:
+                groups.remove(group)
+        active = sum(len(g.members) for g in groups)
+        if refill is not None and active < population:
+            new = list(refill(population - active))[:population - active]
+            if new:
+                admit(new)
+    return results
+
+
+def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
+                  report: MemberReport | None, on_finish: OnFinish | None) -> None:
+    """Per-member bookkeeping after an epoch, in :func:`tuner.train.train`'s order."""
+    improved, finished = [], []
+    for position, (member, row) in enumerate(zip(group.members, rows, strict=True)):
+        result, config = member.result, member.config
+        member.epoch += 1
+        result.history.append(row)
+        if not math.isfinite(row.train_loss):
+            result.diverged = True
+            finished.append(position)
+            continue
+        best = result.best_metric if member.has_best else None
+        if is_better(metric, row.val_metric, best, config.min_delta):
+            result.best_epoch, result.best_metric = member.epoch, row.val_metric
+            member.has_best = True
+            improved.append(position)
+        if report is not None and report(member.id, row):
+            result.pruned = True
+        elif config.patience is not None and member.epoch - result.best_epoch >= config.patience:
+            result.stopped_early = True
+        elif member.epoch < config.epochs:
+            continue
+        finished.append(position)
+    if improved:
+        group.snapshot(improved)
+    for position in finished:
+        member = group.members[position]
+        member.result.state_dict = group.export(position)
+        if on_finish is not None:
+            on_finish(member.id, member.result)
+    if finished:
+        group.select([p for p in range(len(group.members)) if p not in set(finished)])

@@ -1,0 +1,229 @@
+"""One fused group: the batched model, optimizer, schedule and per-member knobs of
+trials that share a :func:`group_key`, trained one epoch at a time.
+
+A group draws one batch permutation per epoch from its own generator and every member
+sees those batches; dropout, input noise and augmentation are drawn for the whole group
+from a second generator, so the batch order never depends on who is in the group.
+Members leave (compaction, :meth:`Group.select`) and join (:meth:`Group.join`) between
+epochs; every per-member tensor moves with them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tuner.config import TrialConfig
+from tuner.data import Splits
+from tuner.fused._metrics import evaluate_members, member_loss
+from tuner.fused._model import FusedMLP, add_input_noise
+from tuner.fused._optim import FAMILIES, FusedOptimizer, add_penalty_grad_, apply_max_norm_
+from tuner.fused._schedule import FusedSchedule
+from tuner.metrics import Metric
+from tuner.regularizers import augment_images
+from tuner.train import EpochMetrics, TrainResult, build_for
+
+
+@dataclass
+class MemberResult(TrainResult):
+    """A member's :class:`tuner.train.TrainResult` plus its weights as an MLP state_dict:
+    the best epoch's, or the last epoch's when no epoch was best (e.g. diverged)."""
+
+    state_dict: dict[str, Tensor] = field(default_factory=dict)
+
+
+def group_key(config: TrialConfig) -> tuple[Any, ...]:
+    """What must be equal for two configs to train in one batched model.
+
+    Shapes (width, depth, batch size), code paths (batch norm, augmentation) and the
+    optimizer family; the last item is the dropout kind, or None without dropout, which
+    fits a group of either kind. Schedules are per member and not part of the key.
+    """
+    kind = config.dropout_kind if config.dropout > 0 else None
+    return (config.model, config.hidden, config.layers, config.batch_size, config.batchnorm,
+            config.augment, FAMILIES[config.optimizer], kind)
+
+
+def fits(key: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    return key[:-1] == other[:-1] and (key[-1] is None or other[-1] is None
+                                       or key[-1] == other[-1])
+
+
+def joint_key(keys: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The key of a set of fitting keys: the dropout kind of any member that has one."""
+    return next((k for k in keys if k[-1] is not None), keys[0])
+
+
+@dataclass
+class Member:
+    id: int
+    config: TrialConfig
+    result: MemberResult = field(default_factory=MemberResult)
+    epoch: int = 0  # epochs done
+    has_best: bool = False
+
+
+def _build(config: TrialConfig, data: Splits) -> torch.nn.Module:
+    """The member's MLP, initialized exactly as the sequential objective initializes it."""
+    with torch.random.fork_rng(devices=[]):  # leave the caller's generator alone
+        # The CPU generator is the one initialization draws from (build_for initializes
+        # on the CPU, then moves the model); seed_everything seeds it the same way.
+        torch.default_generator.manual_seed(config.seed)
+        model = build_for(config, data)
+    return model.to(data.x_train.dtype)
+
+
+class Group:
+    """One batched model and everything per member that goes with it."""
+
+    def __init__(self, members: list[Member], data: Splits, seed: int) -> None:
+        self.members: list[Member] = []
+        self.key: tuple[Any, ...] = group_key(members[0].config)
+        # Shapes and code paths, equal for every member (they are in the key).
+        self.batch_size = members[0].config.batch_size
+        self.augment = members[0].config.augment and data.image_shape is not None
+        device = data.x_train.device
+        self.order_generator = torch.Generator(device).manual_seed(seed)
+        # Noise has its own stream, so the batch order never depends on who is in the group.
+        self.noise_generator = torch.Generator(device).manual_seed(seed + 1_000_003)
+        self._add(members, data)
+
+    # -- building, joining, compaction ----------------------------------------------------
+
+    def _parts(self, members: list[Member], data: Splits) -> dict[str, Any]:
+        configs = [m.config for m in members]
+        model = FusedMLP.from_members([_build(c, data) for c in configs])
+        optimizer = FusedOptimizer([c.optimizer for c in configs],
+                                   [dict(c.optimizer_hyper) for c in configs], model.params)
+        schedule = FusedSchedule([c.schedule for c in configs],
+                                 [dict(c.schedule_hyper) for c in configs],
+                                 optimizer.hyper["lr"])
+
+        def column(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float64, device=model.params.device)
+
+        knobs = {"l1": column([c.l1 for c in configs]), "l2": column([c.l2 for c in configs]),
+                 "noise": column([c.input_noise for c in configs]),
+                 "max_norm": column([math.inf if c.max_norm is None else c.max_norm
+                                     for c in configs])}
+        return {"model": model, "optimizer": optimizer, "schedule": schedule, "knobs": knobs}
+
+    def _add(self, members: list[Member], data: Splits) -> None:
+        parts = self._parts(members, data)
+        if not self.members:
+            self.model: FusedMLP = parts["model"]
+            self.optimizer: FusedOptimizer = parts["optimizer"]
+            self.schedule: FusedSchedule = parts["schedule"]
+            self.knobs: dict[str, Tensor] = parts["knobs"]
+            self.best_params = self.model.params.clone()
+            self.best_buffers = self.model.buffers.clone()
+            self.best_batches = self.model.batches.clone()
+        else:
+            self.model.extend(parts["model"])
+            self.optimizer.extend(parts["optimizer"])
+            self.schedule.extend(parts["schedule"])
+            self.knobs = {k: torch.cat([v, parts["knobs"][k]]) for k, v in self.knobs.items()}
+            self.best_params = torch.cat([self.best_params, parts["model"].params])
+            self.best_buffers = torch.cat([self.best_buffers, parts["model"].buffers])
+            self.best_batches = torch.cat([self.best_batches, parts["model"].batches])
+        self.members += members
+        keys = [group_key(m.config) for m in self.members]
+        self.key = joint_key(keys)
+        self._refresh()
+
+    def join(self, members: list[Member], data: Splits) -> None:
+        """New trials take free slots; they start at epoch 1 with fresh optimizer state."""
+        self._add(members, data)
+
+    def select(self, keep: list[int]) -> None:
+        """Compaction: keep the members at positions ``keep``, drop the rest's slices."""
+        index = torch.tensor(keep, dtype=torch.int64, device=self.model.params.device)
+        self.model.select(index)
+        self.optimizer.select(index)
+        self.schedule.select(index)
+        self.knobs = {k: v[index] for k, v in self.knobs.items()}
+        self.best_params = self.best_params[index]
+        self.best_buffers = self.best_buffers[index]
+        self.best_batches = self.best_batches[index]
+        self.members = [self.members[i] for i in keep]
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Per-member knobs that every member has at zero are skipped in the hot loop."""
+        knobs = self.knobs
+        self.l1 = knobs["l1"] if bool((knobs["l1"] != 0).any()) else None
+        self.l2 = knobs["l2"] if bool((knobs["l2"] != 0).any()) else None
+        self.noise = knobs["noise"] if bool((knobs["noise"] != 0).any()) else None
+        finite = bool(torch.isfinite(knobs["max_norm"]).any())
+        self.max_norm = knobs["max_norm"] if finite else None
+        self.grad = torch.empty_like(self.model.params)
+
+    # -- one epoch ---------------------------------------------------------------------
+
+    def train_epoch(self, data: Splits, metric: Metric) -> list[EpochMetrics]:
+        """Train every member one epoch; return their metrics (one host sync)."""
+        start = time.perf_counter()
+        x, y = data.x_train, data.y_train
+        n, bs = x.shape[0], min(self.batch_size, x.shape[0])
+        # As in tuner.train: a last batch of one sample is folded into the previous one.
+        n_batches = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
+        model, k = self.model, self.model.size
+        lr_host = self.schedule.lr
+        lr = lr_host.to(x.device)
+        leaves = model.leaves()
+        n_weights = model.layout.n_weights
+        order = torch.randperm(n, generator=self.order_generator, device=x.device)
+        loss_sum = torch.zeros(k, dtype=x.dtype, device=x.device)
+        for i in range(n_batches):
+            idx = order[i * bs:] if i == n_batches - 1 else order[i * bs:(i + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            if self.augment:
+                assert data.image_shape is not None
+                xb = augment_images(xb.expand(k, *xb.shape).reshape(-1, xb.shape[1]),
+                                    data.image_shape).view(k, -1, xb.shape[1])
+            if self.noise is not None:
+                xb = add_input_noise(xb, self.noise, self.noise_generator)
+            losses = member_loss(data.task, model.forward(xb, train=True,
+                                                          generator=self.noise_generator), yb)
+            loss_sum.add_(losses.detach(), alpha=idx.shape[0])
+            # Members are independent, so the gradient of the sum is each member's own.
+            grads = torch.autograd.grad(losses.sum(), leaves)
+            torch.cat([g.reshape(k, -1) for g in grads], dim=1, out=self.grad)
+            if self.l1 is not None or self.l2 is not None:
+                add_penalty_grad_(self.grad[:, :n_weights], model.params[:, :n_weights],
+                                  self.l1, self.l2)
+            self.optimizer.step(model.params, self.grad, lr)
+            if self.max_norm is not None:
+                apply_max_norm_(model.weights(), self.max_norm)
+        model.batches += n_batches
+
+        val_loss, val_metric = evaluate_members(model, data.x_val, data.y_val, data.task,
+                                                metric, data.y_std)
+        # The one host sync of the epoch, for all members.
+        rows = torch.stack([loss_sum / n, val_loss.to(x.dtype), val_metric.to(x.dtype)])
+        train_loss, val_loss_h, val_metric_h = rows.double().tolist()
+        self.schedule.step(torch.tensor(val_metric_h, dtype=torch.float64))
+        seconds = time.perf_counter() - start
+        return [EpochMetrics(m.epoch + 1, train_loss[j], val_loss_h[j], val_metric_h[j],
+                             float(lr_host[j]), seconds) for j, m in enumerate(self.members)]
+
+    def snapshot(self, positions: list[int]) -> None:
+        """Remember the current weights of the members at ``positions`` as their best."""
+        index = torch.tensor(positions, dtype=torch.int64, device=self.model.params.device)
+        self.best_params[index] = self.model.params[index].detach()
+        self.best_buffers[index] = self.model.buffers[index]
+        self.best_batches[index] = self.model.batches[index]
+
+    def export(self, position: int) -> dict[str, Tensor]:
+        """A finished member's weights as an MLP state_dict: its best epoch's if it had one."""
+        member = self.members[position]
+        if not member.has_best:
+            return self.model.state_dict(position)
+        return self.model.state_dict(position, self.best_params, self.best_buffers,
+                                     self.best_batches)
