@@ -110,7 +110,7 @@ def test_missing_file_and_unknown_type(tmp_path: Path) -> None:
         read_user_data(DataSpec(str(tmp_path / "missing.csv"), target="y"))
     other = tmp_path / "d.txt"
     other.write_text("1,2\n")
-    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+    with pytest.raises(DataError, match=r"unsupported file type '\.txt'"):
         read_user_data(DataSpec(str(other), target="y"))
 
 

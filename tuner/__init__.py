@@ -22,12 +22,15 @@ from tuner.errors import (
 from tuner.space._catalogue import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
+    from tuner.api import optimize
+    from tuner.exporting import load_model
     from tuner.optim import build_optimizer, build_scheduler
     from tuner.space import Space, load_space
 
 # torch and Optuna load on first use, so that the command line starts fast.
 _LAZY = {"build_optimizer": "tuner.optim", "build_scheduler": "tuner.optim",
-         "Space": "tuner.space", "load_space": "tuner.space"}
+         "Space": "tuner.space", "load_space": "tuner.space", "optimize": "tuner.api",
+         "load_model": "tuner.exporting"}
 
 
 def __getattr__(name: str) -> Any:
@@ -51,5 +54,7 @@ __all__ = [
     "__version__",
     "build_optimizer",
     "build_scheduler",
+    "load_model",
     "load_space",
+    "optimize",
 ]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, cast
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 
-from tuner.errors import StudyMismatchError, StudyNotFoundError
+from tuner.config import TrialConfig
+from tuner.errors import StudyMismatchError, StudyNotFoundError, UsageError
 from tuner.samplers import build_pruner, build_sampler
-from tuner.space import Space, parse_space
+from tuner.space import Space, parse_space, sample
 from tuner.storage import TunerStorage
 
 SPACE_ATTR = "tuner:space"
@@ -127,3 +129,48 @@ def stored_budget(storage: TunerStorage, name: str) -> int | None:
     attrs = storage.optuna.get_study_user_attrs(require_study(storage, name))
     value = attrs.get(BUDGET_ATTR)
     return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """A finished trial read back from the database, with the configuration it trained."""
+
+    space: Space
+    trial: FrozenTrial
+    config: TrialConfig
+
+
+def stored_trial(storage: TunerStorage, name: str, number: int | None = None) -> StoredTrial:
+    """Trial ``number`` of study ``name`` (default: the best), and its resolved config.
+
+    The config is rebuilt as the objective built it: the stored space resolves the
+    trial's parameters (a :class:`~optuna.trial.FixedTrial` answers the suggestions),
+    and the seed is the one the trial recorded.
+    """
+    space = stored_space(storage, name)
+    study_id = require_study(storage, name)
+    if number is None:
+        try:
+            trial_id = storage.optuna.get_best_trial(study_id)._trial_id
+        except ValueError:
+            raise StudyNotFoundError(f"study {name!r} has no complete trial yet") from None
+    else:
+        try:
+            trial_id = storage.optuna.get_trial_id_from_study_id_trial_number(study_id, number)
+        except KeyError:
+            raise UsageError(f"--trial {number}: study {name!r} has no trial {number}") from None
+    frozen = storage.optuna.get_trial(trial_id)
+    if "seed" not in frozen.user_attrs:
+        raise UsageError(f"--trial {frozen.number}: the trial of study {name!r} has no recorded "
+                         f"seed (state {frozen.state.name.lower()}); it never trained")
+    from tuner.metrics import METRICS  # torch: not for the fast read-back commands
+
+    # A FixedTrial answers every suggest call as the Trial did (same API, no storage).
+    fixed = cast(optuna.Trial, optuna.trial.FixedTrial(frozen.params, frozen.number))
+    values = sample(space.params, fixed)
+    task, early = space.task, space.early_stopping
+    config = TrialConfig.from_values(
+        values, epochs=task.epochs, seed=int(frozen.user_attrs["seed"]),
+        maximize=METRICS[task.metric].maximize, model=task.model, patience=early.patience,
+        min_delta=early.min_delta)
+    return StoredTrial(space, frozen, config)

@@ -54,4 +54,13 @@ def main() -> None:
     cli(prog_name="tuner")
 
 
-from tuner.cli import _dashboard, _query, _report, _start, _worker  # noqa: E402, F401  (registers the commands)
+from tuner.cli import (  # noqa: E402, F401  (registers the commands)
+    _bench,
+    _bench_query,
+    _dashboard,
+    _export,
+    _query,
+    _report,
+    _start,
+    _worker,
+)

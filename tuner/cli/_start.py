@@ -60,7 +60,8 @@ from tuner.space._catalogue import DATASET_NAMES
 def start(space: str, study: str | None, storage: str, trials: int | None,
           timeout: float | None, device: str, seed: int | None, epochs: int | None,
           dataset: str | None, data: str | None, target: str | None, kind: str | None,
-          features: str | None, aux_target: str | None, model: str | None, workers: int, devices: list[int] | None, workers_per_gpu: int,
+          features: str | None, aux_target: str | None, model: str | None, workers: int,
+          devices: list[int] | None, workers_per_gpu: int,
           checkpoint_every: float, quiet: bool) -> None:
     """Run a study, or resume it, until it has its budget of finished trials.
 

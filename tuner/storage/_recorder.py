@@ -40,6 +40,12 @@ class TrialRecorder(Protocol):
     def set_test_metric(self, trial_id: int, value: float) -> None:
         """Record the test metric of a trial that became the study's best."""
 
+    def save_model(self, trial_id: int, blob: bytes) -> None:
+        """Keep the best epoch's weights of a trial that became the study's best."""
+
+    def load_model_blob(self, trial_id: int) -> bytes | None:
+        """The weights saved for ``trial_id``, or None."""
+
 
 @dataclass
 class TrialRecord:
@@ -66,6 +72,7 @@ class MemoryRecorder:
 
     trials: dict[int, TrialRecord] = field(default_factory=dict)
     checkpoints: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    models: dict[int, bytes] = field(default_factory=dict)
 
     def write_trial(self, trial: optuna.Trial, values: Sequence[tuple[int, float]] = (),
                     user_attrs: Mapping[str, Any] | None = None) -> None:
@@ -91,3 +98,9 @@ class MemoryRecorder:
 
     def set_test_metric(self, trial_id: int, value: float) -> None:
         self.trials[trial_id].test_metric = value
+
+    def save_model(self, trial_id: int, blob: bytes) -> None:
+        self.models[trial_id] = blob
+
+    def load_model_blob(self, trial_id: int) -> bytes | None:
+        return self.models.get(trial_id)

@@ -21,12 +21,13 @@ from optuna.storages._rdb.models import (
     TrialModel,
     TrialUserAttributeModel,
 )
+from optuna.trial import Trial
 from sqlalchemy import Connection, create_engine, event, inspect, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tuner.errors import StorageError, UsageError
-from tuner.storage._tables import checkpoints, epochs, metadata, trial_info
+from tuner.storage._tables import checkpoints, epochs, metadata, models, trial_info
 from tuner.storage._views import create_views
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
@@ -204,7 +205,7 @@ class TunerStorage:
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
 
-    def write_trial(self, trial: optuna.Trial, values: Sequence[tuple[int, float]] = (),
+    def write_trial(self, trial: Trial, values: Sequence[tuple[int, float]] = (),
                     user_attrs: Mapping[str, Any] | None = None) -> None:
         """Add intermediate values ``(epoch, value)`` and user attributes to a running
         Optuna trial, in one transaction.
@@ -273,6 +274,20 @@ class TunerStorage:
         with self.session() as conn:
             conn.execute(trial_info.update().where(trial_info.c.trial_id == trial_id)
                          .values(test_metric=value))
+
+    def save_model(self, trial_id: int, blob: bytes) -> None:
+        with self.session() as conn:
+            conn.execute(models.delete().where(models.c.trial_id == trial_id))
+            conn.execute(models.insert(), dict(trial_id=trial_id, state=blob))
+
+    def load_model_blob(self, trial_id: int) -> bytes | None:
+        """The weights stored for ``trial_id``, or None (also on a database from before
+        the table existed)."""
+        if not self.tuner_tables or not inspect(self.engine).has_table(models.name):
+            return None
+        with self.session() as conn:
+            return conn.execute(models.select().with_only_columns(models.c.state)
+                                .where(models.c.trial_id == trial_id)).scalar()
 
 
 def _finite(value: float) -> float | None:

@@ -45,3 +45,12 @@ checkpoints = Table(
     Column("epoch", Integer, nullable=False),
     Column("state", LargeBinary, nullable=False),
 )
+
+models = Table(
+    "tuner_models",
+    metadata,
+    # The best epoch's weights (torch.save of the state_dict) of a trial that became the
+    # study's best, so that `tuner export` needs no retraining.
+    Column("trial_id", Integer, primary_key=True, autoincrement=False),
+    Column("state", LargeBinary, nullable=False),
+)

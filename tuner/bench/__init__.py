@@ -1,0 +1,34 @@
+"""``tuner bench``: the canonical Optuna + PyTorch recipe against the tuner's engine.
+
+Three variants run side by side in one process, on the same data, model, search
+space, trial budget and seed: the canonical recipe (:mod:`tuner.bench._baseline`,
+kept in the project as the reference), the tuner's engine with Optuna's in-memory
+storage, and the tuner's engine on SQLite. Each gets epochs/s, samples/s, trials/s,
+the share of its wall time spent in storage calls, its best validation accuracy, and
+the fraction of the device's measured matmul peak its training steps reach.
+
+>>> from tuner.bench import format_result, run_bench
+>>> result = run_bench(dataset="iris", trials=2, epochs=2)
+>>> result.same_configs
+True
+"""
+
+from tuner.bench._clock import StorageClock
+from tuner.bench._peak import matmul_peak, train_flops_per_sample
+from tuner.bench._result import COLUMNS, BenchResult, Run, format_result
+from tuner.bench._run import VARIANTS, run_bench
+from tuner.bench._space import DATASETS, bench_space
+
+__all__ = [
+    "COLUMNS",
+    "DATASETS",
+    "VARIANTS",
+    "BenchResult",
+    "Run",
+    "StorageClock",
+    "bench_space",
+    "format_result",
+    "matmul_peak",
+    "run_bench",
+    "train_flops_per_sample",
+]

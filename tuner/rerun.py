@@ -1,0 +1,79 @@
+"""Replaying a recorded trial: same config, seed and data split, on the CPU, to check
+that its validation curve is reproduced exactly (``tuner rerun``).
+
+>>> replay = rerun_trial(storage, "demo", 3)   # doctest: +SKIP
+>>> replay.matches                            # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select
+
+from tuner.data import load_task_data
+from tuner.device import resolve_device
+from tuner.errors import UsageError
+from tuner.metrics import METRICS
+from tuner.seeding import seed_everything
+from tuner.storage import TunerStorage, epochs, trial_info
+from tuner.study import stored_trial
+from tuner.train import build_for, train
+
+
+@dataclass(frozen=True)
+class Replay:
+    study: str
+    number: int
+    recorded: list[float | None]  # val_metric per epoch, as stored (None: not finite)
+    rerun: list[float]
+    device: str  # where the trial originally ran
+
+    @property
+    def matches(self) -> bool:
+        return len(self.recorded) == len(self.rerun) and all(
+            _same(a, b) for a, b in zip(self.recorded, self.rerun, strict=True))
+
+    def rows(self) -> list[tuple[int, float | None, float | None, bool]]:
+        """(epoch, recorded, rerun, equal) for every epoch either curve has."""
+        n = max(len(self.recorded), len(self.rerun))
+        out = []
+        for i in range(n):
+            a = self.recorded[i] if i < len(self.recorded) else None
+            b = self.rerun[i] if i < len(self.rerun) else None
+            out.append((i + 1, a, b, i < len(self.recorded) and i < len(self.rerun)
+                        and _same(a, b)))
+        return out
+
+
+def rerun_trial(storage: TunerStorage, study: str, number: int) -> Replay:
+    """Train trial ``number`` again, without pruning, for the epochs it ran."""
+    stored = stored_trial(storage, study, number)
+    with storage.session() as conn:
+        trial_id = stored.trial._trial_id
+        recorded = [row[0] for row in conn.execute(
+            select(epochs.c.val_metric).where(epochs.c.trial_id == trial_id)
+            .order_by(epochs.c.epoch))]
+        device = conn.execute(select(trial_info.c.device)
+                              .where(trial_info.c.trial_id == trial_id)).scalar()
+    if not recorded:
+        raise UsageError(f"--trial {number}: study {study!r} recorded no epochs for it "
+                         f"(state {stored.trial.state.name.lower()}); nothing to compare")
+    # A pruned trial is replayed up to the epoch it was pruned at; early stopping as before.
+    config = replace(stored.config, epochs=len(recorded))
+    cpu = resolve_device("cpu")  # and the thread count trials on the CPU ran with
+    space = stored.space
+    data = load_task_data(space.task, space.seed, str(cpu))
+    seed_everything(config.seed)
+    model = build_for(config, data)
+    result = train(model, data, config, metric=METRICS[space.task.metric], report=None)
+    return Replay(study, number, recorded, [m.val_metric for m in result.history],
+                  device or "unknown")
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:  # a non-finite value is stored as NULL
+        return (a is None or not math.isfinite(a)) and (b is None or not math.isfinite(b))
+    return a == b
