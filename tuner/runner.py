@@ -21,14 +21,15 @@ from dataclasses import dataclass
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from tuner.claims import budget_lock
-from tuner.errors import TunerError
+from tuner.errors import StorageError, TunerError
 from tuner.heartbeat import Heartbeat
 from tuner.objective import Objective
 from tuner.samplers import grid_size
 from tuner.space import Space
-from tuner.storage import GRACE_PERIOD, TunerStorage, trial_info
+from tuner.storage import GRACE_PERIOD, TunerStorage, display_url, trial_info
 from tuner.study import count_states, finished, open_study
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -89,6 +90,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
     start = time.monotonic()
     failures = ran = 0
     waiting_since: float | None = None
+    backoff = Backoff(storage)
     reason = "already_done"
 
     if on_start is not None:
@@ -103,7 +105,11 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise TunerError(f"{failures} trials in a row failed; the last error: "
                              f"{_last_error(study)}")
-        trial = _claim(study, storage, budget)
+        try:
+            trial = _claim(study, storage, budget)
+        except DATABASE_ERRORS as exc:
+            backoff.failed(exc)
+            continue
         if trial is Claim.FULL:
             reason = "budget" if ran else "already_done"
             break
@@ -117,7 +123,14 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
             time.sleep(WAIT_POLL)
             continue
         waiting_since = None
-        frozen = _run_trial(study, trial, objective)
+        try:
+            frozen = _run_trial(study, trial, objective)
+        except DATABASE_ERRORS as exc:
+            # The trial could not be recorded; its heartbeat has stopped, so once the
+            # database is back it is failed as stale and retried like a dead worker's.
+            backoff.failed(exc)
+            continue
+        backoff.reset()
         ran += 1
         failures = failures + 1 if frozen.state == TrialState.FAIL else 0
         if on_progress is not None:
@@ -133,6 +146,35 @@ def summarize(storage: TunerStorage, study: optuna.Study, budget: int, before: i
     return RunSummary(study.study_name, budget, before, finished(counts),
                       counts[TrialState.PRUNED], counts[TrialState.FAIL], elapsed, best,
                       *_best_epoch_and_test(storage, best), reason, ran)
+
+
+# What a dropped database connection looks like from here: Optuna wraps SQLAlchemy's
+# errors in StorageInternalError, the tuner's own session in StorageError.
+DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageError, SQLAlchemyError)
+
+
+class Backoff:
+    """Retry after a database error with exponential backoff, then give up with one line."""
+
+    def __init__(self, storage: TunerStorage, tries: int = 6, first: float = 1.0) -> None:
+        self.storage = storage
+        self.tries = tries
+        self.first = first
+        self.count = 0
+
+    def failed(self, exc: BaseException) -> None:
+        self.count += 1
+        if self.count >= self.tries:
+            waited = self.first * (2 ** (self.tries - 1) - 1)
+            raise StorageError(
+                f"lost the study database {display_url(self.storage.url)} and could not get it "
+                f"back in {self.tries} tries over {waited:.0f} s: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from None
+        time.sleep(self.first * 2 ** (self.count - 1))
+
+    def reset(self) -> None:
+        self.count = 0
 
 
 def snapshot(storage: TunerStorage, study: optuna.Study, budget: int,
