@@ -28,6 +28,7 @@ class TrialConfig:
     input_noise: float = 0.0
     augment: bool = False
     max_norm: float | None = None
+    aux_weight: float = 0.0
     optimizer: str = "adam"
     optimizer_hyper: tuple[tuple[str, Any], ...] = (("lr", 1e-3),)
     schedule: str = "none"
@@ -49,7 +50,7 @@ class TrialConfig:
             hidden=get("hidden"), layers=get("layers"), batch_size=get("batch_size"),
             dropout=get("dropout"), dropout_kind=get("dropout_kind"), batchnorm=get("batchnorm"),
             l1=get("l1"), l2=get("l2"), input_noise=get("input_noise"), augment=get("augment"),
-            max_norm=get("max_norm"), optimizer=optimizer,
+            max_norm=get("max_norm"), aux_weight=get("aux_weight"), optimizer=optimizer,
             optimizer_hyper=_optimizer_hyper(optimizer, values),
             schedule=schedule,
             schedule_hyper=_schedule_hyper(schedule, values, epochs, maximize),

@@ -28,6 +28,12 @@ class DatasetInfo:
     load: Callable[[int, int, int], ArrayPair]  # (seed, n_samples, n_features) -> X, y
     image_shape: tuple[int, int, int] | None = None
     description: str = ""
+    aux: Callable[[np.ndarray], np.ndarray] | None = None  # built-in auxiliary target
+
+
+def _coarse_image(x: np.ndarray) -> np.ndarray:
+    """Digits' auxiliary task: the 8x8 image averaged down to 4x4 (16 values to predict)."""
+    return x.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(len(x), 16)
 
 
 def _sklearn(loader: Callable[..., ArrayPair]) -> Callable[[int, int, int], ArrayPair]:
@@ -52,7 +58,8 @@ def _synthetic_regression(seed: int, n_samples: int, n_features: int) -> ArrayPa
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("classification", _sklearn(skd.load_digits), (1, 8, 8),
-                          "8x8 handwritten digits, 1797 images, 10 classes"),
+                          "8x8 handwritten digits, 1797 images, 10 classes",
+                          aux=_coarse_image),
     "wine": DatasetInfo("classification", _sklearn(skd.load_wine),
                         description="178 wines, 13 features, 3 classes"),
     "breast_cancer": DatasetInfo("classification", _sklearn(skd.load_breast_cancer),
@@ -86,6 +93,12 @@ class Splits:
     y_mean: float = 0.0
     y_std: float = 1.0  # regression targets are standardized; metrics are scaled back
     classes: tuple[Any, ...] | None = None  # the original labels, by class index
+    # An auxiliary target for multi-task regularization (see the `aux_weight` parameter).
+    aux_train: torch.Tensor | None = None
+    aux_val: torch.Tensor | None = None
+    aux_test: torch.Tensor | None = None
+    aux_task: str | None = None
+    aux_outputs: int = 0
 
     @property
     def n_features(self) -> int:
@@ -93,29 +106,61 @@ class Splits:
 
     def to(self, device: torch.device) -> Splits:
         moved = {f: getattr(self, f).to(device) for f in
-                 ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+                 ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "aux_train",
+                  "aux_val", "aux_test") if getattr(self, f) is not None}
         return replace(self, **moved)
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
                  image_shape: tuple[int, int, int] | None = None,
-                 fractions: tuple[float, float] = (0.2, 0.2)) -> Splits:
-    """Split 60/20/20 (stratified for classification) and standardize on train only."""
+                 fractions: tuple[float, float] = (0.2, 0.2),
+                 aux: np.ndarray | None = None) -> Splits:
+    """Split 60/20/20 (stratified for classification) and standardize on train only.
+
+    ``aux``, an auxiliary target per sample, is split with the same rows.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
     stratify = y if task == "classification" else None
     val_frac, test_frac = fractions
+    rows = np.arange(len(y))
     try:
-        x_rest, x_test, y_rest, y_test = train_test_split(
-            x, y, test_size=test_frac, random_state=seed, stratify=stratify)
-        x_train, x_val, y_train, y_val = train_test_split(
-            x_rest, y_rest, test_size=val_frac / (1 - test_frac), random_state=seed,
+        rest, test, y_rest, _ = train_test_split(
+            rows, y, test_size=test_frac, random_state=seed, stratify=stratify)
+        train, val = train_test_split(
+            rest, test_size=val_frac / (1 - test_frac), random_state=seed,
             stratify=y_rest if stratify is not None else None)
     except ValueError as exc:
         raise DataError(f"cannot split {len(y)} samples into train/validation/test "
                         f"({1 - val_frac - test_frac:.0%}/{val_frac:.0%}/{test_frac:.0%}): "
                         f"{exc}") from None
-    return standardize(x_train, y_train, x_val, y_val, x_test, y_test, task, image_shape)
+    splits = standardize(x[train], y[train], x[val], y[val], x[test], y[test], task,
+                         image_shape)
+    if aux is None:
+        return splits
+    aux = np.asarray(aux)
+    return with_aux(splits, aux[train], aux[val], aux[test])
+
+
+def with_aux(splits: Splits, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> Splits:
+    """Attach an auxiliary target: class labels, or values standardized on train."""
+    from tuner.userdata import infer_task
+
+    task = infer_task(np.concatenate([train, val, test]).reshape(-1)) if train.ndim == 1 \
+        else "regression"
+    if task == "classification":
+        classes = np.unique(np.concatenate([train, val, test]))
+        parts = [torch.as_tensor(np.searchsorted(classes, a), dtype=torch.long)
+                 for a in (train, val, test)]
+        outputs = len(classes)
+    else:
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std = np.where(std == 0, 1.0, std)
+        parts = [torch.as_tensor((a - mean) / std, dtype=torch.float32) for a in
+                 (train, val, test)]
+        outputs = 1 if train.ndim == 1 else train.shape[1]
+    return replace(splits, aux_train=parts[0], aux_val=parts[1], aux_test=parts[2],
+                   aux_task=task, aux_outputs=outputs)
 
 
 def standardize(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
@@ -169,7 +214,9 @@ def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2
         raise DataError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}")
     info = DATASETS[dataset]
     x, y = info.load(seed, n_samples, n_features)
-    return split_arrays(x, y, info.task, seed, info.image_shape).to(torch.device(device))
+    aux = info.aux(np.asarray(x, dtype=np.float64)) if info.aux else None
+    return split_arrays(x, y, info.task, seed, info.image_shape, aux=aux).to(
+        torch.device(device))
 
 
 @functools.lru_cache(maxsize=4)
@@ -184,7 +231,7 @@ def load_user_splits(source: str, seed: int, device: str = "cpu", target: str | 
         x_val, y_val, x_test, y_test = arrays.split
         splits = standardize(arrays.x, arrays.y, x_val, y_val, x_test, y_test, arrays.task)
     else:
-        splits = split_arrays(arrays.x, arrays.y, arrays.task, seed)
+        splits = split_arrays(arrays.x, arrays.y, arrays.task, seed, aux=arrays.aux)
     return splits.to(torch.device(device))
 
 

@@ -46,9 +46,12 @@ def make_dropout(p: float, kind: str) -> nn.Module:
 
 
 class MLP(nn.Module):
+    """Hidden blocks, then a linear head; with ``aux_outputs``, a second head on the same
+    last hidden layer for an auxiliary task (multi-task regularization)."""
+
     def __init__(self, n_features: int, n_outputs: int, hidden: int = 128, layers: int = 2,
                  dropout: float = 0.0, dropout_kind: str = "bernoulli",
-                 batchnorm: bool = False) -> None:
+                 batchnorm: bool = False, aux_outputs: int = 0) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         width = n_features
@@ -61,9 +64,15 @@ class MLP(nn.Module):
             width = hidden
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(width, n_outputs)
+        self.aux_head = nn.Linear(width, aux_outputs) if aux_outputs else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(x)
+        assert self.aux_head is not None
+        return self.head(hidden), self.aux_head(hidden)
 
 
 class CNN(nn.Module):
@@ -95,8 +104,9 @@ class CNN(nn.Module):
 
 def build_model(name: str, *, n_features: int, n_outputs: int,
                 image_shape: tuple[int, int, int] | None, hidden: int, layers: int,
-                dropout: float, dropout_kind: str, batchnorm: bool) -> nn.Module:
-    """A built-in network by name (``mlp`` or ``cnn``)."""
+                dropout: float, dropout_kind: str, batchnorm: bool,
+                aux_outputs: int = 0) -> nn.Module:
+    """A built-in network by name (``mlp`` or ``cnn``); only the MLP has an auxiliary head."""
     common = dict(hidden=hidden, layers=layers, dropout=dropout, dropout_kind=dropout_kind,
                   batchnorm=batchnorm)
     if name == "cnn":
@@ -105,4 +115,4 @@ def build_model(name: str, *, n_features: int, n_outputs: int,
         return CNN(image_shape, n_outputs, **common)  # type: ignore[arg-type]
     if name != "mlp":
         raise UsageError(f"unknown model {name!r}; expected one of: mlp, cnn")
-    return MLP(n_features, n_outputs, **common)  # type: ignore[arg-type]
+    return MLP(n_features, n_outputs, aux_outputs=aux_outputs, **common)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from torch import nn
 
 from tuner.config import TrialConfig
 from tuner.data import Splits
+from tuner.errors import UsageError
 from tuner.metrics import METRICS, Metric, is_better, loss_fn, metric_value
 from tuner.models import build_model
 from tuner.optim import build_optimizer, build_scheduler, step_scheduler
@@ -107,6 +108,11 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _uses_aux(config: TrialConfig, data: Splits) -> bool:
+    """Multi-task training: an auxiliary target exists and its loss has a weight."""
+    return bool(config.aux_weight) and data.aux_train is not None
+
+
 def build_for(config: TrialConfig, data: Splits) -> nn.Module:
     """The model a config describes (built-in or the user's), sized for ``data``, on the
     data's device."""
@@ -119,7 +125,8 @@ def build_for(config: TrialConfig, data: Splits) -> nn.Module:
     model = build_model(config.model, n_features=data.n_features, n_outputs=data.n_outputs,
                         image_shape=data.image_shape, hidden=config.hidden,
                         layers=config.layers, dropout=config.dropout,
-                        dropout_kind=config.dropout_kind, batchnorm=config.batchnorm)
+                        dropout_kind=config.dropout_kind, batchnorm=config.batchnorm,
+                        aux_outputs=data.aux_outputs if _uses_aux(config, data) else 0)
     return model.to(data.x_train.device)
 
 
@@ -184,6 +191,11 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     augment = data.image_shape if config.augment else None
     noise, l1, l2, max_norm = config.input_noise, config.l1, config.l2, config.max_norm
     regularize = bool(l1 or l2)
+    aux_weight = config.aux_weight if _uses_aux(config, data) else 0.0
+    if aux_weight and not hasattr(model, "forward_with_aux"):
+        raise UsageError("aux_weight > 0 needs a model with an auxiliary head (the built-in "
+                         "mlp has one; a model of your own would need forward_with_aux)")
+    aux = data.aux_train
     # zero_grad(set_to_none=True) without its per-call profiler hooks.
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -207,16 +219,24 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         # One gather per epoch puts the samples in this epoch's order; batches are then
         # views of it (the same batches as indexing with slices of the permutation).
         order = torch.randperm(n, device=x.device)
-        batches = zip(x[order].split(sizes), y[order].split(sizes), strict=True)
+        batches = zip(x[order].split(sizes), y[order].split(sizes),
+                      aux[order].split(sizes) if aux_weight and aux is not None
+                      else [None] * len(sizes), strict=True)
         loss_sum = torch.zeros((), device=x.device)
-        for xb, yb in batches:
+        for xb, yb, ab in batches:
             if augment is not None:
                 xb = augment_images(xb, augment)
             if noise:
                 xb = add_input_noise(xb, noise)
-            loss = loss_fn(data.task, model(xb), yb)
+            if ab is None:
+                loss = loss_fn(data.task, model(xb), yb)
+            else:
+                output, aux_output = model.forward_with_aux(xb)  # type: ignore[operator]
+                loss = loss_fn(data.task, output, yb)
             # Accumulated on the device: no host sync per batch.
             loss_sum.add_(loss.detach(), alpha=xb.shape[0])
+            if ab is not None:
+                loss = loss + aux_weight * loss_fn(data.aux_task or "regression", aux_output, ab)
             if regularize:
                 loss = loss + penalty(weights, l1, l2)
             for p in params:

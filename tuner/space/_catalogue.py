@@ -88,6 +88,8 @@ CATALOGUE: dict[str, Rule] = {
     "input_noise": Rule("float", 0.0, "input_noise >= 0", _nonneg),
     "augment": Rule("bool", False),
     "max_norm": Rule("float", None, "max_norm > 0 (or null for none)", _positive, nullable=True),
+    # multi-task: weight of the auxiliary head's loss (0: no auxiliary head)
+    "aux_weight": Rule("float", 0.0, "aux_weight >= 0", _nonneg),
     # optimizer and its conditionals
     "optimizer": Rule("choice", "adam", options=OPTIMIZERS),
     "lr": Rule("float", 1e-3, "lr > 0", _positive),
