@@ -22,6 +22,7 @@ def csv_path(tmp_path: Path) -> Path:
     x = rng.normal(size=(200, 4))
     frame = pd.DataFrame(x, columns=["a", "b", "c", "d"])
     frame["label"] = np.where(x[:, 0] + x[:, 1] > 0, "pos", "neg")
+    frame["side"] = x[:, 0] * x[:, 2]  # an auxiliary target, not a feature
     path = tmp_path / "data.csv"
     frame.to_csv(path, index=False)
     return path
@@ -80,3 +81,33 @@ def test_bad_user_data_or_model_is_one_line(runner: CliRunner, write_space, csv_
     assert message in result.output
     assert "Traceback" not in result.output
     assert not db_path.exists()  # nothing written
+
+
+def test_aux_target_column_trains_an_auxiliary_head(runner: CliRunner, write_space,
+                                                    csv_path: Path, storage_url: str) -> None:
+    space = write_space({"task": {"epochs": 3}, "pruner": {"name": "none"},
+                         "params": {"hidden": 16, "layers": 1, "aux_weight": 0.5}})
+    args = ["start", "--space", str(space), "--storage", storage_url, "--trials", "1",
+            "--quiet", "--data", str(csv_path), "--target", "label"]
+    with_aux = runner.invoke(cli, [*args, "--study", "aux", "--aux-target", "side"])
+    assert with_aux.exit_code == 0, with_aux.output
+    without = runner.invoke(cli, [*args, "--study", "noaux"])
+    assert without.exit_code == 0, without.output
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url)
+    losses = {}
+    for name in ("aux", "noaux"):
+        trial = optuna.load_study(study_name=name, storage=storage_url).trials[0]
+        assert trial.state == TrialState.COMPLETE
+        with engine.connect() as conn:
+            losses[name] = [row[0] for row in conn.execute(sqlalchemy.text(
+                "SELECT train_loss FROM tuner_epochs WHERE trial_id = :t ORDER BY epoch"),
+                {"t": trial._trial_id})]
+    engine.dispose()
+    # Same seed, same data: only the auxiliary loss differs, and it changes training.
+    assert len(losses["aux"]) == len(losses["noaux"]) == 3
+    assert losses["aux"] != losses["noaux"]
+    bad = runner.invoke(cli, [*args, "--study", "bad", "--aux-target", "nope"])
+    assert bad.exit_code == 2
+    assert "--aux-target column 'nope' does not exist" in bad.output
