@@ -111,3 +111,34 @@ def test_aux_target_column_trains_an_auxiliary_head(runner: CliRunner, write_spa
     bad = runner.invoke(cli, [*args, "--study", "bad", "--aux-target", "nope"])
     assert bad.exit_code == 2
     assert "--aux-target column 'nope' does not exist" in bad.output
+
+
+def test_user_model_is_exported_loaded_and_predicts(runner: CliRunner, write_space,
+                                                    csv_path: Path, storage_url: str,
+                                                    tmp_path: Path) -> None:
+    import tuner
+
+    space = write_space({"task": {"epochs": 8}, "pruner": {"name": "none"},
+                         "params": {"hidden": 16, "layers": 1, "batchnorm": True, "lr": 0.01}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--study", "exp",
+                                 "--storage", storage_url, "--trials", "2", "--quiet",
+                                 "--data", str(csv_path), "--target", "label",
+                                 "--model", f"{EXAMPLE}:build"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "model.pt"
+    exported = runner.invoke(cli, ["export", "--study", "exp", "--storage", storage_url,
+                                   "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    model = tuner.load_model(out)
+    assert type(model.network).__name__ == "ResidualMLP"  # the user's class, rebuilt
+    assert not model.training
+    frame = pd.read_csv(csv_path)
+    predicted = model.predict(frame[["a", "b", "c", "d", "side"]].to_numpy())
+    assert set(predicted) <= {"pos", "neg"}
+    accuracy = float(np.mean(np.array(predicted) == frame["label"].to_numpy()))
+    assert accuracy > 0.8
+    # The command line gives the same predictions, from the CSV's named columns.
+    cli_out = runner.invoke(cli, ["predict", "--model", str(out), "--data", str(csv_path)])
+    assert cli_out.exit_code == 0, cli_out.output
+    lines = cli_out.output.strip().splitlines()
+    assert lines[0] == "prediction" and lines[1:] == predicted
