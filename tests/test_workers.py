@@ -63,7 +63,8 @@ def states(url: str, study: str) -> dict[TrialState, int]:
     counts = dict.fromkeys(TrialState, 0)
     try:
         trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
-    except KeyError:  # not created yet
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError,
+            optuna.exceptions.StorageInternalError):  # not created yet, or being created
         return counts
     for trial in trials:
         counts[trial.state] += 1

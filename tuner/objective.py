@@ -47,8 +47,9 @@ class TrialWriter:
     With a pruner, every epoch is reported at once and the pruner decides on it. With
     none (``NopPruner``), nothing reads the values before the trial ends, so they wait,
     with the attributes, and are written together: at most once every ``every``
-    seconds, and by :meth:`flush`. On SQLite a write costs about a millisecond, as much
-    as a small model's epoch; a batch costs the same as one value.
+    seconds, and by :meth:`flush`. On SQLite, Optuna's ``trial.report`` costs 1-3 ms
+    (a transaction through its ORM), a tenth or more of a small model's epoch; a batch
+    of every epoch of a short trial costs about as much as one of them.
     """
 
     def __init__(self, trial: optuna.Trial, recorder: TrialRecorder,

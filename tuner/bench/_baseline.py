@@ -4,8 +4,8 @@ It follows Optuna's PyTorch example (``optuna-examples/pytorch/pytorch_simple.py
 the model defined from the trial, a ``DataLoader`` over a ``TensorDataset`` with
 shuffling, batches moved to the device one by one, the training loss read with
 ``.item()`` every batch, validation in its own loader loop, ``trial.report`` and
-``trial.should_prune`` every epoch, and Optuna's RDB storage on a SQLite file given
-by URL. It is the yardstick of ``tuner bench``: change it only to make it more like
+``trial.should_prune`` every epoch, and Optuna's RDB storage on a SQLite file with
+its default settings. It is the yardstick of ``tuner bench``: change it only to make it more like
 what people write, never to make it slower.
 
 Two choices keep the comparison fair: the objective returns the best epoch's
@@ -83,10 +83,11 @@ class BaselineObjective:
         return best
 
 
-def create_baseline_study(storage_url: str, seed: int) -> optuna.Study:
+def create_baseline_study(storage: str | optuna.storages.RDBStorage, seed: int,
+                          name: str | None = None) -> optuna.Study:
     """The study the recipe creates; run it with
     ``study.optimize(BaselineObjective(...), n_trials=...)`` after ``torch.manual_seed(seed)``."""
     return optuna.create_study(
-        storage=storage_url, direction="maximize",
+        storage=storage, study_name=name, direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=seed),
         pruner=optuna.pruners.NopPruner())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -22,7 +22,7 @@ from tuner.bench._clock import StorageClock
 from tuner.bench._engine import create_engine_study
 from tuner.bench._peak import matmul_peak, train_flops_per_sample
 from tuner.bench._result import BenchResult, Run
-from tuner.bench._space import BATCH_SIZE, HIDDEN, LAYERS, bench_space
+from tuner.bench._space import BATCH_SIZE, DATASETS, HIDDEN, LAYERS, bench_space
 from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits
 from tuner.errors import UsageError
@@ -44,12 +44,13 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     """Run the baseline and the tuner's engine (in memory and on SQLite) on ``dataset``.
 
     Each variant runs ``trials`` trials of ``epochs`` epochs of the benchmark's space
-    (:func:`~tuner.bench._space.bench_space`) with the same seed. Its trials are timed;
-    creating its storage and study, a one-time cost that a study's whole budget shares,
-    is timed apart (``setup_s``). A tiny untimed round comes first, so that no variant
-    pays for one-time start-up costs (library initialization, SQL statement
-    compilation) that another then reuses.
-    ``on_trial(i)`` is called before the i-th round of trials (0-based).
+    (:func:`~tuner.bench._space.bench_space`) with the same seed, and its trials are
+    timed. Opening its storage and creating its study, one-time costs that a study's
+    whole budget shares, are timed apart (``setup_s``). First, each variant runs one
+    untimed trial of one epoch in a study of its own on the same storage, so that none
+    of them pays for start-up costs (library initialization, the compilation of its
+    SQL statements) inside its timed trials. ``on_trial(i)`` is called before the i-th
+    round of timed trials (0-based).
 
     >>> result = run_bench(dataset="iris", trials=1, epochs=1)
     >>> [run.variant for run in result.runs]
@@ -58,6 +59,9 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     if trials < 1 or epochs < 1:
         raise UsageError(f"`trials >= 1 and epochs >= 1` must hold, but got "
                          f"(trials={trials}, epochs={epochs})")
+    if dataset not in DATASETS:
+        raise UsageError(f"--dataset: the benchmark needs a classification dataset (one of: "
+                         f"{', '.join(DATASETS)}), but got {dataset!r}")
     device = device or torch.device("cpu")
     space = bench_space(dataset, epochs, seed)
     task = space.task
@@ -66,14 +70,23 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     peak = matmul_peak(device)
     flops = _flops_per_sample(data)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-        for variant in _run_all(Path(tmp) / "warm-up", bench_space(dataset, 1, seed), data, 1,
-                                device):
-            variant.close()
-        variants = _run_all(Path(tmp) / "timed", space, data, trials, device, on_trial)
-        runs = tuple(v.summary(data) for v in variants)
-        configs = [v.configs() for v in variants]
-        for variant in variants:
-            variant.close()
+        variants = [_Variant.open(name, Path(tmp), data, device) for name in VARIANTS]
+        try:
+            for variant in variants:
+                variant.start(bench_space(dataset, 1, seed), "warm-up", timed=False)
+                variant.run_trial(timed=False)
+            for variant in variants:
+                variant.start(space, "bench")
+            for i in range(trials):
+                if on_trial is not None:
+                    on_trial(i)
+                for variant in variants:
+                    variant.run_trial()
+            runs = tuple(v.summary() for v in variants)
+            configs = [v.configs() for v in variants]
+        finally:
+            for variant in variants:
+                variant.close()
     return BenchResult(
         device=str(device), dataset=dataset, model=f"mlp {LAYERS}x{HIDDEN}, adam",
         trials=trials, epochs=epochs, seed=seed, threads=torch.get_num_threads(),
@@ -81,77 +94,85 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
         same_configs=all(c == configs[0] for c in configs), runs=runs)
 
 
+Storage = optuna.storages.RDBStorage | optuna.storages.InMemoryStorage | TunerStorage
+
+
 @dataclass
 class _Variant:
-    """One variant's study and objective, and the clock that times it."""
+    """One variant: its storage, its current study and objective, and its clocks."""
 
     name: str
-    study: optuna.Study
-    objective: Callable[[optuna.Trial], float]
-    setup: StorageClock  # creating the storage and the study
-    clock: StorageClock  # the trials
+    storage: Storage
+    data: Splits
+    device: torch.device
+    setup: StorageClock = field(default_factory=StorageClock)  # storage and study creation
+    clock: StorageClock = field(default_factory=StorageClock)  # the timed trials
+    study: optuna.Study | None = None
+    objective: Callable[[optuna.Trial], float] | None = None
     # The baseline seeds torch once, at its start, as a script does: between its
     # trials its (CPU) random stream is kept aside, as if it ran in its own process.
     rng: torch.Tensor | None = None
-    storage: TunerStorage | None = None
 
-    def run_trial(self) -> None:
+    @classmethod
+    def open(cls, name: str, folder: Path, data: Splits, device: torch.device) -> _Variant:
+        setup = StorageClock()
+        with setup:
+            storage: Storage
+            if name == "baseline":  # Optuna's RDB storage with its default settings
+                storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
+            elif name == "tuner-sqlite":  # the tuner's default storage
+                storage = TunerStorage(f"sqlite:///{folder / 'tuner.db'}").open()
+            else:
+                storage = optuna.storages.InMemoryStorage()
+        return cls(name, storage, data, device, setup=setup)
+
+    def start(self, space: Space, study_name: str, timed: bool = True) -> None:
+        """Create the study ``study_name`` of ``space`` and its objective."""
+        with self.setup if timed else StorageClock():
+            if isinstance(self.storage, optuna.storages.RDBStorage):
+                self.study = create_baseline_study(self.storage, space.seed, study_name)
+                self.objective = BaselineObjective(self.data, space.task.epochs, self.device)
+                self.rng = torch.Generator().manual_seed(space.seed).get_state()
+            else:
+                self.study, recorder = create_engine_study(space, self.storage, study_name)
+                self.objective = Objective(space, recorder, self.device)
+
+    def run_trial(self, timed: bool = True) -> None:
+        assert self.study is not None and self.objective is not None
         gc.collect()  # no variant pays for another's garbage
+        clock = self.clock if timed else StorageClock()
         if self.rng is None:
-            with self.clock:
+            with clock:
                 self.study.optimize(self.objective, n_trials=1)
             return
         outside = torch.get_rng_state()
         torch.set_rng_state(self.rng)
         try:
-            with self.clock:
+            with clock:
                 self.study.optimize(self.objective, n_trials=1)
         finally:
             self.rng = torch.get_rng_state()
             torch.set_rng_state(outside)
 
-    def summary(self, data: Splits) -> Run:
+    def summary(self) -> Run:
+        assert self.study is not None
         trials = self.study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         epochs = sum(len(t.intermediate_values) for t in trials)
         return Run(self.name, VARIANTS[self.name], wall_s=self.clock.wall,
                    storage_s=self.clock.seconds, setup_s=self.setup.wall,
-                   trials=len(finished), epochs=epochs, samples=epochs * data.x_train.shape[0],
+                   trials=len(finished), epochs=epochs,
+                   samples=epochs * self.data.x_train.shape[0],
                    best_value=max(values) if values else None)
 
     def configs(self) -> list[dict[str, object]]:
+        assert self.study is not None
         return [t.params for t in self.study.get_trials(deepcopy=False)]
 
     def close(self) -> None:
-        if self.storage is not None:
+        if not isinstance(self.storage, optuna.storages.InMemoryStorage):
             self.storage.engine.dispose()
-
-
-def _run_all(folder: Path, space: Space, data: Splits, trials: int, device: torch.device,
-             on_trial: Callable[[int], None] | None = None) -> list[_Variant]:
-    folder.mkdir()
-    variants = []
-    for name in VARIANTS:
-        setup = StorageClock()
-        with setup:
-            if name == "baseline":
-                study = create_baseline_study(f"sqlite:///{folder / 'optuna.db'}", space.seed)
-                variants.append(_Variant(
-                    name, study, BaselineObjective(data, space.task.epochs, device), setup,
-                    StorageClock(), rng=torch.Generator().manual_seed(space.seed).get_state()))
-                continue
-            url = f"sqlite:///{folder / 'tuner.db'}" if name == "tuner-sqlite" else None
-            study, recorder = create_engine_study(space, url)
-        variants.append(_Variant(name, study, Objective(space, recorder, device), setup,
-                                 StorageClock(),
-                                 storage=recorder if isinstance(recorder, TunerStorage) else None))
-    for i in range(trials):
-        if on_trial is not None:
-            on_trial(i)
-        for variant in variants:
-            variant.run_trial()
-    return variants
 
 
 def _flops_per_sample(data: Splits) -> float:

@@ -7,18 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import torch
-from rich.console import Console
 
-from tuner.bench import DATASETS, format_result, run_bench
 from tuner.cli import cli
-from tuner.device import CPU_THREADS, resolve_device
+from tuner.space._catalogue import DATASET_NAMES
+
+# Heavy modules (torch, Optuna, the benchmark) are imported inside the commands, so that
+# `tuner --help` starts in a fraction of a second.
 
 _ENGINE_OPTIONS = (
     click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
                  help="Where to train: auto (CUDA when present), cpu, cuda or cuda:N."),
-    click.option("--dataset", type=click.Choice(DATASETS), default="digits",
-                 show_default=True, help="The built-in classification dataset to train on."),
+    click.option("--dataset", type=click.Choice(DATASET_NAMES), default="digits",
+                 show_default=True,
+                 help="The built-in dataset to train on; a classification one (the value of a "
+                      "trial is its validation accuracy)."),
     click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
                  help="Trials per variant."),
     click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
@@ -26,8 +28,8 @@ _ENGINE_OPTIONS = (
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                  help="The seed of the data split, the sampler and the trials."),
     click.option("--threads", type=click.IntRange(min=1),
-                 help=f"Torch's CPU threads for every variant (default: {CPU_THREADS}, the "
-                      "tuner's own setting; compare with your machine's core count)."),
+                 help="Torch's CPU threads for every variant (default: the tuner's own "
+                      "setting, one; compare with your machine's core count)."),
     click.option("--json", "as_json", is_flag=True,
                  help="Print the settings and every row as JSON, for scripts."),
 )
@@ -76,13 +78,18 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
     peak (measured here with torch.matmul) that the training steps' matmul FLOPs reach;
     and the speedup in epochs/s over the baseline.
     """
+    import torch
+    from rich.console import Console
+
+    from tuner.bench import format_result, run_bench
+    from tuner.device import resolve_device
+
     torch_device = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     console = Console(stderr=True)
-    console.print(f"tuner bench: {dataset}, {trials} trials x {epochs} epochs per variant, on "
-                  f"{torch_device} ({torch.get_num_threads()} CPU thread(s))")
-    with console.status("measuring the matmul peak, warming up") as status:
+    with console.status(f"tuner bench on {torch_device} ({torch.get_num_threads()} CPU "
+                        "thread(s)): measuring the matmul peak, warming up") as status:
         def on_trial(i: int) -> None:
             status.update(f"trial {i + 1} of {trials} (each variant in turn)")
 
