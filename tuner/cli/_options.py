@@ -47,3 +47,15 @@ checkpoint_option = click.option(
     metavar="SECONDS",
     help="Save a running trial's model and optimizer this often, so that a retry after a "
          "crash resumes from there instead of epoch 0.")
+
+
+timeout_option: Callable[[Any], Any] = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+    help="Start no new trial after this many seconds.")
+
+device_option: Callable[[Any], Any] = click.option(
+    "--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
+    help="Where trials train: auto (CUDA when present), cpu, cuda or cuda:N.")
+
+quiet_option: Callable[[Any], Any] = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")

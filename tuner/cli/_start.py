@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from tuner.cli import cli
-from tuner.cli._options import GpuList, checkpoint_option, storage_option
+from tuner.cli._options import (
+    GpuList,
+    checkpoint_option,
+    device_option,
+    quiet_option,
+    storage_option,
+    timeout_option,
+)
 from tuner.space._catalogue import DATASET_NAMES
 
 # Heavy modules (torch, scikit-learn, Optuna) are imported inside the commands, so that
@@ -24,10 +31,8 @@ from tuner.space._catalogue import DATASET_NAMES
 @click.option("--trials", type=click.IntRange(min=1),
               help="The study's total budget of finished (complete + pruned) trials, across "
                    "runs and workers (default: the space's `trials`).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Start no new trial after this many seconds.")
-@click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
-              help="Where trials train: auto (CUDA when present), cpu, cuda or cuda:N.")
+@timeout_option
+@device_option
 @click.option("--seed", type=click.IntRange(min=0),
               help="The study's seed: data split, sampler and every trial's seed derive from "
                    "it (default: the space's `seed`).")
@@ -56,7 +61,7 @@ from tuner.space._catalogue import DATASET_NAMES
 @click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many workers may share one GPU.")
 @checkpoint_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
+@quiet_option
 def start(space: str, study: str | None, storage: str, trials: int | None,
           timeout: float | None, device: str, seed: int | None, epochs: int | None,
           dataset: str | None, data: str | None, target: str | None, kind: str | None,

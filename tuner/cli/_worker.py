@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from tuner.cli import cli
-from tuner.cli._options import checkpoint_option, storage_option
+from tuner.cli._options import (
+    checkpoint_option,
+    device_option,
+    quiet_option,
+    storage_option,
+    timeout_option,
+)
 
 
 @cli.command()
@@ -14,12 +20,10 @@ from tuner.cli._options import checkpoint_option, storage_option
 @click.option("--trials", type=click.IntRange(min=1),
               help="Run at most this many trials here (default: work until the study's "
                    "budget is reached).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Start no new trial after this many seconds.")
-@click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
-              help="Where this worker trains: auto (CUDA when present), cpu, cuda or cuda:N.")
+@timeout_option
+@device_option
 @checkpoint_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
+@quiet_option
 def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
            checkpoint_every: float, quiet: bool) -> None:
     """Join a study from any machine and work until its budget is reached.
