@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,14 +19,6 @@ from tuner.metrics import METRICS
 from tuner.train import EpochMetrics, build_for, evaluate, train
 
 SMALL = {"hidden": 8, "layers": 2, "batch_size": 16}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _double(data: Splits) -> Splits:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tuner.fused import FusedMLP, add_input_noise, member_loss
 from tuner.models import MLP
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _members(k: int, *, n_features: int = 5, n_outputs: int = 3, hidden: int = 8,

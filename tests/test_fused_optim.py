@@ -7,7 +7,6 @@ tuner builds it, :mod:`tuner.optim`) on row k alone, and asserts the two agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,14 +25,6 @@ from tuner.regularizers import penalty
 
 P = 37  # parameters per member
 STEPS = 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _lrs(hypers: list[dict[str, Any]], names: list[str]) -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,16 +19,6 @@ from tuner.regularizers import penalized_weights
 from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
 
 SMALL = {"hidden": 16, "layers": 2, "batch_size": 16}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models: thread hand-offs cost more than the arithmetic, and a busy machine
-    # makes them slower still.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
