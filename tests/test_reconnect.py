@@ -27,7 +27,7 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def _flaky(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
     """Make the budget claim fail `failures` times as a dropped connection would."""
-    real = runner._claim
+    real = runner.claim
     calls = [0]
 
     def claim(*args: Any) -> Any:
@@ -37,7 +37,7 @@ def _flaky(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
                                                                             "the connection"))
         return real(*args)
 
-    monkeypatch.setattr(runner, "_claim", claim)
+    monkeypatch.setattr(runner, "claim", claim)
     return calls
 
 

@@ -1,7 +1,7 @@
-"""A running trial's heartbeat, so that a dead worker's trial is found and retried.
+"""Running trials' heartbeats, so that a dead worker's trials are found and retried.
 
-The storage records a timestamp for the trial every ``heartbeat_interval`` seconds
-from a background thread; a RUNNING trial whose heartbeat is older than the grace
+The storage records a timestamp for each trial every ``heartbeat_interval`` seconds
+from one background thread; a RUNNING trial whose heartbeat is older than the grace
 period is failed by the next worker (``optuna.storages.fail_stale_trials``) and
 retried (``RetryHeartbeatStaleTrialCallback``).
 """
@@ -16,27 +16,50 @@ import optuna
 
 
 class Heartbeat:
-    """Context manager: beats for ``trial_id`` while the block runs."""
+    """Context manager: beats for ``trial_ids`` while the block runs.
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    A fused population's members come and go while it trains: :meth:`add` and
+    :meth:`discard` change the set the thread beats for.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, *trial_ids: int) -> None:
         self.storage = storage
-        self.trial_id = trial_id
+        self.trial_ids = set(trial_ids)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def add(self, trial_id: int) -> None:
+        """Beat for ``trial_id`` too, from now on: a trial with no beat yet is never taken
+        for stale, so the first one is recorded here rather than at the next interval."""
+        with self._lock:
+            self.trial_ids.add(trial_id)
+        if self._thread is not None:
+            with contextlib.suppress(Exception):
+                self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
     def __enter__(self) -> Heartbeat:
+        self._stop = threading.Event()  # the same heartbeat may be entered again
         interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
         if interval:
+            name = "heartbeat-" + ",".join(str(t) for t in sorted(self.trial_ids)[:3])
             self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
-                                            name=f"heartbeat-{self.trial_id}")
+                                            name=name)
             self._thread.start()
         return self
 
     def _run(self, interval: float) -> None:
         while True:
-            # A missed beat (a database hiccup) is retried at the next interval.
-            with contextlib.suppress(Exception):
-                self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+            with self._lock:
+                trial_ids = sorted(self.trial_ids)
+            for trial_id in trial_ids:
+                # A missed beat (a database hiccup) is retried at the next interval.
+                with contextlib.suppress(Exception):
+                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
             if self._stop.wait(interval):
                 return
 

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -17,7 +18,7 @@ from tuner.metrics import METRICS, is_better
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space, sample
 from tuner.storage import TrialRecorder
-from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
+from tuner.train import Checkpoint, EpochMetrics, TrainResult, build_for, evaluate, train
 
 # Without a pruner, per-epoch reports are written at most this often (seconds).
 REPORT_EVERY = 1.0
@@ -155,17 +156,30 @@ class Objective:
                 trial.set_user_attr("error", str(exc).strip().splitlines()[0][:500])
             raise
         writer.flush()
+        return self.conclude(trial, config, result, lambda: model, checkpointed=saved)
+
+    def conclude(self, trial: optuna.Trial, config: TrialConfig, result: TrainResult,
+                 trained: Callable[[], torch.nn.Module], *, checkpointed: bool = False) -> float:
+        """Record a trained trial; return its value, or raise ``TrialPruned``.
+
+        ``trained()`` gives the model holding the best epoch's weights; it is called only
+        when the trial becomes the study's best (to evaluate the test split and keep the
+        weights). The fused engine calls this for each member it finishes.
+        """
+        study_id = trial.study._study_id
         outcome = ("diverged" if result.diverged else "pruned" if result.pruned
                    else "early_stopped" if result.stopped_early else "completed")
         self.storage.record_trial(
             trial_id=trial._trial_id, study_id=study_id, seed=config.seed,
             best_epoch=result.best_epoch or None, outcome=outcome, device=str(self.device),
             history=result.history)
-        if saved:
-            self.storage.delete_checkpoint(study_id, root)
+        if checkpointed:
+            self.storage.delete_checkpoint(study_id, root_number(trial))
         if result.pruned or result.diverged or not result.best_epoch:
             raise optuna.TrialPruned(f"{outcome} at epoch {len(result.history)}")
         if self._is_new_best(trial.study, result.best_metric):
+            model = trained()
+            data = self.data()
             _, test_metric = evaluate(model, data.x_test, data.y_test, data.task, self.metric,
                                       data.y_std)
             self.storage.set_test_metric(trial._trial_id, float(test_metric))

@@ -23,6 +23,7 @@ import optuna
 from tuner.device import CPU_THREADS
 from tuner.errors import TunerError
 from tuner.runner import RunSummary, Snapshot, snapshot, summarize
+from tuner.space import EngineSpec
 from tuner.storage import TunerStorage
 from tuner.study import count_states, finished
 
@@ -39,6 +40,7 @@ class WorkerArgs:
     timeout: float | None = None
     max_trials: int | None = None
     checkpoint_every: float = 30.0
+    engine: EngineSpec | None = None  # None: the study's stored space's
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -61,7 +63,8 @@ def worker_main(args: WorkerArgs) -> None:
         space = stored_space(storage, args.study_name)
         run_study(space, storage=storage, study_name=args.study_name, budget=args.budget,
                   device=torch.device(args.device), timeout=args.timeout,
-                  max_trials=args.max_trials, checkpoint_every=args.checkpoint_every)
+                  max_trials=args.max_trials, checkpoint_every=args.checkpoint_every,
+                  engine=args.engine)
     except TunerError as exc:
         print(f"Error: worker on {args.device}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -71,7 +74,7 @@ def worker_main(args: WorkerArgs) -> None:
 
 def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: list[str], *,
              timeout: float | None = None, checkpoint_every: float = 30.0,
-             on_start: Callable[[Snapshot], None] | None = None,
+             engine: EngineSpec | None = None, on_start: Callable[[Snapshot], None] | None = None,
              on_progress: Callable[[Snapshot], None] | None = None,
              poll: float = 0.5) -> RunSummary:
     """Run ``len(devices)`` workers on the study until it has ``budget`` finished trials."""
@@ -82,7 +85,7 @@ def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: l
     processes = [context.Process(
         target=worker_main, name=f"tuner-worker-{i}",
         args=(WorkerArgs(storage.url, study.study_name, budget, device, threads, timeout,
-                         None, checkpoint_every),))
+                         None, checkpoint_every, engine),))
         for i, device in enumerate(devices)]
     if on_start is not None:
         on_start(snapshot(storage, study, budget))

@@ -28,7 +28,7 @@ from tuner.errors import StorageError, TunerError
 from tuner.heartbeat import Heartbeat
 from tuner.objective import Objective
 from tuner.samplers import grid_size
-from tuner.space import Space
+from tuner.space import EngineSpec, Space
 from tuner.storage import GRACE_PERIOD, TunerStorage, display_url, trial_info
 from tuner.study import count_states, finished, open_study
 
@@ -76,12 +76,15 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
               device: torch.device, timeout: float | None = None,
               max_trials: int | None = None, checkpoint_every: float = 30.0,
               on_progress: Callable[[Snapshot], None] | None = None,
-              on_start: Callable[[Snapshot], None] | None = None) -> RunSummary:
+              on_start: Callable[[Snapshot], None] | None = None,
+              engine: EngineSpec | None = None) -> RunSummary:
     """Run (or resume, or join) ``study_name`` until it has ``budget`` finished trials.
 
     ``max_trials`` caps how many trials this call runs; a grid search's budget is
-    capped at the size of its grid.
+    capped at the size of its grid. ``engine`` (default: the space's) trains trials one
+    at a time, or a population at once (:mod:`tuner.population`).
     """
+    engine = engine or space.engine
     if space.sampler.name == "grid":
         budget = min(budget, grid_size(space))
     study = open_study(storage, space, study_name)
@@ -95,6 +98,19 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
 
     if on_start is not None:
         on_start(snapshot(storage, study, budget))
+    if engine.name == "fused":
+        from tuner.population import PopulationRun
+
+        def progress(frozen: FrozenTrial) -> None:
+            if on_progress is not None:
+                on_progress(snapshot(storage, study, budget, frozen))
+
+        fused = PopulationRun(study, storage, objective, budget, engine.population,
+                              deadline=None if timeout is None else start + timeout,
+                              max_trials=max_trials, on_progress=progress)
+        reason = fused.run()
+        return summarize(storage, study, budget, before, time.monotonic() - start, reason,
+                         fused.ran)
     while True:
         if timeout is not None and time.monotonic() - start >= timeout:
             reason = "timeout"
@@ -106,14 +122,14 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
             raise TunerError(f"{failures} trials in a row failed; the last error: "
                              f"{_last_error(study)}")
         try:
-            trial = _claim(study, storage, budget)
+            claimed = claim(study, storage, budget)
         except DATABASE_ERRORS as exc:
             backoff.failed(exc)
             continue
-        if trial is Claim.FULL:
+        if claimed is Claim.FULL:
             reason = "budget" if ran else "already_done"
             break
-        if trial is Claim.WAIT:
+        if claimed is Claim.WAIT:
             # The budget is held by trials running elsewhere: wait until they finish, or
             # until their worker is found dead and a retry is queued for us to take.
             waiting_since = waiting_since or time.monotonic()
@@ -124,7 +140,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
             continue
         waiting_since = None
         try:
-            frozen = _run_trial(study, trial, objective)
+            frozen = _run_trial(study, claimed[0], objective)
         except DATABASE_ERRORS as exc:
             # The trial could not be recorded; its heartbeat has stopped, so once the
             # database is back it is failed as stale and retried like a dead worker's.
@@ -184,9 +200,11 @@ def snapshot(storage: TunerStorage, study: optuna.Study, budget: int,
                     _best_value(study), last)
 
 
-def _claim(study: optuna.Study, storage: TunerStorage, budget: int) -> optuna.Trial | Claim:
-    """A new RUNNING trial if the budget has room, atomically across workers; else FULL
-    (enough trials finished) or WAIT (the rest of the budget is running elsewhere)."""
+def claim(study: optuna.Study, storage: TunerStorage, budget: int,
+          n: int = 1) -> list[optuna.Trial] | Claim:
+    """Up to ``n`` new RUNNING trials, as many as the budget has room for, atomically
+    across workers; else FULL (enough trials finished) or WAIT (the rest of the budget
+    is running elsewhere)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # A dead worker's trial is failed here, and queued again (WAITING) for a retry.
@@ -197,31 +215,41 @@ def _claim(study: optuna.Study, storage: TunerStorage, budget: int) -> optuna.Tr
             counts = count_states(storage, study)
             if finished(counts) >= budget:
                 return Claim.FULL
-            if finished(counts) + counts[TrialState.RUNNING] >= budget:
+            room = budget - finished(counts) - counts[TrialState.RUNNING]
+            if room <= 0:
                 return Claim.WAIT
-            return study.ask()  # takes a WAITING (retried or enqueued) trial first
+            # ask() takes a WAITING (retried or enqueued) trial first.
+            return [study.ask() for _ in range(min(n, room))]
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
     """Run the objective with a heartbeat and tell the outcome; Ctrl-C fails the trial."""
+    with Heartbeat(study._storage, trial._trial_id):
+        return tell_outcome(study, trial, lambda: objective(trial))
+
+
+def tell_outcome(study: optuna.Study, trial: optuna.Trial,
+                 run: Callable[[], float]) -> FrozenTrial:
+    """Tell ``trial`` what ``run()`` gave: its value (COMPLETE), ``TrialPruned`` (PRUNED)
+    or a ``RuntimeError`` (FAIL; the study goes on). On Ctrl-C, SIGTERM or any other
+    error the trial is told FAIL (it is retried on resume) and the error is raised.
+    """
     state, value = TrialState.FAIL, None
     try:
-        with Heartbeat(study._storage, trial._trial_id):
-            try:
-                value = objective(trial)
-                state = TrialState.COMPLETE
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except RuntimeError:  # recorded on the trial; the study goes on
-                state = TrialState.FAIL
-            except optuna.exceptions.UpdateFinishedTrialError:
-                raise
-            except BaseException:
-                # Ctrl-C, SIGTERM or an error: record the trial as failed (it is retried
-                # on resume), even if a second signal arrives meanwhile, then stop.
-                with _signals_ignored():
-                    study.tell(trial, state=TrialState.FAIL)
-                raise
+        try:
+            value = run()
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except RuntimeError:  # recorded on the trial; the study goes on
+            state = TrialState.FAIL
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise
+        except BaseException:
+            # Record the trial as failed, even if a second signal arrives meanwhile.
+            with signals_ignored():
+                study.tell(trial, state=TrialState.FAIL)
+            raise
         return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker took this trial for dead (its heartbeat stalled) and failed it;
@@ -230,7 +258,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -
 
 
 @contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
+def signals_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import click
 
 from tuner.formatting import FORMATS
+from tuner.space._schema import ENGINES, EngineSpec
 from tuner.storage import DEFAULT_STORAGE
 
 storage_option: Callable[[Any], Any] = click.option(
@@ -59,3 +61,26 @@ device_option: Callable[[Any], Any] = click.option(
 
 quiet_option: Callable[[Any], Any] = click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
+
+
+engine_option: Callable[[Any], Any] = click.option(
+    "--engine", type=click.Choice(ENGINES),
+    help="How trials train: one at a time, or a population at once as one batched model "
+         "(fused: the built-in mlp; fills a GPU, or a CPU core, with small models). "
+         "Default: the space's `engine`, else sequential.")
+
+population_option: Callable[[Any], Any] = click.option(
+    "--population", type=click.IntRange(min=1), metavar="K",
+    help="With --engine fused: how many trials train at once per worker (default: the "
+         "space's `engine.population`, else 32).")
+
+
+def engine_spec(default: EngineSpec, engine: str | None,
+                population: int | None) -> EngineSpec:
+    """The engine a command runs: ``default`` (the space's) with the options given."""
+    if engine is None and population is None:
+        return default
+    if population is not None and (engine or default.name) != "fused":
+        raise click.UsageError("--population applies to --engine fused")
+    return replace(default, name=engine or default.name,
+                   population=population or default.population)

@@ -11,6 +11,9 @@ from tuner.cli._options import (
     GpuList,
     checkpoint_option,
     device_option,
+    engine_option,
+    engine_spec,
+    population_option,
     quiet_option,
     storage_option,
     timeout_option,
@@ -60,14 +63,16 @@ from tuner.space._catalogue import DATASET_NAMES
               help="GPUs for the workers, round-robin (default: every visible GPU).")
 @click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many workers may share one GPU.")
+@engine_option
+@population_option
 @checkpoint_option
 @quiet_option
 def start(space: str, study: str | None, storage: str, trials: int | None,
           timeout: float | None, device: str, seed: int | None, epochs: int | None,
           dataset: str | None, data: str | None, target: str | None, kind: str | None,
           features: str | None, aux_target: str | None, model: str | None, workers: int,
-          devices: list[int] | None, workers_per_gpu: int,
-          checkpoint_every: float, quiet: bool) -> None:
+          devices: list[int] | None, workers_per_gpu: int, engine: str | None,
+          population: int | None, checkpoint_every: float, quiet: bool) -> None:
     """Run a study, or resume it, until it has its budget of finished trials.
 
     \b
@@ -76,6 +81,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space quick --trials 20 --study demo
       tuner start --space regularization --trials 200 --study reg --seed 0
       tuner start --space quick --trials 100 --workers 4
+      tuner start --space quick --trials 256 --engine fused --population 64
       tuner start --space quick --data my.csv --target label --model my_net.py:build
     """
     import torch
@@ -96,6 +102,11 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     # Everything is validated before the database is touched.
     parsed = load_space(space, overrides)
+    how = engine_spec(parsed.engine, engine, population)
+    if how.name == "fused":
+        from tuner.population import check_fusable
+
+        check_fusable(parsed.task.model)
     placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,
                             cuda_count=torch.cuda.device_count())
     if workers == 1:
@@ -108,18 +119,19 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     console = Console(stderr=True)
     if not quiet:
         where = ", ".join(sorted(set(placed)))
+        fused = f" · fused, {how.population} at once" if how.name == "fused" else ""
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
-                      f"/ {parsed.task.model} · {workers} worker(s) on {where} · "
+                      f"/ {parsed.task.model} · {workers} worker(s) on {where}{fused} · "
                       f"{display_url(db.url)}")
     with RunProgress(console, quiet) as progress:
         if workers == 1:
             summary = run_study(parsed, storage=db, study_name=name, budget=budget,
                                 device=torch.device(placed[0]), timeout=timeout,
-                                checkpoint_every=checkpoint_every,
+                                checkpoint_every=checkpoint_every, engine=how,
                                 on_start=progress.start, on_progress=progress.update)
         else:
             summary = run_pool(db, opened, budget, placed, timeout=timeout,
-                               checkpoint_every=checkpoint_every,
+                               checkpoint_every=checkpoint_every, engine=how,
                                on_start=progress.start, on_progress=progress.update)
     click.echo(summary_text(summary, parsed.task.metric))
 

@@ -8,6 +8,9 @@ from tuner.cli import cli
 from tuner.cli._options import (
     checkpoint_option,
     device_option,
+    engine_option,
+    engine_spec,
+    population_option,
     quiet_option,
     storage_option,
     timeout_option,
@@ -22,18 +25,23 @@ from tuner.cli._options import (
                    "budget is reached).")
 @timeout_option
 @device_option
+@engine_option
+@population_option
 @checkpoint_option
 @quiet_option
 def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
-           checkpoint_every: float, quiet: bool) -> None:
+           engine: str | None, population: int | None, checkpoint_every: float,
+           quiet: bool) -> None:
     """Join a study from any machine and work until its budget is reached.
 
     The worker reads the study's search space and budget from the database, so it
-    needs nothing but the storage URL and the study's name.
+    needs nothing but the storage URL and the study's name. It trains as the space
+    says (`engine`) unless --engine says otherwise: workers of one study may mix engines.
 
     \b
     Example:
       tuner worker --study reg --storage postgresql://user@dbhost/tuner
+      tuner worker --study reg --storage postgresql://user@dbhost/tuner --engine fused
     """
     from rich.console import Console
 
@@ -47,10 +55,15 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     db = TunerStorage(storage).open()
     parsed = stored_space(db, study)
     budget = stored_budget(db, study) or parsed.trials
+    how = engine_spec(parsed.engine, engine, population)
+    if how.name == "fused":
+        from tuner.population import check_fusable
+
+        check_fusable(parsed.task.model)
     console = Console(stderr=True)
     with RunProgress(console, quiet) as progress:
         summary = run_study(parsed, storage=db, study_name=study, budget=budget,
                             device=torch_device, timeout=timeout, max_trials=trials,
-                            checkpoint_every=checkpoint_every,
+                            checkpoint_every=checkpoint_every, engine=how,
                             on_start=progress.start, on_progress=progress.update)
     click.echo(summary_text(summary, parsed.task.metric))

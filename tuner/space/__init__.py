@@ -14,9 +14,9 @@ from typing import Any
 
 from tuner.errors import SpaceError
 from tuner.space._catalogue import CATALOGUE, OPTIMIZER_HYPER, SCHEDULE_HYPER
-from tuner.space._load import parse_space, read_yaml
+from tuner.space._load import parse_engine, parse_space, read_yaml
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, sample
-from tuner.space._schema import EarlyStopping, PrunerSpec, SamplerSpec, Space, Task
+from tuner.space._schema import EarlyStopping, EngineSpec, PrunerSpec, SamplerSpec, Space, Task
 
 __all__ = [
     "CATALOGUE",
@@ -24,6 +24,7 @@ __all__ = [
     "SCHEDULE_HYPER",
     "Categorical",
     "EarlyStopping",
+    "EngineSpec",
     "Fixed",
     "FloatRange",
     "IntRange",
@@ -34,6 +35,7 @@ __all__ = [
     "Task",
     "builtin_spaces",
     "load_space",
+    "parse_engine",
     "parse_space",
     "sample",
     "spaces_dir",
@@ -58,7 +60,7 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = N
     """Load a built-in space by name, or any YAML file by path, and validate it.
 
     ``overrides`` are merged into the mapping before validation: top-level keys
-    (``seed``, ``trials``) directly, and ``task`` keys (``epochs``, ``dataset``) into
+    (``seed``, ``trials``, ``engine``) directly, and ``task`` keys (``epochs``, ``dataset``) into
     the task, so they are checked and recorded like the file's own values.
     """
     path = Path(name_or_path)
@@ -70,7 +72,7 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = N
                          f"built-in spaces ({', '.join(builtin)})")
     raw = read_yaml(path)
     for key, value in (overrides or {}).items():
-        if key in ("seed", "trials"):
+        if key in ("seed", "trials", "engine"):
             raw[key] = value
         else:
             task = raw.get("task")

@@ -20,11 +20,19 @@ import yaml
 from tuner.errors import DataError, SpaceError
 from tuner.space._catalogue import CATALOGUE, CONDITIONAL_PARENTS, MODELS, Rule, is_number
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, walk
-from tuner.space._schema import EarlyStopping, PrunerSpec, SamplerSpec, Space, Task
+from tuner.space._schema import (
+    ENGINES,
+    EarlyStopping,
+    EngineSpec,
+    PrunerSpec,
+    SamplerSpec,
+    Space,
+    Task,
+)
 from tuner.userdata import import_reference, is_reference
 
 TOP_KEYS = ("description", "trials", "seed", "task", "params", "sampler", "pruner",
-            "early_stopping")
+            "early_stopping", "engine")
 TASK_KEYS = ("dataset", "model", "epochs", "metric", "direction", "n_samples", "n_features",
              "data", "target", "kind", "features", "aux_target")
 RANGE_KEYS = ("type", "low", "high", "log", "step")
@@ -106,6 +114,7 @@ def parse_space(raw: Mapping[str, Any], *, name: str, source: str) -> Space:
         sampler=_parse_sampler(ctx, top.get("sampler")),
         pruner=_parse_pruner(ctx, top.get("pruner"), "pruner", task),
         early_stopping=_parse_early_stopping(ctx, top.get("early_stopping")),
+        engine=parse_engine(top.get("engine"), ctx),
         seed=_integer(ctx, top.get("seed", 0), "seed", minimum=0),
         trials=_integer(ctx, top.get("trials", 50), "trials", minimum=1),
         source=source,
@@ -423,6 +432,21 @@ def _try_build(ctx: _Context, path: str, build: Any) -> None:
         build()
     except (TypeError, ValueError) as exc:
         ctx.fail(path, str(exc).splitlines()[0])
+
+
+def parse_engine(raw: Any, ctx: _Context | None = None) -> EngineSpec:
+    """``engine: fused``, or ``engine: {name: fused, population: 64}``; None: sequential."""
+    ctx = ctx or _Context("--engine")
+    if raw is None:
+        return EngineSpec()
+    spec = {"name": raw} if isinstance(raw, str) else ctx.mapping(raw, "engine",
+                                                                  ("name", "population"))
+    name = spec.get("name", EngineSpec.name)
+    if name not in ENGINES:
+        ctx.fail("engine.name", f"unknown engine {name!r}; expected one of: {', '.join(ENGINES)}")
+    population = _integer(ctx, spec.get("population", EngineSpec.population),
+                          "engine.population", minimum=1)
+    return EngineSpec(name, population)
 
 
 def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:

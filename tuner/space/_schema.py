@@ -63,6 +63,22 @@ class EarlyStopping:
     min_delta: float = 0.0
 
 
+ENGINES = ("sequential", "fused")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How trials are trained: one at a time (``sequential``), or ``population`` at once
+    as one batched model (``fused``, see :mod:`tuner.fused`).
+
+    It is not part of the study's fingerprint: a study started with one engine may be
+    resumed, or joined by workers, with the other.
+    """
+
+    name: str = "sequential"
+    population: int = 32
+
+
 @dataclass(frozen=True)
 class Space:
     """A parsed, validated search space. Build one with :func:`tuner.load_space`."""
@@ -74,6 +90,7 @@ class Space:
     sampler: SamplerSpec
     pruner: PrunerSpec
     early_stopping: EarlyStopping
+    engine: EngineSpec = EngineSpec()
     seed: int = 0
     trials: int = 50
     source: str = "<memory>"

@@ -1,0 +1,228 @@
+"""Running a study with the fused engine: ``population`` trials at a time, one batched model.
+
+Trials are claimed from the study's budget as the sequential runner claims them
+(:func:`tuner.runner.claim`), up to ``population`` at once, and handed to
+:func:`tuner.fused.train_population`. Each member is still a trial of its own: every
+epoch it reports to its own Optuna trial (so its pruner decides on it), it stops early
+on its own, and when it finishes it is recorded and told like a sequential trial
+(:meth:`tuner.objective.Objective.conclude`). Its slot is then refilled with a newly
+claimed trial while the budget has room. One heartbeat thread beats for every member.
+
+A trial the fused engine cannot train (an optimizer setting it does not implement, an
+auxiliary head) is trained by the sequential objective when it is claimed. A member is
+not checkpointed: the retry of a member whose worker died starts from epoch 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from tuner import runner
+from tuner.config import TrialConfig
+from tuner.data import Splits
+from tuner.errors import TunerError, UsageError
+from tuner.fused import MemberResult, train_population, unsupported_reason
+from tuner.heartbeat import Heartbeat
+from tuner.objective import Objective, TrialWriter, root_number
+from tuner.seeding import trial_seed
+from tuner.storage import TunerStorage
+from tuner.train import EpochMetrics, build_for
+
+
+@dataclass
+class _Member:
+    """A claimed trial in the population."""
+
+    trial: optuna.Trial
+    config: TrialConfig
+    writer: TrialWriter
+    lost: bool = False  # failed elsewhere as stale: its result is dropped
+    done: bool = False
+
+
+def check_fusable(model: str) -> None:
+    """Refuse a space the fused engine cannot train at all, before anything is written."""
+    if model != "mlp":
+        raise UsageError(f"--engine fused trains the built-in mlp, but the space's model is "
+                         f"{model!r}; use --engine sequential")
+
+
+class PopulationRun:
+    """One worker's fused run of a study, until the budget, the timeout or ``max_trials``.
+
+    Built by :func:`tuner.runner.run_study` for ``engine: fused``; :meth:`run` returns
+    the stop reason and :attr:`ran` the trials run here to the end.
+    """
+
+    def __init__(self, study: optuna.Study, storage: TunerStorage, objective: Objective,
+                 budget: int, population: int, *, deadline: float | None = None,
+                 max_trials: int | None = None,
+                 on_progress: Callable[[FrozenTrial], None] | None = None) -> None:
+        self.study = study
+        self.storage = storage
+        self.objective = objective
+        self.budget = budget
+        self.population = population
+        self.deadline = deadline
+        self.max_trials = max_trials
+        self.on_progress = on_progress
+        self.ran = 0
+        self.failures = 0
+        self.members: list[_Member] = []
+        self.heartbeat = Heartbeat(study._storage)
+        self.backoff = runner.Backoff(storage)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train populations until there is nothing left to claim; the stop reason."""
+        check_fusable(self.objective.space.task.model)
+        data = self.objective.data()
+        waiting_since: float | None = None
+        while True:
+            reason = self._stop_reason()
+            if reason is not None:
+                return reason
+            if self.failures >= runner.MAX_CONSECUTIVE_FAILURES:
+                raise TunerError(f"{self.failures} trials in a row failed; the last error: "
+                                 f"{runner._last_error(self.study)}")
+            claimed = self._claim(self._room())
+            if claimed is runner.Claim.FULL:
+                return "budget" if self.ran else "already_done"
+            if claimed is runner.Claim.WAIT or not claimed:
+                # The rest of the budget is running elsewhere (or the database is away).
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > runner.MAX_WAIT:
+                    return "budget"
+                time.sleep(runner.WAIT_POLL)
+                continue
+            waiting_since = None
+            self._train(claimed, data)
+
+    def _train(self, configs: list[TrialConfig], data: Splits) -> None:
+        """One population, refilled as members finish, until nothing more is claimed."""
+        first = self.members[0].trial.number
+        try:
+            with self.heartbeat:
+                train_population(configs, data,
+                                 metric=self.objective.metric, report=self._report,
+                                 on_finish=self._finish, refill=self._refill,
+                                 population=self.population,
+                                 seed=trial_seed(self.objective.space.seed, first))
+        except runner.DATABASE_ERRORS as exc:
+            # The members' heartbeats have stopped: once the database is back they are
+            # failed as stale and retried, like a dead worker's.
+            self.backoff.failed(exc)
+        except RuntimeError as exc:  # e.g. out of memory: the population's trials fail
+            self._fail_live(str(exc).strip().splitlines()[0][:500])
+        except BaseException:
+            with runner.signals_ignored():
+                self._fail_live(None)
+            raise
+        finally:
+            self.members = []
+
+    def _stop_reason(self) -> str | None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "timeout"
+        if self.max_trials is not None and self.ran >= self.max_trials:
+            return "max_trials"
+        return None
+
+    def _room(self) -> int:
+        live = sum(not m.done for m in self.members)
+        cap = self.population - live
+        if self.max_trials is not None:
+            cap = min(cap, self.max_trials - self.ran - live)
+        return cap
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def _claim(self, n: int) -> list[TrialConfig] | runner.Claim:
+        """Up to ``n`` new members' configs; the trials the fused engine cannot train are
+        trained here, one by one, by the sequential objective."""
+        if n <= 0:
+            return []
+        try:
+            claimed = runner.claim(self.study, self.storage, self.budget, n)
+        except runner.DATABASE_ERRORS as exc:
+            self.backoff.failed(exc)
+            return []
+        if isinstance(claimed, runner.Claim):
+            return claimed
+        self.backoff.reset()
+        configs = []
+        for trial in claimed:
+            config = self.objective.config(trial, root_number(trial))
+            if unsupported_reason(config) is not None or config.aux_weight:
+                self._record(runner._run_trial(self.study, trial, self.objective))
+                continue
+            writer = TrialWriter(trial, self.storage, self.objective.report_every)
+            writer.set_user_attr("seed", config.seed)
+            writer.set_user_attr("engine", "fused")
+            self.members.append(_Member(trial, config, writer))
+            self.heartbeat.add(trial._trial_id)
+            configs.append(config)
+        return configs
+
+    def _refill(self, free: int) -> Sequence[TrialConfig]:
+        if self._stop_reason() is not None:
+            return []
+        claimed = self._claim(min(free, self._room()))
+        return [] if isinstance(claimed, runner.Claim) else claimed
+
+    # -- the engine's callbacks --------------------------------------------------------
+
+    def _report(self, member_id: int, metrics: EpochMetrics) -> bool:
+        member = self.members[member_id]
+        try:
+            return member.writer(metrics)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed as stale by another worker, which queued a retry: stop training it.
+            member.lost = True
+            return True
+
+    def _finish(self, member_id: int, result: MemberResult) -> None:
+        member = self.members[member_id]
+        member.done = True
+        self.heartbeat.discard(member.trial._trial_id)
+        if member.lost:
+            return
+
+        def conclude() -> float:
+            member.writer.flush()
+            return self.objective.conclude(member.trial, member.config, result,
+                                           lambda: self._model(member.config, result))
+
+        self._record(runner.tell_outcome(self.study, member.trial, conclude))
+
+    def _model(self, config: TrialConfig, result: MemberResult) -> nn.Module:
+        model = build_for(config, self.objective.data())
+        model.load_state_dict(result.state_dict)
+        return model
+
+    def _record(self, frozen: FrozenTrial) -> None:
+        self.ran += 1
+        self.failures = self.failures + 1 if frozen.state == TrialState.FAIL else 0
+        if self.on_progress is not None:
+            self.on_progress(frozen)
+
+    def _fail_live(self, error: str | None) -> None:
+        """Tell every member still training FAIL (the study retries them on resume)."""
+        for member in self.members:
+            if member.done or member.lost:
+                continue
+            member.done = True
+            self.heartbeat.discard(member.trial._trial_id)
+            try:
+                if error is not None:
+                    member.trial.set_user_attr("error", error)
+                self._record(self.study.tell(member.trial, state=TrialState.FAIL))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
