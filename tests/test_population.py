@@ -1,0 +1,278 @@
+"""The fused engine as a study runs it (tuner/population.py): budget, per-member trials,
+pruning, refill, fallbacks, failures and interruption, through run_study and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import io
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from tuner import population as population_module
+from tuner.cli import cli
+from tuner.objective import Objective, TrialWriter
+from tuner.runner import run_study
+from tuner.space import EngineSpec, parse_space
+from tuner.storage import TunerStorage
+from tuner.train import build_for, evaluate
+
+CPU = torch.device("cpu")
+
+SPACE: dict[str, Any] = {
+    "trials": 10,
+    "seed": 0,
+    "task": {"dataset": "iris", "model": "mlp", "epochs": 4},
+    "sampler": {"name": "random"},
+    "pruner": {"name": "none"},
+    "params": {
+        "hidden": 16, "layers": 1, "batch_size": 32,
+        "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+        "dropout": {"low": 0.0, "high": 0.3},
+        "optimizer": {"choices": {"adam": {}, "momentum": {"momentum": {"low": 0.5,
+                                                                         "high": 0.9}}}},
+    },
+}
+
+
+def space(**changes: Any) -> Any:
+    raw = copy.deepcopy(SPACE)
+    for key, value in changes.items():
+        raw[key] = value
+    return parse_space(raw, name="pop", source="test")
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> TunerStorage:
+    return TunerStorage(f"sqlite:///{tmp_path / 'tuner.db'}").open()
+
+
+def fused(k: int) -> EngineSpec:
+    return EngineSpec("fused", k)
+
+
+def trials_of(storage: TunerStorage, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage.optuna).get_trials(deepcopy=False)
+
+
+def test_a_fused_study_reaches_exactly_its_budget_with_trials_of_their_own(
+        storage: TunerStorage) -> None:
+    summary = run_study(space(), storage=storage, study_name="s", budget=10, device=CPU,
+                        engine=fused(4))
+    assert summary.finished == 10 and summary.ran == 10 and summary.failed == 0
+    trials = trials_of(storage, "s")
+    assert len(trials) == 10
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        # Every member is a trial of its own: its curve, its seed, its per-epoch rows.
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+        assert t.value == max(t.intermediate_values.values())
+        assert t.user_attrs["engine"] == "fused" and "seed" in t.user_attrs
+    seeds = {t.user_attrs["seed"] for t in trials}
+    assert len(seeds) == 10
+    with storage.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT trial_id, COUNT(*) FROM tuner_epochs "
+                                    "GROUP BY trial_id").fetchall()
+    assert sorted(n for _, n in rows) == [4] * 10
+    # The study's best was evaluated on the test split, and the weights kept for it are
+    # its best epoch's: they give its validation accuracy again.
+    best = summary.best
+    assert summary.test_metric is not None and best is not None
+    objective = Objective(space(), storage, CPU)
+    model = build_for(objective.config(best, best.number), objective.data())  # type: ignore[arg-type]
+    blob = storage.load_model_blob(best._trial_id)
+    assert blob is not None
+    model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+    data = objective.data()
+    _, accuracy = evaluate(model, data.x_val, data.y_val, data.task, objective.metric)
+    assert float(accuracy) == pytest.approx(best.value, abs=1e-6)
+
+
+def test_the_population_is_refilled_but_never_exceeds_k(storage: TunerStorage,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    live: list[int] = []
+    real = TrialWriter.__call__
+
+    def watch(self: TrialWriter, metrics: Any) -> bool:
+        running = storage.optuna.get_all_trials(self.trial.study._study_id, deepcopy=False,
+                                                states=(TrialState.RUNNING,))
+        live.append(len(running))
+        return real(self, metrics)
+
+    monkeypatch.setattr(TrialWriter, "__call__", watch)
+    # Early stopping ends members at different epochs, so slots free up mid-population.
+    summary = run_study(space(early_stopping={"patience": 1, "min_delta": 0.5}),
+                        storage=storage, study_name="r", budget=9, device=CPU, engine=fused(3))
+    assert summary.finished == 9
+    assert max(live) == 3
+    trials = trials_of(storage, "r")
+    assert all(len(t.intermediate_values) == 2 for t in trials)  # stopped after patience
+
+
+def test_pruned_members_leave_the_batch(storage: TunerStorage,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pruner that prunes even-numbered trials at epoch 2: each is told PRUNED with
+    # two intermediate values, and the others go on to the last epoch.
+    class EvenPruner(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return trial.number % 2 == 0 and trial.last_step == 2
+
+    monkeypatch.setattr("tuner.study.build_pruner", lambda *a, **k: EvenPruner())
+    summary = run_study(space(pruner={"name": "median"}), storage=storage, study_name="p",
+                        budget=6, device=CPU, engine=fused(6))
+    assert summary.finished == 6 and summary.pruned == 3
+    for t in trials_of(storage, "p"):
+        if t.number % 2 == 0:
+            assert t.state == TrialState.PRUNED and sorted(t.intermediate_values) == [1, 2]
+        else:
+            assert t.state == TrialState.COMPLETE and len(t.intermediate_values) == 4
+
+
+def test_max_trials_and_timeout(storage: TunerStorage) -> None:
+    summary = run_study(space(), storage=storage, study_name="m", budget=10, device=CPU,
+                        engine=fused(4), max_trials=3)
+    assert summary.ran == 3 and summary.stop_reason == "max_trials"
+    assert len(trials_of(storage, "m")) == 3
+    summary = run_study(space(), storage=storage, study_name="m", budget=10, device=CPU,
+                        engine=fused(4), timeout=1e-9)
+    assert summary.ran == 0 and summary.stop_reason == "timeout"
+    summary = run_study(space(), storage=storage, study_name="m", budget=10, device=CPU,
+                        engine=fused(4))
+    assert summary.finished == 10 and summary.finished_before == 3
+
+
+def test_a_trial_the_engine_cannot_fuse_trains_sequentially(storage: TunerStorage) -> None:
+    raw = copy.deepcopy(SPACE)
+    raw["params"]["aux_weight"] = {"choices": [0.0, 0.5]}
+    raw["task"] = {"dataset": "digits", "model": "mlp", "epochs": 2}  # it has an aux target
+    mixed = parse_space(raw, name="mixed", source="test")
+    summary = run_study(mixed, storage=storage, study_name="x", budget=8, device=CPU,
+                        engine=fused(4))
+    assert summary.finished == 8
+    trials = trials_of(storage, "x")
+    for t in trials:
+        # aux_weight > 0 has no fused head: those trials ran with the sequential loop.
+        assert (t.user_attrs.get("engine") == "fused") == (t.params["aux_weight"] == 0.0)
+    assert {t.params["aux_weight"] for t in trials} == {0.0, 0.5}
+
+
+def test_an_error_fails_the_population_and_the_study_goes_on(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = population_module.train_population
+    calls = [0]
+
+    def once_out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            kwargs["report"](0, _metrics())
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(population_module, "train_population", once_out_of_memory)
+    summary = run_study(space(), storage=storage, study_name="e", budget=4, device=CPU,
+                        engine=fused(2))
+    assert summary.finished == 4 and summary.failed == 2
+    failed = [t for t in trials_of(storage, "e") if t.state == TrialState.FAIL]
+    assert [t.user_attrs["error"] for t in failed] == ["CUDA out of memory (simulated)"] * 2
+
+
+def test_ctrl_c_fails_every_member_and_the_study_resumes(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = population_module.train_population
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(population_module, "train_population", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(space(), storage=storage, study_name="c", budget=6, device=CPU,
+                  engine=fused(3))
+    states = [t.state for t in trials_of(storage, "c")]
+    assert states == [TrialState.FAIL] * 3  # nothing left RUNNING
+    monkeypatch.setattr(population_module, "train_population", real)
+    summary = run_study(space(), storage=storage, study_name="c", budget=6, device=CPU,
+                        engine=fused(3))
+    assert summary.finished == 6
+
+
+def test_a_member_failed_elsewhere_is_dropped(storage: TunerStorage,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real = TrialWriter.__call__
+
+    def stale(self: TrialWriter, metrics: Any) -> bool:
+        if self.trial.number == 1 and metrics.epoch == 2:
+            # What another worker does to a trial whose heartbeat it found stale.
+            storage.optuna.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
+        return real(self, metrics)
+
+    monkeypatch.setattr(TrialWriter, "__call__", stale)
+    summary = run_study(space(pruner={"name": "median"}), storage=storage, study_name="d",
+                        budget=3, device=CPU, engine=fused(3))
+    trials = trials_of(storage, "d")
+    assert trials[1].state == TrialState.FAIL
+    assert sorted(trials[1].intermediate_values) == [1]  # nothing written after the failure
+    assert summary.finished == 3  # the budget was made up by a fourth trial
+
+
+def test_engine_in_the_space_file(write_space: Any, tmp_path: Path) -> None:
+    from tuner.errors import SpaceError
+    from tuner.space import load_space
+
+    raw = copy.deepcopy(SPACE)
+    raw["engine"] = {"name": "fused", "population": 5}
+    loaded = load_space(write_space(raw))
+    assert loaded.engine == EngineSpec("fused", 5)
+    raw["engine"] = "fused"
+    assert load_space(write_space(raw)).engine == EngineSpec("fused", 32)
+    # Not part of the fingerprint: a study may be resumed with the other engine.
+    del raw["engine"]
+    assert load_space(write_space(raw)).fingerprint() == loaded.fingerprint()
+    for bad, message in ((
+            {"name": "turbo"}, "engine.name: unknown engine 'turbo'; expected one of: "
+                               "sequential, fused"),
+            ({"name": "fused", "population": 0}, "engine.population: must be an integer >= 1, "
+                                                 "but got 0"),
+            ({"name": "fused", "size": 3}, "engine.size: unknown key 'size'")):
+        raw["engine"] = bad
+        with pytest.raises(SpaceError, match=message):
+            load_space(write_space(raw))
+
+
+def test_cli_start_with_the_fused_engine(runner: CliRunner, write_space: Any,
+                                         storage_url: str, db_path: Path,
+                                         db_snapshot: Any) -> None:
+    path = write_space(SPACE)
+    result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
+                                 "--trials", "6", "--engine", "fused", "--population", "3",
+                                 "--study", "f", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "6/6 finished" in result.output
+    conn = sqlite3.connect(db_path)
+    engines = conn.execute("SELECT value_json FROM trial_user_attributes "
+                           "WHERE key = 'engine'").fetchall()
+    conn.close()
+    assert engines == [('"fused"',)] * 6
+    before = db_snapshot(db_path)
+    for args, message in (
+            (["--population", "3"], "--population applies to --engine fused"),
+            (["--engine", "fused", "--model", "cnn", "--dataset", "digits"],
+             "--engine fused trains the built-in mlp, but the space's model is 'cnn'"),
+            (["--engine", "turbo"], "Invalid value for '--engine'")):
+        result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
+                                     "--study", "g", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+    assert db_snapshot(db_path) == before
+
+
+def _metrics() -> Any:
+    from tuner.train import EpochMetrics
+
+    return EpochMetrics(1, 1.0, 1.0, 0.5, 1e-3, 0.01)
