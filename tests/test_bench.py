@@ -29,7 +29,8 @@ def table() -> Result:
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    result = CliRunner().invoke(cli, ["bench", "engine", *TINY, "--json"])
+    # With a population, the fused engine is a fourth variant.
+    result = CliRunner().invoke(cli, ["bench", "engine", *TINY, "--population", "2", "--json"])
     assert result.exit_code == 0, result.output
     parsed: dict[str, Any] = json.loads(result.stdout)
     return parsed
@@ -41,9 +42,12 @@ def test_bare_bench_prints_every_column_and_variant(table: Result) -> None:
     header = next(line for line in lines if line.startswith("variant"))
     for name, _ in COLUMNS:
         assert name in header
-    for variant in VARIANTS:
+    sequential = [v for v in VARIANTS if v != "tuner-fused"]
+    for variant in sequential:
         row = next(line for line in lines if line.startswith(variant + " "))
         assert len(row.split()) >= len(COLUMNS)
+    # The fused engine runs only when asked for with --population.
+    assert not any(line.startswith("tuner-fused") for line in lines)
 
 
 def test_json_has_the_settings_and_a_row_per_variant(report: dict[str, Any]) -> None:
@@ -51,6 +55,7 @@ def test_json_has_the_settings_and_a_row_per_variant(report: dict[str, Any]) -> 
         "iris", 2, 2, "cpu")
     assert report["same_configs"] is True
     assert report["matmul_peak"] > 0 and report["train_flops_per_sample"] > 0
+    assert report["population"] == 2
     assert [row["variant"] for row in report["rows"]] == list(VARIANTS)
     for row in report["rows"]:
         assert set(key for _, key in COLUMNS) <= set(row)

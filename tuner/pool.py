@@ -22,7 +22,7 @@ import optuna
 
 from tuner.device import CPU_THREADS
 from tuner.errors import TunerError
-from tuner.runner import RunSummary, Snapshot, snapshot, summarize
+from tuner.runner import RunSummary, Snapshot, ignore_signal, snapshot, summarize
 from tuner.space import EngineSpec
 from tuner.storage import TunerStorage
 from tuner.study import count_states, finished
@@ -47,18 +47,28 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_once(signum: int, frame: FrameType | None) -> None:
+    """A worker's SIGINT/SIGTERM: stop, once. Ctrl-C in a terminal reaches every worker
+    and the parent then sends SIGTERM too; a second signal while the first unwinds
+    (failing the trial, exiting) would end the worker with a traceback instead."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, ignore_signal)
+    raise KeyboardInterrupt
+
+
 def worker_main(args: WorkerArgs) -> None:
     """A worker process: join the study and work until its budget is reached."""
-    import torch
-
-    from tuner.cli import quiet_optuna
-    from tuner.runner import run_study
-    from tuner.study import stored_space
-
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    quiet_optuna()
-    torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGINT, _stop_once)
+    signal.signal(signal.SIGTERM, _stop_once)
     try:
+        import torch
+
+        from tuner.cli import quiet_optuna
+        from tuner.runner import run_study
+        from tuner.study import stored_space
+
+        quiet_optuna()
+        torch.set_num_threads(args.threads)
         storage = TunerStorage(args.storage_url).open()
         space = stored_space(storage, args.study_name)
         run_study(space, storage=storage, study_name=args.study_name, budget=args.budget,

@@ -91,7 +91,7 @@ class PopulationRun:
                 return reason
             if self.failures >= runner.MAX_CONSECUTIVE_FAILURES:
                 raise TunerError(f"{self.failures} trials in a row failed; the last error: "
-                                 f"{runner._last_error(self.study)}")
+                                 f"{runner.last_error(self.study)}")
             claimed = self._claim(self._room())
             if claimed is runner.Claim.FULL:
                 return "budget" if self.ran else "already_done"
@@ -161,7 +161,7 @@ class PopulationRun:
         for trial in claimed:
             config = self.objective.config(trial, root_number(trial))
             if unsupported_reason(config) is not None or config.aux_weight:
-                self._record(runner._run_trial(self.study, trial, self.objective))
+                self._record(runner.run_trial(self.study, trial, self.objective))
                 continue
             writer = TrialWriter(trial, self.storage, self.objective.report_every)
             writer.set_user_attr("seed", config.seed)

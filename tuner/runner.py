@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import optuna
 import torch
@@ -120,7 +121,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
             break
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise TunerError(f"{failures} trials in a row failed; the last error: "
-                             f"{_last_error(study)}")
+                             f"{last_error(study)}")
         try:
             claimed = claim(study, storage, budget)
         except DATABASE_ERRORS as exc:
@@ -140,7 +141,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
             continue
         waiting_since = None
         try:
-            frozen = _run_trial(study, claimed[0], objective)
+            frozen = run_trial(study, claimed[0], objective)
         except DATABASE_ERRORS as exc:
             # The trial could not be recorded; its heartbeat has stopped, so once the
             # database is back it is failed as stale and retried like a dead worker's.
@@ -222,7 +223,7 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
             return [study.ask() for _ in range(min(n, room))]
 
 
-def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
     """Run the objective with a heartbeat and tell the outcome; Ctrl-C fails the trial."""
     with Heartbeat(study._storage, trial._trial_id):
         return tell_outcome(study, trial, lambda: objective(trial))
@@ -257,12 +258,17 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial,
         return study._storage.get_trial(trial._trial_id)
 
 
+def ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """A handler that does nothing. Not SIG_IGN: a signal that arrived just before the
+    switch would then be reported as an OSError ("ignored due to race condition")."""
+
+
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, ignore_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -293,6 +299,6 @@ def _best_epoch_and_test(storage: TunerStorage,
     return (None, None) if row is None else (row[0], row[1])
 
 
-def _last_error(study: optuna.Study) -> str:
+def last_error(study: optuna.Study) -> str:
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     return failed[-1].user_attrs.get("error", "see the log above") if failed else "unknown"

@@ -3,7 +3,8 @@
 Three variants run side by side in one process, on the same data, model, search
 space, trial budget and seed: the canonical recipe (:mod:`tuner.bench._baseline`,
 kept in the project as the reference), the tuner's engine with Optuna's in-memory
-storage, and the tuner's engine on SQLite. Each gets epochs/s, samples/s, trials/s,
+storage, and the tuner's engine on SQLite; with a population size, a fourth, the fused
+population engine (:mod:`tuner.population`) on SQLite. Each gets epochs/s, samples/s, trials/s,
 the share of its wall time spent in storage calls, its best validation accuracy, and
 the fraction of the device's measured matmul peak its training steps reach.
 

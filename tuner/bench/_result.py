@@ -47,6 +47,7 @@ class BenchResult:
     trials: int
     epochs: int
     seed: int
+    population: int | None  # trials at once of the fused variant (None: not run)
     threads: int  # torch's intra-op threads during the runs (CPU)
     matmul_peak: float  # FLOP/s, measured
     train_flops_per_sample: float  # matmul FLOPs of one training step, per sample
@@ -105,6 +106,7 @@ def format_result(result: BenchResult, fmt: str = "table") -> str:
     } for row in result.rows()]
     head = (f"{result.dataset} / {result.model} · {result.trials} trials x {result.epochs} "
             f"epochs · seed {result.seed} · {result.device}"
+            + (f" · fused population {result.population}" if result.population else "")
             + (f" · {result.threads} thread(s)" if result.device == "cpu" else "")
             + f" · matmul peak {result.matmul_peak / 1e9:.1f} GFLOP/s · training step "
             f"{result.train_flops_per_sample / 1e3:.1f} kFLOP/sample")

@@ -27,6 +27,7 @@ from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits
 from tuner.errors import UsageError
 from tuner.objective import Objective
+from tuner.population import PopulationRun
 from tuner.space import Space
 from tuner.storage import TunerStorage
 from tuner.train import build_for
@@ -35,11 +36,13 @@ VARIANTS = {
     "baseline": "the canonical recipe: DataLoader, .item() per batch, Optuna RDB on SQLite",
     "tuner-memory": "the tuner's engine, Optuna in-memory storage",
     "tuner-sqlite": "the tuner's engine, the tuner's SQLite storage (WAL, its own tables)",
+    "tuner-fused": "the fused population engine (--population trials at once), the tuner's "
+                   "SQLite storage",
 }
 
 
 def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, seed: int = 0,
-              device: torch.device | None = None,
+              device: torch.device | None = None, population: int | None = None,
               on_trial: Callable[[int], None] | None = None) -> BenchResult:
     """Run the baseline and the tuner's engine (in memory and on SQLite) on ``dataset``.
 
@@ -52,6 +55,9 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     SQL statements) inside its timed trials. ``on_trial(i)`` is called before the i-th
     round of timed trials (0-based).
 
+    With ``population`` K, the fused engine runs too (``tuner-fused``), and the variants
+    take turns K trials at a time: K sequential trials each, then one population of K.
+
     >>> result = run_bench(dataset="iris", trials=1, epochs=1)
     >>> [run.variant for run in result.runs]
     ['baseline', 'tuner-memory', 'tuner-sqlite']
@@ -59,6 +65,8 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     if trials < 1 or epochs < 1:
         raise UsageError(f"`trials >= 1 and epochs >= 1` must hold, but got "
                          f"(trials={trials}, epochs={epochs})")
+    if population is not None and population < 1:
+        raise UsageError(f"`population >= 1` must hold, but got (population={population})")
     if dataset not in DATASETS:
         raise UsageError(f"--dataset: the benchmark needs a classification dataset (one of: "
                          f"{', '.join(DATASETS)}), but got {dataset!r}")
@@ -70,18 +78,21 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     peak = matmul_peak(device)
     flops = _flops_per_sample(data)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-        variants = [_Variant.open(name, Path(tmp), data, device) for name in VARIANTS]
+        names = [n for n in VARIANTS if n != "tuner-fused" or population is not None]
+        variants = [_Variant.open(name, Path(tmp), data, device, population or 1)
+                    for name in names]
+        rounds = _rounds(trials, population or 1)
         try:
             for variant in variants:
                 variant.start(bench_space(dataset, 1, seed), "warm-up", timed=False)
-                variant.run_trial(timed=False)
+                variant.run_trials(min(2, rounds[0]), timed=False)
             for variant in variants:
                 variant.start(space, "bench")
-            for i in range(trials):
+            for i, size in enumerate(rounds):
                 if on_trial is not None:
                     on_trial(i)
                 for variant in variants:
-                    variant.run_trial()
+                    variant.run_trials(size)
             runs = tuple(v.summary() for v in variants)
             configs = [v.configs() for v in variants]
         finally:
@@ -89,9 +100,15 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
                 variant.close()
     return BenchResult(
         device=str(device), dataset=dataset, model=f"mlp {LAYERS}x{HIDDEN}, adam",
+        population=population,
         trials=trials, epochs=epochs, seed=seed, threads=torch.get_num_threads(),
         matmul_peak=peak, train_flops_per_sample=flops,
         same_configs=all(c == configs[0] for c in configs), runs=runs)
+
+
+def _rounds(trials: int, size: int) -> list[int]:
+    """Trials per round: ``size`` at a time, the last round what is left."""
+    return [min(size, trials - start) for start in range(0, trials, size)]
 
 
 Storage = optuna.storages.RDBStorage | optuna.storages.InMemoryStorage | TunerStorage
@@ -105,6 +122,7 @@ class _Variant:
     storage: Storage
     data: Splits
     device: torch.device
+    population: int = 1
     setup: StorageClock = field(default_factory=StorageClock)  # storage and study creation
     clock: StorageClock = field(default_factory=StorageClock)  # the timed trials
     study: optuna.Study | None = None
@@ -114,17 +132,18 @@ class _Variant:
     rng: torch.Tensor | None = None
 
     @classmethod
-    def open(cls, name: str, folder: Path, data: Splits, device: torch.device) -> _Variant:
+    def open(cls, name: str, folder: Path, data: Splits, device: torch.device,
+             population: int = 1) -> _Variant:
         setup = StorageClock()
         with setup:
             storage: Storage
             if name == "baseline":  # Optuna's RDB storage with its default settings
                 storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
-            elif name == "tuner-sqlite":  # the tuner's default storage
-                storage = TunerStorage(f"sqlite:///{folder / 'tuner.db'}").open()
+            elif name in ("tuner-sqlite", "tuner-fused"):  # the tuner's default storage
+                storage = TunerStorage(f"sqlite:///{folder / f'{name}.db'}").open()
             else:
                 storage = optuna.storages.InMemoryStorage()
-        return cls(name, storage, data, device, setup=setup)
+        return cls(name, storage, data, device, population, setup=setup)
 
     def start(self, space: Space, study_name: str, timed: bool = True) -> None:
         """Create the study ``study_name`` of ``space`` and its objective."""
@@ -137,19 +156,29 @@ class _Variant:
                 self.study, recorder = create_engine_study(space, self.storage, study_name)
                 self.objective = Objective(space, recorder, self.device)
 
-    def run_trial(self, timed: bool = True) -> None:
+    def run_trials(self, n: int, timed: bool = True) -> None:
+        """Run ``n`` more trials of the current study: one by one, or, for the fused
+        variant, as one population."""
         assert self.study is not None and self.objective is not None
         gc.collect()  # no variant pays for another's garbage
         clock = self.clock if timed else StorageClock()
+        if self.name == "tuner-fused":
+            assert isinstance(self.storage, TunerStorage)
+            assert isinstance(self.objective, Objective)
+            done = len(self.study.get_trials(deepcopy=False))
+            with clock:
+                PopulationRun(self.study, self.storage, self.objective, done + n,
+                              self.population).run()
+            return
         if self.rng is None:
             with clock:
-                self.study.optimize(self.objective, n_trials=1)
+                self.study.optimize(self.objective, n_trials=n)
             return
         outside = torch.get_rng_state()
         torch.set_rng_state(self.rng)
         try:
             with clock:
-                self.study.optimize(self.objective, n_trials=1)
+                self.study.optimize(self.objective, n_trials=n)
         finally:
             self.rng = torch.get_rng_state()
             torch.set_rng_state(outside)

@@ -30,6 +30,9 @@ _ENGINE_OPTIONS = (
     click.option("--threads", type=click.IntRange(min=1),
                  help="Torch's CPU threads for every variant (default: the tuner's own "
                       "setting, one; compare with your machine's core count)."),
+    click.option("--population", type=click.IntRange(min=1), metavar="K",
+                 help="Also run the fused population engine, K trials at once (variant "
+                      "tuner-fused); the variants then take turns K trials at a time."),
     click.option("--json", "as_json", is_flag=True,
                  help="Print the settings and every row as JSON, for scripts."),
 )
@@ -53,6 +56,7 @@ def bench(ctx: click.Context, **options: Any) -> None:
     Examples:
       tuner bench                                  # digits, 20 trials x 20 epochs
       tuner bench --dataset digits --trials 20 --epochs 20 --json
+      tuner bench --trials 64 --population 32        # with the fused engine
     """
     if ctx.invoked_subcommand is None:
         ctx.invoke(engine, **options)
@@ -61,7 +65,7 @@ def bench(ctx: click.Context, **options: Any) -> None:
 @bench.command()
 @engine_options
 def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threads: int | None,
-           as_json: bool) -> None:
+           population: int | None, as_json: bool) -> None:
     """Race the tuner's trial engine against the canonical Optuna + PyTorch recipe.
 
     Three variants run in this process, taking turns trial by trial, on the same data,
@@ -69,8 +73,10 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
     `baseline`, the canonical recipe (a DataLoader over a TensorDataset, .item() per
     batch, trial.report and should_prune per epoch, Optuna's RDB storage on SQLite);
     `tuner-memory`, the tuner's engine with Optuna's in-memory storage; `tuner-sqlite`,
-    the tuner's engine with its SQLite storage. A seeded random sampler, no pruner and
-    no early stopping make all three train the same configurations for every epoch.
+    the tuner's engine with its SQLite storage; with --population K, `tuner-fused`, the
+    fused population engine (K trials as one batched model) on the SQLite storage. A
+    seeded random sampler, no pruner and no early stopping make every variant train the
+    same configurations for every epoch.
 
     Columns: epochs, samples and trials per second of the trials' wall time; storage %,
     the part of it spent inside storage calls (creating the storage and the study is
@@ -91,8 +97,9 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
     with console.status(f"tuner bench on {torch_device} ({torch.get_num_threads()} CPU "
                         "thread(s)): measuring the matmul peak, warming up") as status:
         def on_trial(i: int) -> None:
-            status.update(f"trial {i + 1} of {trials} (each variant in turn)")
+            what = f"round {i + 1}" if population else f"trial {i + 1} of {trials}"
+            status.update(f"{what} (each variant in turn)")
 
         result = run_bench(dataset=dataset, trials=trials, epochs=epochs, seed=seed,
-                           device=torch_device, on_trial=on_trial)
+                           device=torch_device, population=population, on_trial=on_trial)
     click.echo(format_result(result, "json" if as_json else "table"), nl=False)
