@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from tuner.dropout import Dropout
 from tuner.errors import DataError, UsageError
 
 
@@ -41,8 +42,8 @@ class GaussianDropout(nn.Module):
 def make_dropout(p: float, kind: str) -> nn.Module:
     if p == 0:
         return nn.Identity()
-    # nn.Dropout is inverted dropout: kept units are scaled by 1/(1-p) in training.
-    return GaussianDropout(p) if kind == "gaussian" else nn.Dropout(p)
+    # Inverted dropout (an nn.Dropout): kept units are scaled by 1/(1-p) in training.
+    return GaussianDropout(p) if kind == "gaussian" else Dropout(p)
 
 
 class MLP(nn.Module):

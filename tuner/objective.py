@@ -97,8 +97,10 @@ class Objective:
     """
 
     def __init__(self, space: Space, storage: TrialRecorder, device: torch.device,
-                 checkpoint_every: float = 30.0, report_every: float = REPORT_EVERY) -> None:
+                 checkpoint_every: float = 30.0, report_every: float = REPORT_EVERY,
+                 precision: str = "fp32") -> None:
         self.space = space
+        self.precision = precision
         self.storage = storage
         self.device = device
         self.checkpoint_every = checkpoint_every
@@ -147,7 +149,8 @@ class Objective:
 
         try:
             result = train(model, data, config, metric=self.metric, report=writer,
-                           resume=resume, checkpoint=save, checkpoint_every=self.checkpoint_every)
+                           resume=resume, checkpoint=save, checkpoint_every=self.checkpoint_every,
+                           precision=self.precision)
         except BaseException as exc:
             # Keep the epochs that were trained; the original error is the one to raise.
             with contextlib.suppress(Exception):

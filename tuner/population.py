@@ -114,7 +114,8 @@ class PopulationRun:
                                  metric=self.objective.metric, report=self._report,
                                  on_finish=self._finish, refill=self._refill,
                                  population=self.population,
-                                 seed=trial_seed(self.objective.space.seed, first))
+                                 seed=trial_seed(self.objective.space.seed, first),
+                                 precision=self.objective.precision)
         except runner.DATABASE_ERRORS as exc:
             # The members' heartbeats have stopped: once the database is back they are
             # failed as stale and retried, like a dead worker's.

@@ -89,7 +89,8 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
     if space.sampler.name == "grid":
         budget = min(budget, grid_size(space))
     study = open_study(storage, space, study_name)
-    objective = Objective(space, storage, device, checkpoint_every)
+    objective = Objective(space, storage, device, checkpoint_every,
+                          precision=engine.precision)
     before = finished(count_states(storage, study))
     start = time.monotonic()
     failures = ran = 0

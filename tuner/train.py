@@ -15,6 +15,7 @@ on-device permutation; the only host syncs are one per epoch, to read the metric
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -28,6 +29,7 @@ from torch import nn
 
 from tuner.config import TrialConfig
 from tuner.data import Splits
+from tuner.dropout import epoch_masks
 from tuner.errors import UsageError
 from tuner.metrics import METRICS, Metric, is_better, loss_fn, metric_value
 from tuner.models import build_model
@@ -169,7 +171,7 @@ def _batch_sizes(n: int, batch_size: int) -> list[int]:
 def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric,
           report: Report | None = None, resume: Checkpoint | None = None,
           checkpoint: Callable[[Checkpoint], None] | None = None,
-          checkpoint_every: float = 30.0) -> TrainResult:
+          checkpoint_every: float = 30.0, precision: str = "fp32") -> TrainResult:
     """Train ``model`` on ``data`` as ``config`` says; on return it holds its best epoch's weights.
 
     Early stopping watches the validation metric with ``config.patience`` and
@@ -180,6 +182,9 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     With ``checkpoint``, a :class:`Checkpoint` is handed to it after an epoch once
     ``checkpoint_every`` seconds have passed since the last one; ``resume`` continues
     from such a checkpoint, with the same result as an uninterrupted run.
+
+    ``precision`` ``bf16`` runs the forward pass and the loss under ``torch.autocast``
+    in bfloat16 (mixed precision: the weights and the optimizer stay in float32).
     """
     weights = penalized_weights(model)
     optimizer = _optimizer(model, config)
@@ -195,7 +200,11 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     if aux_weight and not hasattr(model, "forward_with_aux"):
         raise UsageError("aux_weight > 0 needs a model with an auxiliary head (the built-in "
                          "mlp has one; a model of your own would need forward_with_aux)")
-    aux = data.aux_train
+    aux, aux_task = data.aux_train, data.aux_task or "regression"
+    # Mixed precision: the forward pass and the loss under autocast, in bfloat16.
+    mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
+        (lambda: torch.autocast(x.device.type, torch.bfloat16)) if precision == "bf16"
+        else contextlib.nullcontext)
     # zero_grad(set_to_none=True) without its per-call profiler hooks.
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -223,28 +232,31 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
                       aux[order].split(sizes) if aux_weight and aux is not None
                       else [None] * len(sizes), strict=True)
         loss_sum = torch.zeros((), device=x.device)
-        for xb, yb, ab in batches:
-            if augment is not None:
-                xb = augment_images(xb, augment)
-            if noise:
-                xb = add_input_noise(xb, noise)
-            if ab is None:
-                loss = loss_fn(data.task, model(xb), yb)
-            else:
-                output, aux_output = model.forward_with_aux(xb)  # type: ignore[operator]
-                loss = loss_fn(data.task, output, yb)
-            # Accumulated on the device: no host sync per batch.
-            loss_sum.add_(loss.detach(), alpha=xb.shape[0])
-            if ab is not None:
-                loss = loss + aux_weight * loss_fn(data.aux_task or "regression", aux_output, ab)
-            if regularize:
-                loss = loss + penalty(weights, l1, l2)
-            for p in params:
-                p.grad = None
-            loss.backward()
-            optimizer.step()
-            if max_norm is not None:
-                apply_max_norm(weights, max_norm)
+        # Dropout masks for the whole epoch, drawn in a few large draws.
+        with epoch_masks(model, n):
+            for xb, yb, ab in batches:
+                if augment is not None:
+                    xb = augment_images(xb, augment)
+                if noise:
+                    xb = add_input_noise(xb, noise)
+                with mixed():
+                    if ab is None:
+                        loss = loss_fn(data.task, model(xb), yb)
+                    else:
+                        output, aux_output = model.forward_with_aux(xb)  # type: ignore[operator]
+                        loss = loss_fn(data.task, output, yb)
+                # Accumulated on the device: no host sync per batch.
+                loss_sum.add_(loss.detach(), alpha=xb.shape[0])
+                if ab is not None:
+                    loss = loss + aux_weight * loss_fn(aux_task, aux_output, ab)
+                if regularize:
+                    loss = loss + penalty(weights, l1, l2)
+                for p in params:
+                    p.grad = None
+                loss.backward()
+                optimizer.step()
+                if max_norm is not None:
+                    apply_max_norm(weights, max_norm)
 
         val_loss, val_metric = evaluate(model, data.x_val, data.y_val, data.task, metric,
                                         data.y_std)

@@ -48,6 +48,7 @@ class BenchResult:
     epochs: int
     seed: int
     population: int | None  # trials at once of the fused variant (None: not run)
+    precision: str  # the tuner variants' (fp32 or bf16)
     threads: int  # torch's intra-op threads during the runs (CPU)
     matmul_peak: float  # FLOP/s, measured
     train_flops_per_sample: float  # matmul FLOPs of one training step, per sample
@@ -107,6 +108,7 @@ def format_result(result: BenchResult, fmt: str = "table") -> str:
     head = (f"{result.dataset} / {result.model} · {result.trials} trials x {result.epochs} "
             f"epochs · seed {result.seed} · {result.device}"
             + (f" · fused population {result.population}" if result.population else "")
+            + (f" · tuner variants in {result.precision}" if result.precision != "fp32" else "")
             + (f" · {result.threads} thread(s)" if result.device == "cpu" else "")
             + f" · matmul peak {result.matmul_peak / 1e9:.1f} GFLOP/s · training step "
             f"{result.train_flops_per_sample / 1e3:.1f} kFLOP/sample")

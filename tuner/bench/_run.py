@@ -43,6 +43,7 @@ VARIANTS = {
 
 def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, seed: int = 0,
               device: torch.device | None = None, population: int | None = None,
+              precision: str = "fp32",
               on_trial: Callable[[int], None] | None = None) -> BenchResult:
     """Run the baseline and the tuner's engine (in memory and on SQLite) on ``dataset``.
 
@@ -57,6 +58,7 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
 
     With ``population`` K, the fused engine runs too (``tuner-fused``), and the variants
     take turns K trials at a time: K sequential trials each, then one population of K.
+    ``precision`` is the tuner variants' (the baseline trains in float32).
 
     >>> result = run_bench(dataset="iris", trials=1, epochs=1)
     >>> [run.variant for run in result.runs]
@@ -79,7 +81,7 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     flops = _flops_per_sample(data)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         names = [n for n in VARIANTS if n != "tuner-fused" or population is not None]
-        variants = [_Variant.open(name, Path(tmp), data, device, population or 1)
+        variants = [_Variant.open(name, Path(tmp), data, device, population or 1, precision)
                     for name in names]
         rounds = _rounds(trials, population or 1)
         try:
@@ -100,7 +102,7 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
                 variant.close()
     return BenchResult(
         device=str(device), dataset=dataset, model=f"mlp {LAYERS}x{HIDDEN}, adam",
-        population=population,
+        population=population, precision=precision,
         trials=trials, epochs=epochs, seed=seed, threads=torch.get_num_threads(),
         matmul_peak=peak, train_flops_per_sample=flops,
         same_configs=all(c == configs[0] for c in configs), runs=runs)
@@ -123,6 +125,7 @@ class _Variant:
     data: Splits
     device: torch.device
     population: int = 1
+    precision: str = "fp32"
     setup: StorageClock = field(default_factory=StorageClock)  # storage and study creation
     clock: StorageClock = field(default_factory=StorageClock)  # the timed trials
     study: optuna.Study | None = None
@@ -133,7 +136,7 @@ class _Variant:
 
     @classmethod
     def open(cls, name: str, folder: Path, data: Splits, device: torch.device,
-             population: int = 1) -> _Variant:
+             population: int = 1, precision: str = "fp32") -> _Variant:
         setup = StorageClock()
         with setup:
             storage: Storage
@@ -143,7 +146,7 @@ class _Variant:
                 storage = TunerStorage(f"sqlite:///{folder / f'{name}.db'}").open()
             else:
                 storage = optuna.storages.InMemoryStorage()
-        return cls(name, storage, data, device, population, setup=setup)
+        return cls(name, storage, data, device, population, precision, setup=setup)
 
     def start(self, space: Space, study_name: str, timed: bool = True) -> None:
         """Create the study ``study_name`` of ``space`` and its objective."""
@@ -154,7 +157,8 @@ class _Variant:
                 self.rng = torch.Generator().manual_seed(space.seed).get_state()
             else:
                 self.study, recorder = create_engine_study(space, self.storage, study_name)
-                self.objective = Objective(space, recorder, self.device)
+                self.objective = Objective(space, recorder, self.device,
+                                           precision=self.precision)
 
     def run_trials(self, n: int, timed: bool = True) -> None:
         """Run ``n`` more trials of the current study: one by one, or, for the fused

@@ -33,6 +33,10 @@ _ENGINE_OPTIONS = (
     click.option("--population", type=click.IntRange(min=1), metavar="K",
                  help="Also run the fused population engine, K trials at once (variant "
                       "tuner-fused); the variants then take turns K trials at a time."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+                 show_default=True,
+                 help="The tuner variants' precision: bf16 runs their matrix products in "
+                      "bfloat16 (mixed precision); the baseline stays in float32."),
     click.option("--json", "as_json", is_flag=True,
                  help="Print the settings and every row as JSON, for scripts."),
 )
@@ -65,7 +69,7 @@ def bench(ctx: click.Context, **options: Any) -> None:
 @bench.command()
 @engine_options
 def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threads: int | None,
-           population: int | None, as_json: bool) -> None:
+           population: int | None, precision: str, as_json: bool) -> None:
     """Race the tuner's trial engine against the canonical Optuna + PyTorch recipe.
 
     Three variants run in this process, taking turns trial by trial, on the same data,
@@ -101,5 +105,6 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
             status.update(f"{what} (each variant in turn)")
 
         result = run_bench(dataset=dataset, trials=trials, epochs=epochs, seed=seed,
-                           device=torch_device, population=population, on_trial=on_trial)
+                           device=torch_device, population=population, precision=precision,
+                           on_trial=on_trial)
     click.echo(format_result(result, "json" if as_json else "table"), nl=False)

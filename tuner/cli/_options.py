@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tuner.formatting import FORMATS
-from tuner.space._schema import ENGINES, EngineSpec
+from tuner.space._schema import ENGINES, PRECISIONS, EngineSpec
 from tuner.storage import DEFAULT_STORAGE
 
 storage_option: Callable[[Any], Any] = click.option(
@@ -75,12 +75,19 @@ population_option: Callable[[Any], Any] = click.option(
          "space's `engine.population`, else 32).")
 
 
-def engine_spec(default: EngineSpec, engine: str | None,
-                population: int | None) -> EngineSpec:
+precision_option: Callable[[Any], Any] = click.option(
+    "--precision", type=click.Choice(PRECISIONS),
+    help="fp32, or bf16: mixed precision, the matrix products in bfloat16 and the weights "
+         "in float32. It pays where bfloat16 products are fast (recent GPUs; CPUs with "
+         "AVX512-BF16 or AMX, for the fused engine); see `tuner bench --precision`. "
+         "Default: the space's `engine.precision`, else fp32.")
+
+
+def engine_spec(default: EngineSpec, engine: str | None, population: int | None,
+                precision: str | None = None) -> EngineSpec:
     """The engine a command runs: ``default`` (the space's) with the options given."""
-    if engine is None and population is None:
-        return default
     if population is not None and (engine or default.name) != "fused":
         raise click.UsageError("--population applies to --engine fused")
     return replace(default, name=engine or default.name,
-                   population=population or default.population)
+                   population=population or default.population,
+                   precision=precision or default.precision)

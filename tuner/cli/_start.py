@@ -14,6 +14,7 @@ from tuner.cli._options import (
     engine_option,
     engine_spec,
     population_option,
+    precision_option,
     quiet_option,
     storage_option,
     timeout_option,
@@ -65,6 +66,7 @@ from tuner.space._catalogue import DATASET_NAMES
               help="How many workers may share one GPU.")
 @engine_option
 @population_option
+@precision_option
 @checkpoint_option
 @quiet_option
 def start(space: str, study: str | None, storage: str, trials: int | None,
@@ -72,7 +74,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
           dataset: str | None, data: str | None, target: str | None, kind: str | None,
           features: str | None, aux_target: str | None, model: str | None, workers: int,
           devices: list[int] | None, workers_per_gpu: int, engine: str | None,
-          population: int | None, checkpoint_every: float, quiet: bool) -> None:
+          population: int | None, precision: str | None, checkpoint_every: float,
+          quiet: bool) -> None:
     """Run a study, or resume it, until it has its budget of finished trials.
 
     \b
@@ -102,7 +105,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     # Everything is validated before the database is touched.
     parsed = load_space(space, overrides)
-    how = engine_spec(parsed.engine, engine, population)
+    how = engine_spec(parsed.engine, engine, population, precision)
     if how.name == "fused":
         from tuner.population import check_fusable
 
@@ -120,6 +123,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     if not quiet:
         where = ", ".join(sorted(set(placed)))
         fused = f" · fused, {how.population} at once" if how.name == "fused" else ""
+        fused += " · bf16" if how.precision == "bf16" else ""
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
                       f"/ {parsed.task.model} · {workers} worker(s) on {where}{fused} · "
                       f"{display_url(db.url)}")

@@ -11,6 +11,7 @@ from tuner.cli._options import (
     engine_option,
     engine_spec,
     population_option,
+    precision_option,
     quiet_option,
     storage_option,
     timeout_option,
@@ -27,11 +28,12 @@ from tuner.cli._options import (
 @device_option
 @engine_option
 @population_option
+@precision_option
 @checkpoint_option
 @quiet_option
 def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
-           engine: str | None, population: int | None, checkpoint_every: float,
-           quiet: bool) -> None:
+           engine: str | None, population: int | None, precision: str | None,
+           checkpoint_every: float, quiet: bool) -> None:
     """Join a study from any machine and work until its budget is reached.
 
     The worker reads the study's search space and budget from the database, so it
@@ -55,7 +57,7 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     db = TunerStorage(storage).open()
     parsed = stored_space(db, study)
     budget = stored_budget(db, study) or parsed.trials
-    how = engine_spec(parsed.engine, engine, population)
+    how = engine_spec(parsed.engine, engine, population, precision)
     if how.name == "fused":
         from tuner.population import check_fusable
 

@@ -18,7 +18,9 @@ Differences from sequential runs of the same configs, by design:
   each member is built under its own seed exactly as the sequential objective does.
 * ``EpochMetrics.seconds`` is the wall time of the group's epoch.
 
->>> from tuner.config import TrialConfig
+>>> import torch
+
+from tuner.config import TrialConfig
 >>> from tuner.data import load_splits
 >>> from tuner.metrics import METRICS
 >>> data = load_splits("iris", seed=0)
@@ -34,12 +36,15 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from tuner.config import TrialConfig
 from tuner.data import Splits
 from tuner.fused._group import Group, Member, MemberResult, fits, group_key, joint_key
 from tuner.fused._optim import resolve_hyper
 from tuner.fused._schedule import resolve_schedule
 from tuner.metrics import Metric, is_better
+from tuner.space._schema import PRECISIONS
 from tuner.train import EpochMetrics
 
 __all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
@@ -47,6 +52,14 @@ __all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"
 MemberReport = Callable[[int, EpochMetrics], bool]  # (member id, metrics) -> prune?
 Refill = Callable[[int], Sequence[TrialConfig]]  # (free slots) -> new configs
 OnFinish = Callable[[int, MemberResult], None]
+
+
+def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype of the passes for ``precision``; None: the data's own (``fp32``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of: "
+                         f"{', '.join(PRECISIONS)}")
+    return torch.bfloat16 if precision == "bf16" and dtype != torch.bfloat16 else None
 
 
 def unsupported_reason(config: TrialConfig) -> str | None:
@@ -76,7 +89,7 @@ def _partition(members: list[Member]) -> list[list[Member]]:
 def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Metric,
                      report: MemberReport | None = None, on_finish: OnFinish | None = None,
                      refill: Refill | None = None, population: int | None = None,
-                     seed: int = 0) -> list[MemberResult]:
+                     seed: int = 0, precision: str = "fp32") -> list[MemberResult]:
     """Train every config as a member of a fused population; return results by member id.
 
     Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
@@ -86,11 +99,13 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     ``refill``, ``refill(free)`` may return up to ``free`` new configs, which join a
     group of their shape or start a new one. ``population`` is the most members trained
     at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
-    trial advances at the same pace.
+    trial advances at the same pace. ``precision`` ``bf16`` runs the forward and
+    backward passes in bfloat16 on a copy of the float32 weights (mixed precision).
 
     Raises ``ValueError`` for a config that :func:`unsupported_reason` rejects.
     """
     population = max(population or 0, len(configs))
+    compute = compute_dtype(precision, data.x_train.dtype)
     results: list[MemberResult] = []
     groups: list[Group] = []
     formed = 0
@@ -110,7 +125,7 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
             if home is not None:
                 home.join(part, data)
             else:
-                groups.append(Group(part, data, seed + formed))
+                groups.append(Group(part, data, seed + formed, compute))
                 formed += 1
 
     admit(configs)

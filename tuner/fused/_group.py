@@ -82,8 +82,10 @@ def _build(config: TrialConfig, data: Splits) -> torch.nn.Module:
 class Group:
     """One batched model and everything per member that goes with it."""
 
-    def __init__(self, members: list[Member], data: Splits, seed: int) -> None:
+    def __init__(self, members: list[Member], data: Splits, seed: int,
+                 compute: torch.dtype | None = None) -> None:
         self.members: list[Member] = []
+        self.compute = compute  # the forward/backward dtype (None: the data's)
         self.key: tuple[Any, ...] = group_key(members[0].config)
         # Shapes and code paths, equal for every member (they are in the key).
         self.batch_size = members[0].config.batch_size
@@ -98,7 +100,7 @@ class Group:
 
     def _parts(self, members: list[Member], data: Splits) -> dict[str, Any]:
         configs = [m.config for m in members]
-        model = FusedMLP.from_members([_build(c, data) for c in configs])
+        model = FusedMLP.from_members([_build(c, data) for c in configs], self.compute)
         optimizer = FusedOptimizer([c.optimizer for c in configs],
                                    [dict(c.optimizer_hyper) for c in configs], model.params)
         schedule = FusedSchedule([c.schedule for c in configs],

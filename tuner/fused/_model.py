@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tuner.dropout import dropout_mask
 from tuner.models import MLP, GaussianDropout
 
 # nn.BatchNorm1d's defaults, which tuner.models.MLP uses.
@@ -127,6 +128,7 @@ class _BatchedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x = x.to(weight.dtype)  # the model's inputs, in a reduced compute precision
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         wt = weight.transpose(1, 2)
@@ -146,17 +148,21 @@ class _BatchedHead(torch.autograd.Function):
 
     With few outputs (classes) this orientation is the faster product, and it leaves
     the logits with the class axis in the middle, where cross-entropy's log-softmax
-    is vectorized along the batch instead of along a handful of classes.
+    is vectorized along the batch instead of along a handful of classes. In a reduced
+    compute precision the logits are handed on in float32, for the loss.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        x = x.to(weight.dtype)
         ctx.save_for_backward(x, weight)
-        return torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2))
+        out = torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2))
+        return out if out.dtype == torch.float64 else out.float()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)
         grad_x = torch.bmm(grad.transpose(1, 2), weight) if ctx.needs_input_grad[0] else None
         return grad_x, torch.bmm(grad, x), grad.sum(2)
 
@@ -190,20 +196,27 @@ class FusedMLP:
     ``batches`` ``[K]`` (batch norm's ``num_batches_tracked``), ``dropout`` ``[K]``
     (each member's rate). Build one with :meth:`from_members`; get a member back as an
     ordinary MLP with :meth:`member`, or its ``state_dict`` with :meth:`state_dict`.
+
+    With a ``compute`` dtype (``torch.bfloat16``: mixed precision) the forward and
+    backward passes run in it on a copy of the parameters made at each forward, while
+    ``params``, the optimizer and the statistics stay in their own dtype (the master
+    weights); the gradients :meth:`leaves` get are the copy's.
     """
 
     def __init__(self, spec: MLPSpec, params: Tensor, buffers: Tensor, batches: Tensor,
-                 dropout: Tensor) -> None:
+                 dropout: Tensor, compute: torch.dtype | None = None) -> None:
         self.spec = spec
         self.layout = _Layout(spec)
         self.params = params
         self.buffers = buffers
         self.batches = batches
         self.dropout = dropout
+        self.compute = None if compute in (None, params.dtype) else compute
         self._refresh()
 
     @classmethod
-    def from_members(cls, members: Sequence[nn.Module]) -> FusedMLP:
+    def from_members(cls, members: Sequence[nn.Module],
+                     compute: torch.dtype | None = None) -> FusedMLP:
         """Stack MLPs that share a spec (dropout rates may differ) into one fused model."""
         if not members:
             raise ValueError("a fused model needs at least one member")
@@ -228,7 +241,7 @@ class FusedMLP:
         batches = torch.tensor([int(s[layout.batch_counters[0]]) if layout.batch_counters else 0
                                 for s in states], dtype=torch.int64, device=params.device)
         dropout = torch.tensor([p for _, p in specs], dtype=torch.float64, device=params.device)
-        return cls(spec, params, stack(layout.buffers), batches, dropout)
+        return cls(spec, params, stack(layout.buffers), batches, dropout, compute)
 
     @property
     def size(self) -> int:
@@ -238,15 +251,19 @@ class FusedMLP:
     def _refresh(self) -> None:
         """Rebuild the views and per-member columns after the member axis changed."""
         # Leaves for autograd are views of the flat rows, so the optimizer's in-place
-        # update of ``params`` is what the next forward pass sees.
-        self._param_views = _Layout.views(self.params, self.layout.params)
+        # update of ``params`` is what the next forward pass sees (in a reduced compute
+        # precision, through the copy each forward makes).
+        self._master_views = _Layout.views(self.params, self.layout.params)
+        self._shadow = (None if self.compute is None
+                        else torch.empty_like(self.params, dtype=self.compute))
+        self._param_views = (self._master_views if self._shadow is None
+                             else _Layout.views(self._shadow, self.layout.params))
         for view in self._param_views.values():
             view.requires_grad_(True)
         self._buffer_views = _Layout.views(self.buffers, self.layout.buffers)
         p = self.dropout.to(self.params.dtype).view(-1, 1, 1)
         self._dropout_on = bool((self.dropout > 0).any())
-        self._keep = 1 - p
-        self._scale = 1 / self._keep
+        self._rate = self.dropout.view(-1, 1, 1)
         self._gaussian_std = torch.sqrt(p / (1 - p))
 
     def leaves(self) -> list[Tensor]:
@@ -255,7 +272,7 @@ class FusedMLP:
 
     def weights(self) -> list[Tensor]:
         """The ``[K, units, fan_in]`` weight matrices (for max-norm clipping)."""
-        return [v.detach() for v in self._param_views.values() if v.ndim >= 3]
+        return [v.detach() for v in self._master_views.values() if v.ndim >= 3]
 
     # -- forward -------------------------------------------------------------------------
 
@@ -268,6 +285,10 @@ class FusedMLP:
         sequential MLP's eval mode.
         """
         views = self._param_views
+        if self._shadow is not None:
+            with torch.no_grad():
+                self._shadow.copy_(self.params)
+            x = x.to(self.compute)
         h = x if x.ndim == 3 else x.expand(self.size, *x.shape)
         for layer in self.layout.layers:
             h = batched_linear(h, views[layer.weight], views[layer.bias] if layer.bias else None)
@@ -284,14 +305,16 @@ class FusedMLP:
         running_mean = self._buffer_views[f"{prefix}.running_mean"]
         running_var = self._buffer_views[f"{prefix}.running_var"]
         if not train:
-            scale = weight * torch.rsqrt(running_var.unsqueeze(1) + BN_EPS)
-            return torch.addcmul(bias - running_mean.unsqueeze(1) * scale, h, scale)
+            scale = weight * torch.rsqrt(running_var.unsqueeze(1) + BN_EPS).to(h.dtype)
+            shift = bias - running_mean.unsqueeze(1).to(h.dtype) * scale
+            return torch.addcmul(shift, h, scale)
         var, mean = torch.var_mean(h, dim=1, correction=0, keepdim=True)
         with torch.no_grad():
             n = h.shape[1]
-            running_mean.lerp_(mean.squeeze(1), BN_MOMENTUM)
+            running_mean.lerp_(mean.squeeze(1).to(running_mean.dtype), BN_MOMENTUM)
             # The running variance is the unbiased one, as torch's batch norm keeps it.
-            running_var.lerp_(var.squeeze(1) * (n / max(n - 1, 1)), BN_MOMENTUM)
+            unbiased = var.squeeze(1).to(running_var.dtype) * (n / max(n - 1, 1))
+            running_var.lerp_(unbiased, BN_MOMENTUM)
         return torch.addcmul(bias, (h - mean) * torch.rsqrt(var + BN_EPS), weight)
 
     def _drop(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -299,10 +322,9 @@ class FusedMLP:
             # N(1, p/(1-p)) per unit: GaussianDropout's noise, with each member's p.
             noise = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
             return h * noise.mul_(self._gaussian_std).add_(1)
-        # Inverted dropout: keep with probability 1-p, scale the kept units by 1/(1-p).
-        # The mask is built in place in the uniform draws: no boolean temporary.
-        noise = torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype)
-        return h * noise.lt_(self._keep).mul_(self._scale)
+        # Inverted dropout: keep with probability 1-p, scale the kept units by 1/(1-p),
+        # with tuner.dropout's 15-bit uniforms (four to a 64-bit draw).
+        return h * dropout_mask(tuple(h.shape), self._rate, h.dtype, h.device, generator)
 
     # -- members -------------------------------------------------------------------------
 

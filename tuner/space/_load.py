@@ -22,6 +22,7 @@ from tuner.space._catalogue import CATALOGUE, CONDITIONAL_PARENTS, MODELS, Rule,
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, walk
 from tuner.space._schema import (
     ENGINES,
+    PRECISIONS,
     EarlyStopping,
     EngineSpec,
     PrunerSpec,
@@ -435,18 +436,23 @@ def _try_build(ctx: _Context, path: str, build: Any) -> None:
 
 
 def parse_engine(raw: Any, ctx: _Context | None = None) -> EngineSpec:
-    """``engine: fused``, or ``engine: {name: fused, population: 64}``; None: sequential."""
+    """``engine: fused``, or ``engine: {name: fused, population: 64, precision: bf16}``;
+    None: sequential, float32."""
     ctx = ctx or _Context("--engine")
     if raw is None:
         return EngineSpec()
-    spec = {"name": raw} if isinstance(raw, str) else ctx.mapping(raw, "engine",
-                                                                  ("name", "population"))
+    keys = ("name", "population", "precision")
+    spec = {"name": raw} if isinstance(raw, str) else ctx.mapping(raw, "engine", keys)
     name = spec.get("name", EngineSpec.name)
     if name not in ENGINES:
         ctx.fail("engine.name", f"unknown engine {name!r}; expected one of: {', '.join(ENGINES)}")
     population = _integer(ctx, spec.get("population", EngineSpec.population),
                           "engine.population", minimum=1)
-    return EngineSpec(name, population)
+    precision = spec.get("precision", EngineSpec.precision)
+    if precision not in PRECISIONS:
+        ctx.fail("engine.precision", f"unknown precision {precision!r}; expected one of: "
+                 f"{', '.join(PRECISIONS)}")
+    return EngineSpec(name, population, precision)
 
 
 def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:

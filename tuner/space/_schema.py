@@ -64,12 +64,14 @@ class EarlyStopping:
 
 
 ENGINES = ("sequential", "fused")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     """How trials are trained: one at a time (``sequential``), or ``population`` at once
-    as one batched model (``fused``, see :mod:`tuner.fused`).
+    as one batched model (``fused``, see :mod:`tuner.fused`); in float32, or with the
+    matrix products in bfloat16 (``precision: bf16``, mixed precision).
 
     It is not part of the study's fingerprint: a study started with one engine may be
     resumed, or joined by workers, with the other.
@@ -77,6 +79,7 @@ class EngineSpec:
 
     name: str = "sequential"
     population: int = 32
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
