@@ -313,3 +313,21 @@ def test_the_callers_random_state_is_left_alone(iris64: Splits) -> None:
     before = torch.get_rng_state()
     train_population(configs, iris64, metric=METRICS["accuracy"])
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_bf16_population_trains_like_a_float32_one() -> None:
+    data = load_splits("digits", seed=0)
+    configs = [TrialConfig.from_values({"hidden": 32, "layers": 1, "optimizer": "adam",
+                                        "lr": 3e-3, "dropout": 0.2}, epochs=4, seed=s)
+               for s in range(6)]
+    exact = train_population(configs, data, metric=METRICS["accuracy"], seed=1)
+    mixed = train_population(configs, data, metric=METRICS["accuracy"], seed=1,
+                             precision="bf16")
+    for e, m in zip(exact, mixed, strict=True):
+        # Same batches, same dropout draws, same initial weights: the curves agree to
+        # bfloat16's precision, and the exported weights are float32.
+        assert m.history[-1].train_loss == pytest.approx(e.history[-1].train_loss, rel=0.1)
+        assert m.best_metric == pytest.approx(e.best_metric, abs=0.03)
+        assert all(v.dtype in (torch.float32, torch.int64) for v in m.state_dict.values())
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        train_population(configs, data, metric=METRICS["accuracy"], precision="fp8")

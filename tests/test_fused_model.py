@@ -167,3 +167,39 @@ def test_input_noise_has_each_members_sigma() -> None:
     for i in (1, 2):
         std = (noisy[i] - x).std().item()
         assert abs(std - sigma[i].item()) < 0.02 * sigma[i].item()
+
+
+# -- mixed precision: bfloat16 passes on float32 master weights -----------------------------
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm: bool) -> None:
+    members = [m.float() for m in _members(3, hidden=32, batchnorm=batchnorm)]
+    exact = FusedMLP.from_members(members)
+    mixed = FusedMLP.from_members(members, torch.bfloat16)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+
+    losses = [member_loss("classification", f.forward(x, train=True), y) for f in (exact, mixed)]
+    grads = [torch.autograd.grad(loss.sum(), f.leaves())
+             for loss, f in zip(losses, (exact, mixed), strict=True)]
+
+    assert mixed.params.dtype == torch.float32 and mixed.buffers.dtype == torch.float32
+    assert all(g.dtype == torch.bfloat16 for g in grads[1])
+    # bfloat16 keeps 8 bits of mantissa: the passes agree to about 1%.
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)
+    flat = [torch.cat([g.float().flatten() for g in gs]) for gs in grads]
+    assert (torch.linalg.vector_norm(flat[1] - flat[0]) / torch.linalg.vector_norm(flat[0])
+            ).item() < 0.05
+    # Every tensor's gradient points the same way (gradients that nearly cancel over
+    # the batch, as batch norm's shift, lose more of their digits to bfloat16).
+    for g32, g16 in zip(grads[0], grads[1], strict=True):
+        cosine = F.cosine_similarity(g16.float().flatten(), g32.flatten(), dim=0)
+        assert cosine.item() > 0.98
+    # The running statistics are the master dtype's, close to float32's.
+    torch.testing.assert_close(mixed.buffers, exact.buffers, rtol=2e-2, atol=2e-2)
+    # An update of the masters is what the next bf16 forward sees.
+    with torch.no_grad():
+        mixed.params.mul_(0)
+    assert torch.count_nonzero(mixed.forward(x, train=False)) == 0
+    # Max-norm clipping acts on the masters, not on the copy.
+    assert all(w.dtype == torch.float32 for w in mixed.weights())

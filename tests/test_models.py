@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tuner.errors import TunerError
+from tuner.dropout import Dropout
 from tuner.models import CNN, MLP, GaussianDropout, build_model, make_dropout
 
 # --- Bernoulli (inverted) dropout --------------------------------------------------------
@@ -94,7 +95,7 @@ def _types(module: nn.Module) -> list[type[nn.Module]]:
 def test_mlp_block_order_is_linear_batchnorm_relu_dropout() -> None:
     model = MLP(5, 3, hidden=8, layers=3, dropout=0.3, batchnorm=True)
 
-    block = [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout]
+    block = [nn.Linear, nn.BatchNorm1d, nn.ReLU, Dropout]  # tuner's nn.Dropout
     assert _types(model.body) == block * 3
     assert isinstance(model.head, nn.Linear)
     assert (model.head.in_features, model.head.out_features) == (8, 3)
@@ -163,7 +164,7 @@ def test_cnn_accepts_any_small_image_shape(image_shape: tuple[int, int, int]) ->
 def test_cnn_block_order_is_conv_batchnorm_relu_dropout_then_pool() -> None:
     model = CNN((1, 8, 8), 10, hidden=4, layers=2, dropout=0.2, batchnorm=True)
 
-    block = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Dropout, nn.MaxPool2d]
+    block = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, Dropout, nn.MaxPool2d]
     assert _types(model.body) == block * 2
     convs = [m for m in model.body if isinstance(m, nn.Conv2d)]
     assert all(m.bias is None for m in convs)

@@ -225,9 +225,9 @@ def test_engine_in_the_space_file(write_space: Any, tmp_path: Path) -> None:
     from tuner.space import load_space
 
     raw = copy.deepcopy(SPACE)
-    raw["engine"] = {"name": "fused", "population": 5}
+    raw["engine"] = {"name": "fused", "population": 5, "precision": "bf16"}
     loaded = load_space(write_space(raw))
-    assert loaded.engine == EngineSpec("fused", 5)
+    assert loaded.engine == EngineSpec("fused", 5, "bf16")
     raw["engine"] = "fused"
     assert load_space(write_space(raw)).engine == EngineSpec("fused", 32)
     # Not part of the fingerprint: a study may be resumed with the other engine.
@@ -238,7 +238,9 @@ def test_engine_in_the_space_file(write_space: Any, tmp_path: Path) -> None:
                                "sequential, fused"),
             ({"name": "fused", "population": 0}, "engine.population: must be an integer >= 1, "
                                                  "but got 0"),
-            ({"name": "fused", "size": 3}, "engine.size: unknown key 'size'")):
+            ({"name": "fused", "size": 3}, "engine.size: unknown key 'size'"),
+            ({"precision": "fp16"}, "engine.precision: unknown precision 'fp16'; expected "
+                                    "one of: fp32, bf16")):
         raw["engine"] = bad
         with pytest.raises(SpaceError, match=message):
             load_space(write_space(raw))
@@ -253,17 +255,25 @@ def test_cli_start_with_the_fused_engine(runner: CliRunner, write_space: Any,
                                  "--study", "f", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "6/6 finished" in result.output
+    # Resumed with more budget, in mixed precision: the same study, 2 more trials.
+    result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
+                                 "--trials", "8", "--engine", "fused", "--precision", "bf16",
+                                 "--study", "f"])
+    assert result.exit_code == 0, result.output
+    assert "fused, 32 at once · bf16" in result.output.replace("\n", " ")
+    assert "8/8 finished" in result.output
     conn = sqlite3.connect(db_path)
     engines = conn.execute("SELECT value_json FROM trial_user_attributes "
                            "WHERE key = 'engine'").fetchall()
     conn.close()
-    assert engines == [('"fused"',)] * 6
+    assert engines == [('"fused"',)] * 8
     before = db_snapshot(db_path)
     for args, message in (
             (["--population", "3"], "--population applies to --engine fused"),
             (["--engine", "fused", "--model", "cnn", "--dataset", "digits"],
              "--engine fused trains the built-in mlp, but the space's model is 'cnn'"),
-            (["--engine", "turbo"], "Invalid value for '--engine'")):
+            (["--engine", "turbo"], "Invalid value for '--engine'"),
+            (["--precision", "fp16"], "Invalid value for '--precision'")):
         result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
                                      "--study", "g", *args])
         assert result.exit_code == 2, result.output

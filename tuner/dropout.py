@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -68,35 +69,43 @@ def _on(bound: Tensor | int, device: torch.device) -> Tensor | int:
     return bound.to(device) if isinstance(bound, Tensor) else bound
 
 
+@dataclass
+class _Plan:
+    """Where a :class:`Dropout` is in its epoch (a plain object: ``nn.Module`` attribute
+    assignment costs microseconds, several times per batch)."""
+
+    rows_left: int | None = None  # rows still to come this epoch; None: no plan
+    pool: Tensor | None = None  # masks drawn for the rows to come
+    used: int = 0  # rows of the pool used
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (inverted: kept units scaled by 1/(1-p); identity in eval) with the
     cheaper masks of this module, and whole-epoch draws inside :func:`epoch_masks`."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__(p)
-        self._rows_left: int | None = None  # rows still to come this epoch; None: no plan
-        self._pool: Tensor | None = None
-        self._used = 0
+        self._plan = _Plan()
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        if self._rows_left is None or x.shape[0] > self._rows_left:
+        plan, rows = self._plan, x.shape[0]
+        if plan.rows_left is None or rows > plan.rows_left:
             return x * dropout_mask(tuple(x.shape), self.p, x.dtype, x.device)
-        pool = self._pool
-        if pool is None or self._used + x.shape[0] > pool.shape[0] or pool.shape[1:] != x.shape[1:]:
-            row = max(1, x[0].numel())
-            rows = min(self._rows_left, max(x.shape[0], POOL_VALUES // row))
-            pool = self._pool = dropout_mask((rows, *x.shape[1:]), self.p, x.dtype, x.device)
-            self._used = 0
-        mask = pool[self._used:self._used + x.shape[0]]
-        self._used += x.shape[0]
-        self._rows_left -= x.shape[0]
+        pool = plan.pool
+        if pool is None or plan.used + rows > pool.shape[0] or pool.shape[1:] != x.shape[1:]:
+            drawn = min(plan.rows_left, max(rows, POOL_VALUES // max(1, x[0].numel())))
+            pool = plan.pool = dropout_mask((drawn, *x.shape[1:]), self.p, x.dtype, x.device)
+            plan.used = 0
+        mask = pool[plan.used:plan.used + rows]
+        plan.used += rows
+        plan.rows_left -= rows
         return x * mask
 
     def plan(self, rows: int | None) -> None:
         """Expect ``rows`` training rows before the plan ends (None: no plan)."""
-        self._rows_left, self._pool, self._used = rows, None, 0
+        self._plan = _Plan(rows)
 
 
 @contextlib.contextmanager
