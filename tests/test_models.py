@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.errors import TunerError
 from tuner.dropout import Dropout
+from tuner.errors import TunerError
 from tuner.models import CNN, MLP, GaussianDropout, build_model, make_dropout
 
 # --- Bernoulli (inverted) dropout --------------------------------------------------------

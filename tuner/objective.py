@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,11 @@ from tuner.train import Checkpoint, EpochMetrics, TrainResult, build_for, evalua
 
 # Without a pruner, per-epoch reports are written at most this often (seconds).
 REPORT_EVERY = 1.0
+
+
+def worker_id() -> str:
+    """Who runs a trial, recorded on it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def state_bytes(model: torch.nn.Module) -> bytes:
@@ -74,6 +81,13 @@ class TrialWriter:
         if time.monotonic() - self._last >= self.every:
             self.flush()
         return False
+
+    def take(self) -> tuple[list[tuple[int, float]], dict[str, Any]]:
+        """What is waiting, handed over to be written with something else (and forgotten
+        here)."""
+        waiting = self._values, self._attrs
+        self._values, self._attrs = [], {}
+        return waiting
 
     def flush(self) -> None:
         """Write what is waiting."""
@@ -136,6 +150,7 @@ class Objective:
         seed_everything(config.seed)
         writer = TrialWriter(trial, self.storage, self.report_every)
         writer.set_user_attr("seed", config.seed)
+        writer.set_user_attr("worker", worker_id())
         model = build_for(config, data)
         resume = self._resume(study_id, root, trial)
         saved = resume is not None
@@ -158,13 +173,14 @@ class Objective:
             if isinstance(exc, RuntimeError):  # e.g. out of memory: the trial fails
                 trial.set_user_attr("error", str(exc).strip().splitlines()[0][:500])
             raise
-        writer.flush()
-        return self.conclude(trial, config, result, lambda: model, checkpointed=saved)
+        return self.conclude(trial, config, result, lambda: model, writer, checkpointed=saved)
 
     def conclude(self, trial: optuna.Trial, config: TrialConfig, result: TrainResult,
-                 trained: Callable[[], torch.nn.Module], *, checkpointed: bool = False) -> float:
+                 trained: Callable[[], torch.nn.Module], writer: TrialWriter, *,
+                 checkpointed: bool = False) -> float:
         """Record a trained trial; return its value, or raise ``TrialPruned``.
 
+        What ``writer`` still holds is written with the trial's own rows, in one write.
         ``trained()`` gives the model holding the best epoch's weights; it is called only
         when the trial becomes the study's best (to evaluate the test split and keep the
         weights). The fused engine calls this for each member it finishes.
@@ -172,10 +188,11 @@ class Objective:
         study_id = trial.study._study_id
         outcome = ("diverged" if result.diverged else "pruned" if result.pruned
                    else "early_stopped" if result.stopped_early else "completed")
+        values, attrs = writer.take()
         self.storage.record_trial(
             trial_id=trial._trial_id, study_id=study_id, seed=config.seed,
             best_epoch=result.best_epoch or None, outcome=outcome, device=str(self.device),
-            history=result.history)
+            history=result.history, trial=trial, values=values, user_attrs=attrs)
         if checkpointed:
             self.storage.delete_checkpoint(study_id, root_number(trial))
         if result.pruned or result.diverged or not result.best_epoch:

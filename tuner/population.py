@@ -29,7 +29,7 @@ from tuner.data import Splits
 from tuner.errors import TunerError, UsageError
 from tuner.fused import MemberResult, train_population, unsupported_reason
 from tuner.heartbeat import Heartbeat
-from tuner.objective import Objective, TrialWriter, root_number
+from tuner.objective import Objective, TrialWriter, root_number, worker_id
 from tuner.seeding import trial_seed
 from tuner.storage import TunerStorage
 from tuner.train import EpochMetrics, build_for
@@ -167,6 +167,7 @@ class PopulationRun:
             writer = TrialWriter(trial, self.storage, self.objective.report_every)
             writer.set_user_attr("seed", config.seed)
             writer.set_user_attr("engine", "fused")
+            writer.set_user_attr("worker", worker_id())
             self.members.append(_Member(trial, config, writer))
             self.heartbeat.add(trial._trial_id)
             configs.append(config)
@@ -197,9 +198,9 @@ class PopulationRun:
             return
 
         def conclude() -> float:
-            member.writer.flush()
             return self.objective.conclude(member.trial, member.config, result,
-                                           lambda: self._model(member.config, result))
+                                           lambda: self._model(member.config, result),
+                                           member.writer)
 
         self._record(runner.tell_outcome(self.study, member.trial, conclude))
 

@@ -25,8 +25,11 @@ class TrialRecorder(Protocol):
         Optuna trial."""
 
     def record_trial(self, *, trial_id: int, study_id: int, seed: int, best_epoch: int | None,
-                     outcome: str, device: str, history: Sequence[Any]) -> None:
-        """Record a finished trial's per-epoch metrics and its summary."""
+                     outcome: str, device: str, history: Sequence[Any],
+                     trial: optuna.Trial | None = None, values: Sequence[tuple[int, float]] = (),
+                     user_attrs: Mapping[str, Any] | None = None) -> None:
+        """Record a finished trial's per-epoch metrics and its summary; with ``trial``,
+        also what :meth:`write_trial` would still write for it, in the same write."""
 
     def save_checkpoint(self, study_id: int, number: int, epoch: int, state: bytes) -> None:
         """Keep (replace) the checkpoint of the trial chain started by trial ``number``."""
@@ -83,7 +86,11 @@ class MemoryRecorder:
             trial.set_user_attr(key, value)
 
     def record_trial(self, *, trial_id: int, study_id: int, seed: int, best_epoch: int | None,
-                     outcome: str, device: str, history: Sequence[Any]) -> None:
+                     outcome: str, device: str, history: Sequence[Any],
+                     trial: optuna.Trial | None = None, values: Sequence[tuple[int, float]] = (),
+                     user_attrs: Mapping[str, Any] | None = None) -> None:
+        if trial is not None and (values or user_attrs):
+            self.write_trial(trial, values, user_attrs)
         self.trials[trial_id] = TrialRecord(study_id, seed, best_epoch, outcome, device,
                                             list(history))
 

@@ -215,37 +215,22 @@ class TunerStorage:
         tables (through Optuna's own table definitions), after the same check: a trial
         that has finished (e.g. failed by another worker as stale) is not updated.
         """
-        attrs = dict(user_attrs or {})
-        if not values and not attrs:
-            return
-        trial_id = trial._trial_id
-        stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
-        rows = [dict(zip(("intermediate_value", "intermediate_value_type"),
-                         stored(float(value)), strict=True), trial_id=trial_id, step=int(epoch))
-                for epoch, value in values]
-        user = TrialUserAttributeModel.__table__
-        with self.session() as conn:
-            state = conn.execute(select(TrialModel.state)
-                                 .where(TrialModel.trial_id == trial_id)).scalar()
-            if state is None or state.is_finished():
-                raise optuna.exceptions.UpdateFinishedTrialError(
-                    f"trial #{trial.number} has already finished and cannot be updated")
-            if rows:
-                conn.execute(TrialIntermediateValueModel.__table__.insert(), rows)
-            if attrs:
-                conn.execute(user.delete().where((user.c.trial_id == trial_id)
-                                                 & user.c.key.in_(list(attrs))))
-                conn.execute(user.insert(), [dict(trial_id=trial_id, key=key,
-                                                  value_json=json.dumps(value))
-                                             for key, value in attrs.items()])
+        if values or user_attrs:
+            with self.session() as conn:
+                _write_optuna_rows(conn, trial, values, user_attrs or {})
 
     def record_trial(self, *, trial_id: int, study_id: int, seed: int, best_epoch: int | None,
-                     outcome: str, device: str, history: Sequence[Any]) -> None:
-        """One transaction per trial: its per-epoch rows and its summary row."""
+                     outcome: str, device: str, history: Sequence[Any],
+                     trial: Trial | None = None, values: Sequence[tuple[int, float]] = (),
+                     user_attrs: Mapping[str, Any] | None = None) -> None:
+        """One transaction per trial: its per-epoch rows and its summary row, and, with
+        ``trial``, what :meth:`write_trial` would still write for it."""
         rows = [dict(trial_id=trial_id, epoch=m.epoch, train_loss=_finite(m.train_loss),
                      val_loss=_finite(m.val_loss), val_metric=_finite(m.val_metric),
                      lr=m.lr, seconds=m.seconds) for m in history]
         with self.session() as conn:
+            if trial is not None and (values or user_attrs):
+                _write_optuna_rows(conn, trial, values, user_attrs or {})
             if rows:
                 conn.execute(epochs.insert(), rows)
             conn.execute(trial_info.insert(), dict(
@@ -288,6 +273,29 @@ class TunerStorage:
         with self.session() as conn:
             return conn.execute(models.select().with_only_columns(models.c.state)
                                 .where(models.c.trial_id == trial_id)).scalar()
+
+
+def _write_optuna_rows(conn: Connection, trial: Trial, values: Sequence[tuple[int, float]],
+                       attrs: Mapping[str, Any]) -> None:
+    """Intermediate values and user attributes of a running trial, as Optuna's
+    ``trial.report`` and ``trial.set_user_attr`` write them, after the same check."""
+    trial_id = trial._trial_id
+    stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
+    rows = [dict(zip(("intermediate_value", "intermediate_value_type"),
+                     stored(float(value)), strict=True), trial_id=trial_id, step=int(epoch))
+            for epoch, value in values]
+    user = TrialUserAttributeModel.__table__
+    state = conn.execute(select(TrialModel.state).where(TrialModel.trial_id == trial_id)).scalar()
+    if state is None or state.is_finished():
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial #{trial.number} has already finished and cannot be updated")
+    if rows:
+        conn.execute(TrialIntermediateValueModel.__table__.insert(), rows)
+    if attrs:
+        conn.execute(user.delete().where((user.c.trial_id == trial_id)
+                                         & user.c.key.in_(list(attrs))))
+        conn.execute(user.insert(), [dict(trial_id=trial_id, key=key, value_json=json.dumps(v))
+                                     for key, v in attrs.items()])
 
 
 def _finite(value: float) -> float | None:
