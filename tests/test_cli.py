@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 from tuner.cli import cli
 from tuner.storage import TunerStorage
 
-BUILTIN = ("dropout_vs_batchnorm", "optimizers", "quick", "regularization")
+BUILTIN = ("dropout_vs_batchnorm", "optimizers", "population", "quick",
+           "regularization")
 
 
 def _invoke(runner: CliRunner, args: Sequence[str], **kwargs: Any) -> Result:

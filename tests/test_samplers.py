@@ -226,7 +226,7 @@ def test_patient_default_patience() -> None:
 
 
 @pytest.mark.parametrize("name", ["quick", "optimizers", "regularization",
-                                  "dropout_vs_batchnorm"])
+                                  "dropout_vs_batchnorm", "population"])
 def test_builtin_spaces_build_their_sampler_and_pruner(name: str) -> None:
     space = load_space(name)
     assert isinstance(build_sampler(space), SAMPLER_CLASSES[space.sampler.name])

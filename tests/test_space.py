@@ -22,13 +22,14 @@ from tuner.space import (
     spaces_dir,
 )
 
-BUILTIN = ("dropout_vs_batchnorm", "optimizers", "quick", "regularization")
+BUILTIN = ("dropout_vs_batchnorm", "optimizers", "population", "quick",
+           "regularization")
 
 
 # --- loading built-in spaces ----------------------------------------------------------------
 
 
-def test_the_four_builtin_spaces_are_listed() -> None:
+def test_the_builtin_spaces_are_listed() -> None:
     assert tuple(builtin_spaces()) == BUILTIN
 
 
