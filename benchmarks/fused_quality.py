@@ -25,6 +25,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from tuner.cli import quiet_optuna
 from tuner.runner import run_study
 from tuner.space import EngineSpec, load_space
 from tuner.storage import TunerStorage
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     engines = {"sequential": EngineSpec("sequential", precision=args.precision),
                "fused": EngineSpec("fused", args.population, args.precision)}
     rows = []

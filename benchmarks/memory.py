@@ -1,6 +1,6 @@
 """Resident memory of one worker over many trials: it must stay flat.
 
-    python benchmarks/memory.py --trials 300
+    python benchmarks/memory.py --trials 300 [--engine fused --population 16]
 
 Runs the trials in this process (the worker loop of `tuner start`) on a fresh SQLite
 study and prints the resident set size every 25 trials, and the growth from trial 25
@@ -18,7 +18,7 @@ import torch
 
 from tuner.cli import quiet_optuna
 from tuner.runner import Snapshot, run_study
-from tuner.space import parse_space
+from tuner.space import EngineSpec, parse_space
 from tuner.storage import TunerStorage
 
 SPACE = {
@@ -41,6 +41,8 @@ def rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--engine", choices=["sequential", "fused"], default="sequential")
+    parser.add_argument("--population", type=int, default=16)
     args = parser.parse_args()
     quiet_optuna()
     samples: list[tuple[int, float]] = []
@@ -54,7 +56,8 @@ def main() -> None:
         storage = TunerStorage(f"sqlite:///{Path(tmp) / 'mem.db'}").open()
         space = parse_space(SPACE, name="memory", source="benchmarks/memory.py")
         run_study(space, storage=storage, study_name="memory", budget=args.trials,
-                  device=torch.device("cpu"), on_progress=sample)
+                  device=torch.device("cpu"), on_progress=sample,
+                  engine=EngineSpec(args.engine, args.population))
     growth = samples[-1][1] - samples[0][1]
     print(f"growth from trial {samples[0][0]} to {samples[-1][0]}: {growth:+.1f} MiB")
 

@@ -46,3 +46,13 @@ def test_optimize_takes_a_space_object_and_user_data(tiny_space: dict[str, Any],
 def test_optimize_validates_overrides(tiny_path: Path) -> None:
     with pytest.raises(tuner.SpaceError):
         tuner.optimize(tiny_path, n_trials=1, storage="sqlite:///:memory:", epochs=0)
+
+
+def test_optimize_with_the_fused_engine(tiny_path: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    study = tuner.optimize(tiny_path, n_trials=4, storage=url, study_name="fused",
+                           engine={"name": "fused", "population": 2})
+    assert [t.user_attrs.get("engine") for t in study.trials] == ["fused"] * 4
+    assert all(t.state.is_finished() for t in study.trials)
+    with pytest.raises(tuner.SpaceError, match="unknown engine 'turbo'"):
+        tuner.optimize(tiny_path, n_trials=1, storage=url, study_name="bad", engine="turbo")

@@ -170,7 +170,7 @@ def test_an_error_fails_the_population_and_the_study_goes_on(
     def once_out_of_memory(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:
-            kwargs["report"](0, _metrics())
+            kwargs["report_epoch"]([(0, _metrics())])
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(*args, **kwargs)
 
@@ -203,21 +203,59 @@ def test_ctrl_c_fails_every_member_and_the_study_resumes(
 
 def test_a_member_failed_elsewhere_is_dropped(storage: TunerStorage,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real = TrialWriter.__call__
+    real = TunerStorage.write_values
+    study_trials: list[int] = []
 
-    def stale(self: TrialWriter, metrics: Any) -> bool:
-        if self.trial.number == 1 and metrics.epoch == 2:
+    def stale(self: TunerStorage, values: dict[int, tuple[int, float]]) -> set[int]:
+        epoch = next(iter(values.values()))[0]
+        if epoch == 2 and not study_trials:
             # What another worker does to a trial whose heartbeat it found stale.
-            storage.optuna.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
-        return real(self, metrics)
+            victim = min(values)
+            study_trials.append(victim)
+            self.optuna.set_trial_state_values(victim, TrialState.FAIL)
+        return real(self, values)
 
-    monkeypatch.setattr(TrialWriter, "__call__", stale)
+    monkeypatch.setattr(TunerStorage, "write_values", stale)
     summary = run_study(space(pruner={"name": "median"}), storage=storage, study_name="d",
                         budget=3, device=CPU, engine=fused(3))
     trials = trials_of(storage, "d")
-    assert trials[1].state == TrialState.FAIL
-    assert sorted(trials[1].intermediate_values) == [1]  # nothing written after the failure
+    victim = next(t for t in trials if t._trial_id == study_trials[0])
+    assert victim.state == TrialState.FAIL
+    assert sorted(victim.intermediate_values) == [1]  # nothing written after the failure
     assert summary.finished == 3  # the budget was made up by a fourth trial
+    assert len(trials) == 4
+
+
+def test_pruning_decides_every_member_of_an_epoch_on_one_read(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pruner sees what Trial.should_prune would show it: this trial's values up to
+    # this epoch, and the study's complete trials; the study is read once an epoch.
+    seen: list[tuple[int, int, int]] = []
+
+    class Recording(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            seen.append((trial.number, trial.last_step or 0, len(complete)))
+            assert sorted(trial.intermediate_values) == list(range(1, trial.last_step + 1))
+            return False
+
+    reads = [0]
+    real = optuna.Study.get_trials
+
+    def counted(self: optuna.Study, *args: Any, **kwargs: Any) -> Any:
+        reads[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr("tuner.study.build_pruner", lambda *a, **k: Recording())
+    monkeypatch.setattr(optuna.Study, "get_trials", counted)
+    run_study(space(pruner={"name": "median"}), storage=storage, study_name="o", budget=4,
+              device=CPU, engine=fused(4))
+    assert sorted((n, e) for n, e, _ in seen) == [(n, e) for n in range(4) for e in range(1, 5)]
+    # Until members finish, there is no complete trial to compare with.
+    assert all(complete == 0 for _, e, complete in seen if e < 4)
+    # adam and momentum make two groups: one read per group's epoch (8), not per member
+    # and epoch (16), plus a few outside the epochs.
+    assert reads[0] <= 8 + 4
 
 
 def test_engine_in_the_space_file(write_space: Any, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,14 @@ import optuna
 
 from tuner.device import resolve_device
 from tuner.runner import run_study
-from tuner.space import Space, load_space, parse_space
+from tuner.space import Space, load_space, parse_engine, parse_space
 from tuner.storage import DEFAULT_STORAGE, TunerStorage
 
 
 def optimize(space: str | Path | Space, *, data: str | None = None, model: str | None = None,
              storage: str | None = None, n_trials: int | None = None,
              study_name: str | None = None, device: str = "cpu", seed: int | None = None,
+             engine: str | Mapping[str, Any] | None = None,
              **task_overrides: Any) -> optuna.Study:
     """Run (or resume) a study as ``tuner start`` does, and return it as an Optuna study.
 
@@ -30,12 +32,16 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     ``module:function``); ``task_overrides`` are further task keys (``epochs``,
     ``dataset``, ``target``, ...). ``n_trials`` is the study's total budget of finished
     trials (default: the space's ``trials``); ``storage`` is a database URL (default:
-    the command line's, ``sqlite:///storage/tuner.db``).
+    the command line's, ``sqlite:///storage/tuner.db``). ``engine`` is what a space's
+    ``engine`` key takes: ``"fused"``, or ``{"name": "fused", "population": 64,
+    "precision": "bf16"}`` (default: the space's).
 
     >>> study = tuner.optimize("quick", n_trials=3, epochs=2,
     ...                        storage="sqlite:///demo.db")       # doctest: +SKIP
     >>> study.best_value                                          # doctest: +SKIP
     0.95
+    >>> study = tuner.optimize("population", n_trials=64,
+    ...                        engine={"name": "fused", "population": 32})  # doctest: +SKIP
     """
     given = {"seed": seed, "data": data, "model": model, **task_overrides}
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -56,5 +62,6 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         db = TunerStorage(storage or DEFAULT_STORAGE).open()
         run_study(parsed, storage=db, study_name=name, budget=n_trials or parsed.trials,
-                  device=resolve_device(device))
+                  device=resolve_device(device),
+                  engine=None if engine is None else parse_engine(engine))
     return optuna.load_study(study_name=name, storage=db.optuna)

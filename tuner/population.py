@@ -15,9 +15,11 @@ not checkpointed: the retry of a member whose worker died starts from epoch 1.
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -44,6 +46,28 @@ class _Member:
     writer: TrialWriter
     lost: bool = False  # failed elsewhere as stale: its result is dropped
     done: bool = False
+
+
+class _EpochView:
+    """The study as its pruner sees it while one epoch's members are decided: the trials
+    as read once for all of them (``Trial.should_prune`` reads them for each member,
+    and a read of K running trials costs O(K)). Everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        self._study = study
+        self._trials = trials
+
+    def get_trials(self, deepcopy: bool = True,
+                   states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = [t for t in self._trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
 
 
 def check_fusable(model: str) -> None:
@@ -77,6 +101,7 @@ class PopulationRun:
         self.members: list[_Member] = []
         self.heartbeat = Heartbeat(study._storage)
         self.backoff = runner.Backoff(storage)
+        self.prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -111,7 +136,7 @@ class PopulationRun:
         try:
             with self.heartbeat:
                 train_population(configs, data,
-                                 metric=self.objective.metric, report=self._report,
+                                 metric=self.objective.metric, report_epoch=self._report,
                                  on_finish=self._finish, refill=self._refill,
                                  population=self.population,
                                  seed=trial_seed(self.objective.space.seed, first),
@@ -181,14 +206,29 @@ class PopulationRun:
 
     # -- the engine's callbacks --------------------------------------------------------
 
-    def _report(self, member_id: int, metrics: EpochMetrics) -> bool:
-        member = self.members[member_id]
-        try:
-            return member.writer(metrics)
-        except optuna.exceptions.UpdateFinishedTrialError:
+    def _report(self, rows: Sequence[tuple[int, EpochMetrics]]) -> list[int]:
+        """One epoch of a group: every member's value, and the members to prune.
+
+        Optuna's ``trial.report`` and ``should_prune`` would cost a transaction and a
+        read of every running trial per member: K of each per epoch. Here the values go
+        in one transaction and the pruner decides for every member on one read.
+        """
+        if not self.prunes:
+            for member_id, metrics in rows:
+                self.members[member_id].writer(metrics)  # kept for the trial's end
+            return []
+        members = {self.members[i].trial._trial_id: self.members[i] for i, _ in rows}
+        lost = self.storage.write_values({self.members[i].trial._trial_id: (m.epoch, m.val_metric)
+                                          for i, m in rows})
+        for trial_id in lost:
             # Failed as stale by another worker, which queued a retry: stop training it.
-            member.lost = True
-            return True
+            members[trial_id].lost = True
+        trials = self.study.get_trials(deepcopy=False)
+        frozen = {t._trial_id: t for t in trials}
+        # Pruners read the study through its public methods: the view stands in for it.
+        view = cast(optuna.Study, _EpochView(self.study, trials))
+        return [i for i, _ in rows if self.members[i].lost
+                or self.study.pruner.prune(view, frozen[self.members[i].trial._trial_id])]
 
     def _finish(self, member_id: int, result: MemberResult) -> None:
         member = self.members[member_id]

@@ -33,7 +33,7 @@ from tuner.config import TrialConfig
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +50,8 @@ from tuner.train import EpochMetrics
 __all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
 
 MemberReport = Callable[[int, EpochMetrics], bool]  # (member id, metrics) -> prune?
+# One epoch of a group at once: [(member id, metrics)] -> the ids to prune.
+EpochReport = Callable[[Sequence[tuple[int, EpochMetrics]]], Collection[int]]
 Refill = Callable[[int], Sequence[TrialConfig]]  # (free slots) -> new configs
 OnFinish = Callable[[int, MemberResult], None]
 
@@ -87,7 +89,8 @@ def _partition(members: list[Member]) -> list[list[Member]]:
 
 
 def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Metric,
-                     report: MemberReport | None = None, on_finish: OnFinish | None = None,
+                     report: MemberReport | None = None,
+                     report_epoch: EpochReport | None = None, on_finish: OnFinish | None = None,
                      refill: Refill | None = None, population: int | None = None,
                      seed: int = 0, precision: str = "fp32") -> list[MemberResult]:
     """Train every config as a member of a fused population; return results by member id.
@@ -105,6 +108,12 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     Raises ``ValueError`` for a config that :func:`unsupported_reason` rejects.
     """
     population = max(population or 0, len(configs))
+    decide = report_epoch
+    if decide is None and report is not None:
+        per_member = report
+
+        def decide(rows: Sequence[tuple[int, EpochMetrics]]) -> Collection[int]:
+            return [i for i, metrics in rows if per_member(i, metrics)]
     compute = compute_dtype(precision, data.x_train.dtype)
     results: list[MemberResult] = []
     groups: list[Group] = []
@@ -131,7 +140,7 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     admit(configs)
     while groups:
         for group in list(groups):
-            _finish_epoch(group, group.train_epoch(data, metric), metric, report, on_finish)
+            _finish_epoch(group, group.train_epoch(data, metric), metric, decide, on_finish)
             if not group.members:
                 groups.remove(group)
         active = sum(len(g.members) for g in groups)
@@ -143,11 +152,13 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
 
 
 def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
-                  report: MemberReport | None, on_finish: OnFinish | None) -> None:
-    """Per-member bookkeeping after an epoch, in :func:`tuner.train.train`'s order."""
-    improved, finished = [], []
+                  decide: EpochReport | None, on_finish: OnFinish | None) -> None:
+    """Per-member bookkeeping after an epoch, in :func:`tuner.train.train`'s order: a
+    diverged member stops unreported; the others are reported (all at once), then pruned,
+    stopped early or finished."""
+    improved, finished, reported = [], [], []
     for position, (member, row) in enumerate(zip(group.members, rows, strict=True)):
-        result, config = member.result, member.config
+        result = member.result
         member.epoch += 1
         result.history.append(row)
         if not math.isfinite(row.train_loss):
@@ -155,11 +166,17 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
             finished.append(position)
             continue
         best = result.best_metric if member.has_best else None
-        if is_better(metric, row.val_metric, best, config.min_delta):
+        if is_better(metric, row.val_metric, best, member.config.min_delta):
             result.best_epoch, result.best_metric = member.epoch, row.val_metric
             member.has_best = True
             improved.append(position)
-        if report is not None and report(member.id, row):
+        reported.append(position)
+    pruned = set() if decide is None else set(decide(
+        [(group.members[p].id, rows[p]) for p in reported]))
+    for position in reported:
+        member = group.members[position]
+        result, config = member.result, member.config
+        if member.id in pruned:
             result.pruned = True
         elif config.patience is not None and member.epoch - result.best_epoch >= config.patience:
             result.stopped_early = True
@@ -168,7 +185,7 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
         finished.append(position)
     if improved:
         group.snapshot(improved)
-    for position in finished:
+    for position in sorted(finished):
         member = group.members[position]
         member.result.state_dict = group.export(position)
         if on_finish is not None:

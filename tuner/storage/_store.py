@@ -219,6 +219,25 @@ class TunerStorage:
             with self.session() as conn:
                 _write_optuna_rows(conn, trial, values, user_attrs or {})
 
+    def write_values(self, values: Mapping[int, tuple[int, float]]) -> set[int]:
+        """One intermediate value ``(epoch, value)`` for each of several running trials
+        (by trial id), in one transaction: a fused population's epoch. Returns the ids of
+        the trials that had finished (failed as stale elsewhere), which are not written."""
+        if not values:
+            return set()
+        stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
+        with self.session() as conn:
+            states = dict(conn.execute(select(TrialModel.trial_id, TrialModel.state)
+                                       .where(TrialModel.trial_id.in_(list(values)))).all())
+            finished = {t for t in values if states.get(t) is None or states[t].is_finished()}
+            rows = [dict(zip(("intermediate_value", "intermediate_value_type"),
+                             stored(float(value)), strict=True), trial_id=trial_id,
+                         step=int(epoch))
+                    for trial_id, (epoch, value) in values.items() if trial_id not in finished]
+            if rows:
+                conn.execute(TrialIntermediateValueModel.__table__.insert(), rows)
+        return finished
+
     def record_trial(self, *, trial_id: int, study_id: int, seed: int, best_epoch: int | None,
                      outcome: str, device: str, history: Sequence[Any],
                      trial: Trial | None = None, values: Sequence[tuple[int, float]] = (),
