@@ -30,11 +30,11 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def add(self, trial_id: int) -> None:
-        """Beat for ``trial_id`` too, from now on: a trial with no beat yet is never taken
-        for stale, so the first one is recorded here rather than at the next interval."""
+        """Beat for ``trial_id`` too, from now on. A trial with no beat yet is never taken
+        for stale, so the first beat is recorded here, at once, even before the block."""
         with self._lock:
             self.trial_ids.add(trial_id)
-        if self._thread is not None:
+        if getattr(self.storage, "get_heartbeat_interval", lambda: None)():
             with contextlib.suppress(Exception):
                 self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
 

@@ -117,7 +117,14 @@ class PopulationRun:
             if self.failures >= runner.MAX_CONSECUTIVE_FAILURES:
                 raise TunerError(f"{self.failures} trials in a row failed; the last error: "
                                  f"{runner.last_error(self.study)}")
-            claimed = self._claim(self._room())
+            try:
+                claimed = self._claim(self._room())
+            except BaseException:
+                # Ctrl-C while the configs are sampled: the claimed trials fail (retried).
+                with runner.signals_ignored():
+                    self._fail_live(None)
+                self.members = []
+                raise
             if claimed is runner.Claim.FULL:
                 return "budget" if self.ran else "already_done"
             if claimed is runner.Claim.WAIT or not claimed:
