@@ -98,7 +98,8 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
     trials. After each epoch of a member, ``report(id, metrics)`` is called (True prunes
     it); early stopping and divergence follow :func:`tuner.train.train`. When a member
-    finishes, ``on_finish(id, result)`` is called and its slot freed; then, with
+    finishes, ``on_finish(id, result)`` is called (the returned result then keeps its
+    history, not its weights) and its slot freed; then, with
     ``refill``, ``refill(free)`` may return up to ``free`` new configs, which join a
     group of their shape or start a new one. ``population`` is the most members trained
     at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
@@ -190,5 +191,8 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
         member.result.state_dict = group.export(position)
         if on_finish is not None:
             on_finish(member.id, member.result)
+            # Handed over: a long run that refills its slots would otherwise hold the
+            # weights of every member it ever trained.
+            member.result.state_dict = {}
     if finished:
         group.select([p for p in range(len(group.members)) if p not in set(finished)])
