@@ -38,12 +38,12 @@ def tiny_space(tmp_path: Path, epochs: int = 3, hidden: int = 16) -> Path:
     return path
 
 
-def slow_space(tmp_path: Path) -> Path:
+def slow_space(tmp_path: Path, epochs: int = 1500) -> Path:
     """Trials of several seconds (the engine does ~100 digits epochs a second): many
     epochs, no early stopping, no pruning."""
     space = {
         "trials": 3,
-        "task": {"dataset": "digits", "model": "mlp", "epochs": 1500},
+        "task": {"dataset": "digits", "model": "mlp", "epochs": epochs},
         "pruner": {"name": "none"},
         "sampler": {"name": "random"},
         "params": {"hidden": 64, "layers": 2, "batch_size": 32,
@@ -81,16 +81,20 @@ def wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyp
     raise AssertionError("timed out waiting")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_workers_reach_exactly_the_budget(backend: str, tmp_path: Path,
+@pytest.mark.parametrize(("backend", "engine"), [("sqlite", "sequential"),
+                                               ("postgres", "sequential"),
+                                               ("sqlite", "fused"), ("postgres", "fused")])
+def test_workers_reach_exactly_the_budget(backend: str, engine: str, tmp_path: Path,
                                           request: pytest.FixtureRequest) -> None:
     if backend == "postgres":
         url = request.getfixturevalue("pg_url")
     else:
         url = f"sqlite:///{tmp_path / 'tuner.db'}"
     study = f"budget-{uuid.uuid4().hex[:8]}"
+    # Fused workers claim up to 5 trials at once: the claims must still stop at 12.
+    fused = ["--engine", "fused", "--population", "5"] if engine == "fused" else []
     proc = tuner("start", "--space", str(tiny_space(tmp_path)), "--study", study,
-                 "--storage", url, "--trials", "12", "--workers", "3", "--quiet")
+                 "--storage", url, "--trials", "12", "--workers", "3", "--quiet", *fused)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     counts = states(url.replace("postgresql://", "postgresql+psycopg://"), study)
@@ -137,6 +141,33 @@ def test_kill_9_loses_no_trial_and_the_retry_resumes_from_its_checkpoint(tmp_pat
         assert retry.intermediate_values[epoch] == failed[0].intermediate_values[epoch]
     assert retry.params == failed[0].params
     engine.dispose()
+
+
+def test_kill_9_of_a_fused_worker_fails_and_retries_its_members(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    args = ["start", "--space", str(slow_space(tmp_path, epochs=600)), "--study", "crash",
+            "--storage", url, "--trials", "3", "--engine", "fused", "--population", "3",
+            "--quiet"]
+    victim = tuner(*args)
+    wait_for(lambda: (tmp_path / "tuner.db").exists()
+             and states(url, "crash")[TrialState.RUNNING] == 3, timeout=120)
+    time.sleep(1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    assert states(url, "crash")[TrialState.RUNNING] == 3  # left behind by the dead worker
+
+    survivor = tuner(*args)
+    out, _ = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, out
+    trials = optuna.load_study(study_name="crash", storage=url).get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    # The three members were found stale, failed, and retried with their parameters.
+    assert len(failed) == 3 and len(done) == 3
+    for dead in failed:
+        retry = next(t for t in done if t.system_attrs.get("failed_trial") == dead.number)
+        assert retry.params == dead.params
+        assert sorted(retry.intermediate_values) == list(range(1, 601))
 
 
 def test_sigint_stops_every_worker_and_leaves_the_study_resumable(tmp_path: Path) -> None:
