@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from tuner.errors import TunerError, UsageError
-from tuner.optim import build_optimizer, build_scheduler, step_scheduler
+from tuner.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
 
 # --- optimizers --------------------------------------------------------------------------
 
@@ -236,3 +237,55 @@ def test_unknown_schedule_or_argument_is_a_usage_error(name: str, hyper: dict[st
 def test_invalid_schedule_value_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="'plateau'"):
         build_scheduler(_optimizer(), "plateau", mode="sideways")
+
+
+# -- FastStep: optimizer.step() without its per-call bookkeeping -----------------------
+
+
+@pytest.mark.parametrize(("name", "hyper"), [
+    ("adam", {"lr": 0.01}),
+    ("adam", {"lr": 0.01, "weight_decay": 0.1, "fused": True}),
+    ("adamw", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.99), "fused": True}),
+    ("adam", {"lr": 0.01, "foreach": True}),
+    ("rmsprop", {"lr": 0.01}),  # not eligible: optimizer.step() every time
+])
+def test_fast_step_equals_optimizer_step(name: str, hyper: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    twin = copy.deepcopy(model)
+    opts = [build_optimizer(m.parameters(), name, **hyper) for m in (model, twin)]
+    schedules = [build_scheduler(o, "step", step_size=2, gamma=0.5) for o in opts]
+    fast = FastStep(opts[1])
+    for _ in range(6):
+        x = torch.randn(16, 4)
+        for m in (model, twin):
+            for p in m.parameters():
+                p.grad = None
+            m(x).pow(2).mean().backward()
+        opts[0].step()
+        fast()
+        for s in schedules:
+            s.step()
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert fast.eligible == (name != "rmsprop")
+    # The state is the optimizer's own: a checkpoint of either is the same.
+    left, right = (o.state_dict()["state"] for o in opts)
+    for i in left:
+        for key, value in left[i].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(right[i][key])), key
+
+
+def test_fast_step_falls_back_when_a_parameter_has_no_gradient() -> None:
+    used, unused = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    params = [*used.parameters(), *unused.parameters()]
+    optimizer = build_optimizer(params, "adam", lr=0.1)
+    fast = FastStep(optimizer)
+    before = [p.detach().clone() for p in unused.parameters()]
+    for _ in range(3):
+        for p in params:
+            p.grad = None
+        used(torch.ones(2, 3)).sum().backward()
+        fast()  # Adam skips a parameter without a gradient; so must this
+    assert all(torch.equal(a, b) for a, b in zip(before, unused.parameters(), strict=True))
+    assert fast._state is None  # never took the fast path

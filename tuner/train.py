@@ -33,7 +33,7 @@ from tuner.dropout import epoch_masks
 from tuner.errors import UsageError
 from tuner.metrics import METRICS, Metric, is_better, loss_fn, metric_value
 from tuner.models import build_model
-from tuner.optim import build_optimizer, build_scheduler, step_scheduler
+from tuner.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
 from tuner.regularizers import (
     add_input_noise,
     apply_max_norm,
@@ -220,6 +220,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         best_state = resume.best_state
         _set_rng_state(resume.rng, x.device)
         first = resume.epoch + 1
+    step = FastStep(optimizer)  # after a resume: the state it steps is the loaded one
     last_checkpoint = time.monotonic()
     for epoch in range(first, config.epochs + 1):
         start = time.perf_counter()
@@ -254,7 +255,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
                 for p in params:
                     p.grad = None
                 loss.backward()
-                optimizer.step()
+                step()
                 if max_norm is not None:
                     apply_max_norm(weights, max_norm)
 
