@@ -226,6 +226,50 @@ def test_a_member_failed_elsewhere_is_dropped(storage: TunerStorage,
     assert len(trials) == 4
 
 
+def test_without_a_pruner_a_member_failed_elsewhere_is_dropped_too(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = TrialWriter.__call__
+    victims: list[int] = []
+
+    def stale(self: TrialWriter, metrics: Any) -> bool:
+        if metrics.epoch == 2 and not victims:
+            victims.append(self.trial._trial_id)
+            storage.optuna.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
+        return real(self, metrics)
+
+    monkeypatch.setattr(TrialWriter, "__call__", stale)
+    summary = run_study(space(), storage=storage, study_name="n", budget=3, device=CPU,
+                        engine=fused(3))
+    trials = trials_of(storage, "n")
+    assert [t.state for t in trials if t._trial_id in victims] == [TrialState.FAIL]
+    assert summary.finished == 3 and len(trials) == 4
+
+
+def test_claimed_trials_beat_at_once_and_ctrl_c_while_sampling_fails_them(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy
+
+    real = Objective.config
+    calls = [0]
+
+    def interrupted(self: Objective, trial: Any, number: int) -> Any:
+        calls[0] += 1
+        with storage.engine.connect() as conn:
+            beats = conn.execute(sqlalchemy.text(
+                "SELECT COUNT(*) FROM trial_heartbeats")).scalar()
+        assert beats == 4  # every claimed trial has beaten before any is sampled
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(self, trial, number)
+
+    monkeypatch.setattr(Objective, "config", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(space(), storage=storage, study_name="k", budget=8, device=CPU,
+                  engine=fused(4))
+    # The one sampled and the three not sampled: all told FAIL, none left RUNNING.
+    assert [t.state for t in trials_of(storage, "k")] == [TrialState.FAIL] * 4
+
+
 def test_pruning_decides_every_member_of_an_epoch_on_one_read(
         storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     # The pruner sees what Trial.should_prune would show it: this trial's values up to
@@ -324,3 +368,23 @@ def _metrics() -> Any:
     from tuner.train import EpochMetrics
 
     return EpochMetrics(1, 1.0, 1.0, 0.5, 1e-3, 0.01)
+
+
+@pytest.mark.parametrize("pruner", [
+    {"name": "successive_halving", "min_resource": 1, "reduction_factor": 2},
+    {"name": "hyperband", "min_resource": 1, "reduction_factor": 2},
+    {"name": "percentile", "percentile": 50.0, "n_startup_trials": 0, "n_warmup_steps": 1},
+])
+def test_every_pruner_prunes_members_of_a_population(storage: TunerStorage,
+                                                      pruner: dict[str, Any]) -> None:
+    # Successive halving records each member's rung as it decides: the members decided
+    # after it in the same epoch see it (they are decided one by one, not on a snapshot).
+    raw = copy.deepcopy(SPACE)
+    raw["pruner"], raw["task"]["epochs"] = pruner, 6
+    summary = run_study(parse_space(raw, name="h", source="test"), storage=storage,
+                        study_name="h", budget=24, device=CPU, engine=fused(8))
+    trials = trials_of(storage, "h")
+    assert summary.finished == 24 and summary.failed == 0
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    # Some member stopped early by its pruner (a last-epoch pruning saves nothing).
+    assert any(len(t.intermediate_values) < 6 for t in pruned), "nothing was pruned early"

@@ -4,7 +4,8 @@
 on the small networks the tuner trains, mask generation was a quarter of a training
 step. Here 64 random bits (one ``random_`` draw) give four 15-bit uniforms, each
 compared with the keep probability: about 1 ns a unit. A kept unit is scaled by
-exactly ``1/(1-p)``; the keep probability is ``1-p`` rounded to a multiple of 2^-15.
+``1/(1-p)`` (exactly, in float32; rounded to bfloat16 in a bfloat16 pass); the keep
+probability is ``1-p`` rounded to a multiple of 2^-15.
 
 Inside :func:`epoch_masks` (the training loop enters it once an epoch) every
 :class:`Dropout` draws the masks of the epoch's batches in a few large draws instead

@@ -15,6 +15,7 @@ not checkpointed: the retry of a member whose worker died starts from epoch 1.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Container, Sequence
@@ -70,6 +71,16 @@ class _EpochView:
         return getattr(self._study, name)
 
 
+def _reads_only(pruner: optuna.pruners.BasePruner | None) -> bool:
+    """Whether ``pruner`` decides on a snapshot of the study as it would on the study:
+    successive halving (and Hyperband, made of it) records each trial's rung in the
+    study as it decides, and the trials decided after it must see that."""
+    while isinstance(pruner, optuna.pruners.PatientPruner):
+        pruner = pruner._wrapped_pruner
+    return not isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner,
+                                   optuna.pruners.HyperbandPruner))
+
+
 def check_fusable(model: str) -> None:
     """Refuse a space the fused engine cannot train at all, before anything is written."""
     if model != "mlp":
@@ -102,6 +113,7 @@ class PopulationRun:
         self.heartbeat = Heartbeat(study._storage)
         self.backoff = runner.Backoff(storage)
         self.prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
+        self.snapshot_safe = _reads_only(study.pruner)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -110,56 +122,57 @@ class PopulationRun:
         check_fusable(self.objective.space.task.model)
         data = self.objective.data()
         waiting_since: float | None = None
-        while True:
-            reason = self._stop_reason()
-            if reason is not None:
-                return reason
-            if self.failures >= runner.MAX_CONSECUTIVE_FAILURES:
-                raise TunerError(f"{self.failures} trials in a row failed; the last error: "
-                                 f"{runner.last_error(self.study)}")
-            try:
-                claimed = self._claim(self._room())
-            except BaseException:
-                # Ctrl-C while the configs are sampled: the claimed trials fail (retried).
-                with runner.signals_ignored():
-                    self._fail_live(None)
-                self.members = []
-                raise
-            if claimed is runner.Claim.FULL:
-                return "budget" if self.ran else "already_done"
-            if claimed is runner.Claim.WAIT or not claimed:
-                # The rest of the budget is running elsewhere (or the database is away).
-                waiting_since = waiting_since or time.monotonic()
-                if time.monotonic() - waiting_since > runner.MAX_WAIT:
-                    return "budget"
-                time.sleep(runner.WAIT_POLL)
-                continue
-            waiting_since = None
-            self._train(claimed, data)
+        # One heartbeat thread for the whole run: it beats for whichever trials are
+        # claimed, from the moment they are claimed (sampling 64 configs takes seconds).
+        with self.heartbeat:
+            while True:
+                reason = self._stop_reason()
+                if reason is not None:
+                    return reason
+                if self.failures >= runner.MAX_CONSECUTIVE_FAILURES:
+                    raise TunerError(f"{self.failures} trials in a row failed; the last "
+                                     f"error: {runner.last_error(self.study)}")
+                ran = self.ran
+                try:
+                    claimed = self._claim(self._room())
+                except BaseException:
+                    self._abandon()
+                    raise
+                if claimed is runner.Claim.FULL:
+                    return "budget" if self.ran else "already_done"
+                if isinstance(claimed, list) and claimed:
+                    waiting_since = None
+                    self._train(claimed, data)
+                elif self.ran > ran:  # every trial claimed trained sequentially
+                    waiting_since = None
+                else:
+                    # The rest of the budget runs elsewhere (or the database is away).
+                    waiting_since = waiting_since or time.monotonic()
+                    if time.monotonic() - waiting_since > runner.MAX_WAIT:
+                        return "budget"
+                    time.sleep(runner.WAIT_POLL)
 
     def _train(self, configs: list[TrialConfig], data: Splits) -> None:
         """One population, refilled as members finish, until nothing more is claimed."""
         first = self.members[0].trial.number
         try:
-            with self.heartbeat:
-                train_population(configs, data,
-                                 metric=self.objective.metric, report_epoch=self._report,
-                                 on_finish=self._finish, refill=self._refill,
-                                 population=self.population,
-                                 seed=trial_seed(self.objective.space.seed, first),
-                                 precision=self.objective.precision)
+            train_population(configs, data, metric=self.objective.metric,
+                             report_epoch=self._report, on_finish=self._finish,
+                             refill=self._refill, population=self.population,
+                             seed=trial_seed(self.objective.space.seed, first),
+                             precision=self.objective.precision)
         except runner.DATABASE_ERRORS as exc:
-            # The members' heartbeats have stopped: once the database is back they are
-            # failed as stale and retried, like a dead worker's.
+            # The members' heartbeats stop: once the database is back they are failed as
+            # stale and retried, like a dead worker's.
+            self._abandon(fail=False)
             self.backoff.failed(exc)
         except RuntimeError as exc:  # e.g. out of memory: the population's trials fail
             self._fail_live(str(exc).strip().splitlines()[0][:500])
         except BaseException:
-            with runner.signals_ignored():
-                self._fail_live(None)
+            self._abandon()
             raise
         finally:
-            self.members = []
+            self._abandon(fail=False)
 
     def _stop_reason(self) -> str | None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -190,18 +203,33 @@ class PopulationRun:
         if isinstance(claimed, runner.Claim):
             return claimed
         self.backoff.reset()
-        configs = []
         for trial in claimed:
-            config = self.objective.config(trial, root_number(trial))
-            if unsupported_reason(config) is not None or config.aux_weight:
-                self._record(runner.run_trial(self.study, trial, self.objective))
+            self.heartbeat.add(trial._trial_id)
+        configs = []
+        for i, trial in enumerate(claimed):
+            try:
+                config = self.objective.config(trial, root_number(trial))
+                if unsupported_reason(config) is not None or config.aux_weight:
+                    self.heartbeat.discard(trial._trial_id)  # run_trial beats for it
+                    self._record(runner.run_trial(self.study, trial, self.objective))
+                    continue
+            except runner.DATABASE_ERRORS as exc:
+                # Left RUNNING without beats: failed as stale and retried once it is back.
+                self.heartbeat.discard(trial._trial_id)
+                self.backoff.failed(exc)
                 continue
+            except BaseException:
+                # Ctrl-C or an error while sampling: this trial and those after it will
+                # not run (run_trial has told its own; telling it again changes nothing).
+                runner.fail_untold(self.study, claimed[i:])
+                for untold in claimed[i:]:
+                    self.heartbeat.discard(untold._trial_id)
+                raise
             writer = TrialWriter(trial, self.storage, self.objective.report_every)
             writer.set_user_attr("seed", config.seed)
             writer.set_user_attr("engine", "fused")
             writer.set_user_attr("worker", worker_id())
             self.members.append(_Member(trial, config, writer))
-            self.heartbeat.add(trial._trial_id)
             configs.append(config)
         return configs
 
@@ -218,38 +246,54 @@ class PopulationRun:
 
         Optuna's ``trial.report`` and ``should_prune`` would cost a transaction and a
         read of every running trial per member: K of each per epoch. Here the values go
-        in one transaction and the pruner decides for every member on one read.
+        in one transaction and the pruner decides for every member on one read. A member
+        that another worker failed as stale (and queued a retry of) is dropped: pruned
+        here, never told.
         """
+        members = [self.members[i] for i, _ in rows]
         if not self.prunes:
-            for member_id, metrics in rows:
-                self.members[member_id].writer(metrics)  # kept for the trial's end
-            return []
-        members = {self.members[i].trial._trial_id: self.members[i] for i, _ in rows}
-        lost = self.storage.write_values({self.members[i].trial._trial_id: (m.epoch, m.val_metric)
-                                          for i, m in rows})
-        for trial_id in lost:
-            # Failed as stale by another worker, which queued a retry: stop training it.
-            members[trial_id].lost = True
+            for member, (_, metrics) in zip(members, rows, strict=True):
+                try:
+                    member.writer(metrics)  # kept for the trial's end, or written now
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    member.lost = True
+            return [i for i, _ in rows if self.members[i].lost]
+        lost = self.storage.write_values({m.trial._trial_id: (metrics.epoch, metrics.val_metric)
+                                          for m, (_, metrics) in zip(members, rows, strict=True)})
         trials = self.study.get_trials(deepcopy=False)
         frozen = {t._trial_id: t for t in trials}
         # Pruners read the study through its public methods: the view stands in for it.
         view = cast(optuna.Study, _EpochView(self.study, trials))
-        return [i for i, _ in rows if self.members[i].lost
-                or self.study.pruner.prune(view, frozen[self.members[i].trial._trial_id])]
+        pruned = []
+        for member, (i, _) in zip(members, rows, strict=True):
+            trial_id = member.trial._trial_id
+            try:
+                member.lost = member.lost or trial_id in lost
+                if member.lost:
+                    pruned.append(i)
+                elif self.snapshot_safe:
+                    if self.study.pruner.prune(view, frozen[trial_id]):
+                        pruned.append(i)
+                elif self.study.pruner.prune(  # Trial.should_prune, on the values written
+                        self.study, self.study._storage.get_trial(trial_id)):
+                    pruned.append(i)
+            except optuna.exceptions.UpdateFinishedTrialError:  # a pruner's own write
+                member.lost = True
+                pruned.append(i)
+        return pruned
 
     def _finish(self, member_id: int, result: MemberResult) -> None:
         member = self.members[member_id]
         member.done = True
+        if not member.lost:
+            def conclude() -> float:
+                return self.objective.conclude(member.trial, member.config, result,
+                                               lambda: self._model(member.config, result),
+                                               member.writer)
+
+            self._record(runner.tell_outcome(self.study, member.trial, conclude))
+        # Beating stops once the trial is told (or dropped).
         self.heartbeat.discard(member.trial._trial_id)
-        if member.lost:
-            return
-
-        def conclude() -> float:
-            return self.objective.conclude(member.trial, member.config, result,
-                                           lambda: self._model(member.config, result),
-                                           member.writer)
-
-        self._record(runner.tell_outcome(self.study, member.trial, conclude))
 
     def _model(self, config: TrialConfig, result: MemberResult) -> nn.Module:
         model = build_for(config, self.objective.data())
@@ -263,15 +307,29 @@ class PopulationRun:
             self.on_progress(frozen)
 
     def _fail_live(self, error: str | None) -> None:
-        """Tell every member still training FAIL (the study retries them on resume)."""
+        """An error failed the population: every member still training is told FAIL (the
+        study retries them on resume). It counts as one failure, not one per member."""
+        failures = self.failures
         for member in self.members:
             if member.done or member.lost:
                 continue
             member.done = True
-            self.heartbeat.discard(member.trial._trial_id)
-            try:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError,
+                                     *runner.DATABASE_ERRORS):
                 if error is not None:
                     member.trial.set_user_attr("error", error)
-                self._record(self.study.tell(member.trial, state=TrialState.FAIL))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
+                self._record(self.study.tell(member.trial, state=TrialState.FAIL,
+                                             skip_if_finished=True))
+            self.heartbeat.discard(member.trial._trial_id)
+        self.failures = failures + 1
+
+    def _abandon(self, fail: bool = True) -> None:
+        """The population is over: with ``fail`` (Ctrl-C, an unexpected error), its
+        members still training are told FAIL; in any case nothing beats for them any
+        more, so a member left RUNNING (the database was away) goes stale and is retried."""
+        if fail:
+            runner.fail_untold(self.study, [m.trial for m in self.members
+                                            if not (m.done or m.lost)])
+        for member in self.members:
+            self.heartbeat.discard(member.trial._trial_id)
+        self.members = []

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -206,7 +206,12 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
           n: int = 1) -> list[optuna.Trial] | Claim:
     """Up to ``n`` new RUNNING trials, as many as the budget has room for, atomically
     across workers; else FULL (enough trials finished) or WAIT (the rest of the budget
-    is running elsewhere)."""
+    is running elsewhere).
+
+    Each trial's first heartbeat is recorded as it is created: a RUNNING trial that has
+    never beaten is never taken for stale, so one lost before its worker's heartbeat
+    thread starts (a crash, Ctrl-C, a bug) would hold a slot of the budget forever.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # A dead worker's trial is failed here, and queued again (WAITING) for a retry.
@@ -220,8 +225,25 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
             room = budget - finished(counts) - counts[TrialState.RUNNING]
             if room <= 0:
                 return Claim.WAIT
-            # ask() takes a WAITING (retried or enqueued) trial first.
-            return [study.ask() for _ in range(min(n, room))]
+            trials: list[optuna.Trial] = []
+            try:
+                for _ in range(min(n, room)):
+                    trials.append(study.ask())  # a WAITING (retried) trial first
+                    if storage.optuna.get_heartbeat_interval():
+                        storage.optuna.record_heartbeat(trials[-1]._trial_id)
+            except BaseException:
+                fail_untold(study, trials)
+                raise
+            return trials
+
+
+def fail_untold(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+    """Tell trials that will not run FAIL (they are retried on resume), whatever arrives
+    meanwhile; a trial already finished elsewhere is left as it is."""
+    with signals_ignored():
+        for trial in trials:
+            with contextlib.suppress(*DATABASE_ERRORS):
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
@@ -235,28 +257,25 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial,
     """Tell ``trial`` what ``run()`` gave: its value (COMPLETE), ``TrialPruned`` (PRUNED)
     or a ``RuntimeError`` (FAIL; the study goes on). On Ctrl-C, SIGTERM or any other
     error the trial is told FAIL (it is retried on resume) and the error is raised.
+
+    A trial that another worker took for dead (its heartbeat stalled) and failed, which
+    queued a retry, is left failed: its result is dropped.
     """
     state, value = TrialState.FAIL, None
     try:
-        try:
-            value = run()
-            state = TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except RuntimeError:  # recorded on the trial; the study goes on
-            state = TrialState.FAIL
-        except optuna.exceptions.UpdateFinishedTrialError:
-            raise
-        except BaseException:
-            # Record the trial as failed, even if a second signal arrives meanwhile.
-            with signals_ignored():
-                study.tell(trial, state=TrialState.FAIL)
-            raise
-        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Another worker took this trial for dead (its heartbeat stalled) and failed it;
-        # a retry is queued, so this result is dropped.
+        value = run()
+        state = TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except optuna.exceptions.UpdateFinishedTrialError:  # (a RuntimeError) failed elsewhere
         return study._storage.get_trial(trial._trial_id)
+    except RuntimeError:  # recorded on the trial; the study goes on
+        state = TrialState.FAIL
+    except BaseException:
+        fail_untold(study, [trial])
+        raise
+    return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,
+                      skip_if_finished=True)
 
 
 def ignore_signal(signum: int, frame: FrameType | None) -> None:

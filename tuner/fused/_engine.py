@@ -18,9 +18,7 @@ Differences from sequential runs of the same configs, by design:
   each member is built under its own seed exactly as the sequential objective does.
 * ``EpochMetrics.seconds`` is the wall time of the group's epoch.
 
->>> import torch
-
-from tuner.config import TrialConfig
+>>> from tuner.config import TrialConfig
 >>> from tuner.data import load_splits
 >>> from tuner.metrics import METRICS
 >>> data = load_splits("iris", seed=0)
