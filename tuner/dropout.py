@@ -22,6 +22,7 @@ the epoch, so a checkpoint taken between epochs resumes the same random stream.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,9 +45,7 @@ def keep_below(p: float | Tensor) -> Tensor | int:
 def uniform15(shape: tuple[int, ...], device: torch.device,
               generator: torch.Generator | None = None) -> Tensor:
     """int16 uniforms in ``[0, 2^15)`` of ``shape``, four to a 64-bit draw."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     bits.random_(generator=generator)
     return bits.view(torch.int16)[:n].view(shape).bitwise_and_(SCALE - 1)

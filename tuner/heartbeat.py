@@ -30,13 +30,10 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def add(self, trial_id: int) -> None:
-        """Beat for ``trial_id`` too, from now on. A trial with no beat yet is never taken
-        for stale, so the first beat is recorded here, at once, even before the block."""
+        """Beat for ``trial_id`` too, from the next interval on (its first beat is the one
+        :func:`tuner.runner.claim` records as it creates the trial)."""
         with self._lock:
             self.trial_ids.add(trial_id)
-        if getattr(self.storage, "get_heartbeat_interval", lambda: None)():
-            with contextlib.suppress(Exception):
-                self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
 
     def discard(self, trial_id: int) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
+from torch.optim.adam import adam
 
 from tuner.errors import UsageError
 
@@ -128,15 +129,14 @@ class FastStep:
 
     def __call__(self) -> None:
         grads = [p.grad for p in self.params]
-        if self._state is None or any(g is None for g in grads):
+        complete = all(g is not None for g in grads)
+        if self._state is None or not complete:
             self.optimizer.step()
-            if self.eligible and self._state is None and all(g is not None for g in grads):
+            if self.eligible and self._state is None and complete:
                 states = [self.optimizer.state[p] for p in self.params]
                 self._state = tuple([s[k] for s in states]
                                     for k in ("exp_avg", "exp_avg_sq", "step"))
             return
-        from torch.optim.adam import adam
-
         group = self.optimizer.param_groups[0]
         exp_avgs, exp_avg_sqs, steps = self._state
         with torch.no_grad():  # as Optimizer.step: the update is no part of the graph

@@ -225,15 +225,12 @@ class TunerStorage:
         the trials that had finished (failed as stale elsewhere), which are not written."""
         if not values:
             return set()
-        stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
         with self.session() as conn:
             states = dict(conn.execute(select(TrialModel.trial_id, TrialModel.state)
                                        .where(TrialModel.trial_id.in_(list(values)))).all())
             finished = {t for t in values if states.get(t) is None or states[t].is_finished()}
-            rows = [dict(zip(("intermediate_value", "intermediate_value_type"),
-                             stored(float(value)), strict=True), trial_id=trial_id,
-                         step=int(epoch))
-                    for trial_id, (epoch, value) in values.items() if trial_id not in finished]
+            rows = [row for trial_id, value in values.items() if trial_id not in finished
+                    for row in _value_rows(trial_id, [value])]
             if rows:
                 conn.execute(TrialIntermediateValueModel.__table__.insert(), rows)
         return finished
@@ -294,15 +291,20 @@ class TunerStorage:
                                 .where(models.c.trial_id == trial_id)).scalar()
 
 
+def _value_rows(trial_id: int, values: Sequence[tuple[int, float]]) -> list[dict[str, Any]]:
+    """Rows of Optuna's ``trial_intermediate_values`` for ``(epoch, value)`` pairs."""
+    stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
+    return [dict(zip(("intermediate_value", "intermediate_value_type"),
+                     stored(float(value)), strict=True), trial_id=trial_id, step=int(epoch))
+            for epoch, value in values]
+
+
 def _write_optuna_rows(conn: Connection, trial: Trial, values: Sequence[tuple[int, float]],
                        attrs: Mapping[str, Any]) -> None:
     """Intermediate values and user attributes of a running trial, as Optuna's
     ``trial.report`` and ``trial.set_user_attr`` write them, after the same check."""
     trial_id = trial._trial_id
-    stored = TrialIntermediateValueModel.intermediate_value_to_stored_repr
-    rows = [dict(zip(("intermediate_value", "intermediate_value_type"),
-                     stored(float(value)), strict=True), trial_id=trial_id, step=int(epoch))
-            for epoch, value in values]
+    rows = _value_rows(trial_id, values)
     user = TrialUserAttributeModel.__table__
     state = conn.execute(select(TrialModel.state).where(TrialModel.trial_id == trial_id)).scalar()
     if state is None or state.is_finished():
