@@ -172,8 +172,10 @@ def test_kill_9_of_a_fused_worker_fails_and_retries_its_members(tmp_path: Path) 
 
 def test_sigint_stops_every_worker_and_leaves_the_study_resumable(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
-    args = ["start", "--space", str(slow_space(tmp_path)), "--study", "stop", "--storage", url,
-            "--trials", "3", "--workers", "2", "--quiet"]
+    # Trials long enough that both workers are caught in one even if the second is slow
+    # to start (a spawned process importing torch on a loaded machine); they are stopped.
+    args = ["start", "--space", str(slow_space(tmp_path, epochs=20_000)), "--study", "stop",
+            "--storage", url, "--trials", "3", "--workers", "2", "--quiet"]
     # Default heartbeats here: on a loaded machine a 3 s grace can expire mid-trial.
     proc = tuner(*args, start_new_session=True, env={"TUNER_GRACE_PERIOD": "20"})
     wait_for(lambda: (tmp_path / "tuner.db").exists() and
