@@ -64,4 +64,4 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
         run_study(parsed, storage=db, study_name=name, budget=n_trials or parsed.trials,
                   device=resolve_device(device),
                   engine=None if engine is None else parse_engine(engine))
-    return optuna.load_study(study_name=name, storage=db.optuna)
+    return optuna.load_study(study_name=name, storage=db.studies)

@@ -79,7 +79,7 @@ def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
             raise StudyMismatchError(f"study {name!r} is {study.direction.name.lower()}d, "
                                      f"but the space's metric is {direction}d")
         return study
-    study = optuna.create_study(storage=storage.optuna, study_name=name, direction=direction,
+    study = optuna.create_study(storage=storage.studies, study_name=name, direction=direction,
                                 sampler=build_sampler(space, 0),
                                 pruner=build_pruner(space.pruner, space.task.epochs))
     try:
@@ -98,7 +98,7 @@ def _load(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
     # replay the random start-up points it has already tried.
     n = len(storage.optuna.get_all_trials(storage.optuna.get_study_id_from_name(name),
                                           deepcopy=False))
-    return optuna.load_study(study_name=name, storage=storage.optuna,
+    return optuna.load_study(study_name=name, storage=storage.studies,
                              sampler=build_sampler(space, n),
                              pruner=build_pruner(space.pruner, space.task.epochs))
 
