@@ -66,16 +66,14 @@ _TRIAL = select(TrialModel.number, TrialModel.state, TrialModel._datetime_start_
 
 
 def _of_trial(*columns: Any) -> Select[Any]:
-    """``columns`` of one model's rows for the trial, in the order they were written."""
-    model = columns[0].class_
-    return select(*columns).where(model.trial_id == _ID).order_by(
-        *model.__table__.primary_key.columns)
+    """``columns`` of one model's rows for the trial."""
+    return select(*columns).where(columns[0].class_.trial_id == _ID)
 
 
 _TRIAL_ROWS = (
     _of_trial(TrialValueModel.objective, TrialValueModel.value, TrialValueModel.value_type),
     _of_trial(TrialParamModel.param_name, TrialParamModel.param_value,
-              TrialParamModel.distribution_json),
+              TrialParamModel.distribution_json).order_by(TrialParamModel.param_id),
     _of_trial(TrialUserAttributeModel.key, TrialUserAttributeModel.value_json),
     _of_trial(TrialSystemAttributeModel.key, TrialSystemAttributeModel.value_json),
     _of_trial(TrialIntermediateValueModel.step, TrialIntermediateValueModel.intermediate_value,

@@ -1,0 +1,163 @@
+"""The tuner's cheaper Optuna storage calls (tuner.storage._fast) against Optuna's own.
+
+Every override must give what Optuna's RDBStorage gives on the same database: the same
+FrozenTrials, the same sampled parameters, the same errors, the same stale trials.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from sqlalchemy import text
+
+from tuner.storage import TunerStorage
+
+RDB = optuna.storages.RDBStorage
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[TunerStorage]:
+    st = TunerStorage(f"sqlite:///{tmp_path / 'fast.db'}", heartbeat_interval=1,
+                      grace_period=60).open()
+    yield st
+    st.engine.dispose()
+
+
+def _fill(study: optuna.Study) -> None:
+    """Trials of every kind: finished each way, running, with every kind of value."""
+    for i in range(7):
+        trial = study.ask()
+        trial.suggest_float("x", -1, 1)
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.suggest_int("n", 1, 64, log=True)
+        trial.suggest_categorical("opt", ["adam", "sgd", None])
+        trial.report(float("nan") if i == 1 else 0.1 * i, 1)
+        trial.report(float("inf"), 2)
+        trial.report(float("-inf"), 3)
+        trial.set_user_attr("seed", i)
+        trial.set_user_attr("nested", {"a": [1, 2.5, None]})
+        if i % 4 == 0:
+            study.tell(trial, float("-inf") if i == 4 else 0.25 * i)
+        elif i % 4 == 1:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif i % 4 == 2:
+            study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial({"x": 0.5})
+
+
+def _rows(frozen: optuna.trial.FrozenTrial) -> str:
+    """Every field; parameters in their order, mappings as sets (Optuna does not order
+    them), as text so that NaN equals NaN."""
+    return repr((frozen._trial_id, frozen.number, frozen.state, frozen.values,
+                 frozen.datetime_start, frozen.datetime_complete, list(frozen.params.items()),
+                 list(frozen.distributions.items()), sorted(frozen.user_attrs.items()),
+                 sorted(frozen.system_attrs.items()),
+                 sorted(frozen.intermediate_values.items())))
+
+
+def test_get_trial_equals_optunas_for_every_kind_of_trial(storage: TunerStorage) -> None:
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    _fill(study)
+    trials = RDB.get_all_trials(storage.optuna, study._study_id)
+    assert {t.state for t in trials} == {TrialState.COMPLETE, TrialState.PRUNED,
+                                         TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING}
+    for trial in trials:
+        ours = storage.optuna.get_trial(trial._trial_id)
+        assert _rows(ours) == _rows(RDB.get_trial(storage.optuna, trial._trial_id))
+        assert _rows(ours) == _rows(trial)
+    assert math.isnan(storage.optuna.get_trial(trials[1]._trial_id).intermediate_values[1])
+    with pytest.raises(KeyError):
+        storage.optuna.get_trial(10_000)
+
+
+def test_get_trial_equals_optunas_on_postgres(pg_url: str) -> None:
+    st = TunerStorage(pg_url).open()
+    name = f"fast-{datetime.datetime.now().timestamp()}"
+    try:
+        study = optuna.create_study(storage=st.studies, study_name=name)
+        _fill(study)
+        for trial in RDB.get_all_trials(st.optuna, study._study_id):
+            assert _rows(st.optuna.get_trial(trial._trial_id)) == _rows(trial)
+    finally:
+        optuna.delete_study(study_name=name, storage=st.optuna)
+        st.engine.dispose()
+
+
+def test_a_seeded_study_samples_and_stores_as_on_optunas_storage(tmp_path: Path,
+                                                                  storage: TunerStorage) -> None:
+    def run(on: optuna.storages.BaseStorage | str) -> list[optuna.trial.FrozenTrial]:
+        study = optuna.create_study(storage=on, study_name="same",
+                                    sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=4))
+        study.enqueue_trial({"x": 0.25})  # a WAITING trial is still taken first
+
+        def objective(trial: optuna.Trial) -> float:
+            x = trial.suggest_float("x", -2, 2)
+            k = trial.suggest_int("k", 1, 4)
+            trial.report(x * k, 1)
+            return (x - 0.3) ** 2 + k
+        study.optimize(objective, n_trials=12)
+        return study.get_trials()
+
+    plain = run(f"sqlite:///{tmp_path / 'plain.db'}")
+    ours = run(storage.studies)
+    assert plain[0].params["x"] == 0.25
+    assert [t.params for t in ours] == [t.params for t in plain]
+    assert [(t.number, t.state, t.values, t.intermediate_values) for t in ours] == [
+        (t.number, t.state, t.values, t.intermediate_values) for t in plain]
+    stored = RDB.get_all_trials(storage.optuna, storage.optuna.get_study_id_from_name("same"))
+    assert [t.distributions for t in stored] == [t.distributions for t in plain]
+
+
+def test_the_trial_read_at_ask_is_a_copy_and_later_reads_see_the_database(
+        storage: TunerStorage) -> None:
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    again = storage.studies.get_trial(trial._trial_id)  # no longer the creation's copy
+    assert again.params == {"x": trial.params["x"]}
+    study.tell(trial, 1.0)
+    assert storage.studies.get_trial(trial._trial_id).state == TrialState.COMPLETE
+    assert storage.studies._fresh == {}
+
+
+def test_parameter_writes_check_as_optuna_does(storage: TunerStorage) -> None:
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    first = study.ask()
+    first.suggest_float("x", 0, 1)  # Optuna's path: the study's first "x"
+    second = study.ask()
+    set_param = storage.studies.set_trial_param
+    with pytest.raises(ValueError, match="different distribution"):
+        set_param(second._trial_id, "x", 1.0, optuna.distributions.IntDistribution(0, 3))
+    study.tell(second, 0.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_param(second._trial_id, "x", 0.5, FloatDistribution(0, 1))
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # the same name twice
+        set_param(first._trial_id, "x", 0.5, FloatDistribution(0, 1))
+    with pytest.raises(KeyError):
+        storage.optuna._set_trial_param(10_000, "x", 0.5, FloatDistribution(0, 1),
+                                        FloatDistribution(0, 1))
+    assert storage.optuna.get_trial(second._trial_id).params == {}
+
+
+def test_stale_trials_are_optunas(storage: TunerStorage) -> None:
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    beating, old, never, done = (study.ask() for _ in range(4))
+    for trial in (beating, old, done):
+        storage.optuna.record_heartbeat(trial._trial_id)
+    study.tell(done, 1.0)
+    an_hour_ago = datetime.datetime.utcnow() - datetime.timedelta(hours=1)
+    with storage.engine.begin() as conn:  # two of them last beat an hour ago
+        conn.execute(text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id IN "
+                          "(:a, :b)"), {"t": an_hour_ago, "a": old._trial_id,
+                                        "b": done._trial_id})
+    stale = storage.optuna._get_stale_trial_ids(study._study_id)
+    assert stale == [old._trial_id]
+    assert stale == RDB._get_stale_trial_ids(storage.optuna, study._study_id)
+    assert never._trial_id not in stale
