@@ -77,14 +77,41 @@ def test_get_trial_equals_optunas_for_every_kind_of_trial(storage: TunerStorage)
         storage.optuna.get_trial(10_000)
 
 
-def test_get_trial_equals_optunas_on_postgres(pg_url: str) -> None:
+@pytest.mark.parametrize("states", [None, (TrialState.RUNNING,),
+                                    (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
+                                    ()])
+@pytest.mark.parametrize(("included", "after"), [(set(), -1), ({3, 5, 30, 200}, 20),
+                                                 (set(), 10), ({4, 12}, 1000)])
+def test_get_trials_equals_optunas(storage: TunerStorage, states: tuple[TrialState, ...] | None,
+                                   included: set[int], after: int) -> None:
+    """Every filter Optuna's cache refreshes itself with: states, and the ids it holds
+    unfinished plus those past the last finished one."""
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    for _ in range(4):
+        _fill(study)
+    ours = storage.optuna._get_trials(study._study_id, states, included, after)
+    theirs = RDB._get_trials(storage.optuna, study._study_id, states, included, after)
+    assert [_rows(t) for t in ours] == [_rows(t) for t in theirs]
+    assert states == () or ours  # the case is not vacuous
+    with pytest.raises(KeyError):
+        storage.optuna._get_trials(study._study_id + 1, states, included, after)
+
+
+def test_trial_reads_equal_optunas_on_postgres(pg_url: str) -> None:
     st = TunerStorage(pg_url).open()
     name = f"fast-{datetime.datetime.now().timestamp()}"
     try:
         study = optuna.create_study(storage=st.studies, study_name=name)
         _fill(study)
-        for trial in RDB.get_all_trials(st.optuna, study._study_id):
+        theirs = RDB._get_trials(st.optuna, study._study_id, None, set(), -1)
+        for trial in theirs:
             assert _rows(st.optuna.get_trial(trial._trial_id)) == _rows(trial)
+        running = {t._trial_id for t in theirs if t.state == TrialState.RUNNING}
+        ours = st.optuna._get_trials(study._study_id, [TrialState.RUNNING, TrialState.WAITING],
+                                     running, theirs[2]._trial_id)
+        assert [_rows(t) for t in ours] == [_rows(t) for t in RDB._get_trials(
+            st.optuna, study._study_id, [TrialState.RUNNING, TrialState.WAITING], running,
+            theirs[2]._trial_id)]
     finally:
         optuna.delete_study(study_name=name, storage=st.optuna)
         st.engine.dispose()
