@@ -2,8 +2,8 @@
 
 A trial of a small model lasts a fraction of a second, and Optuna's ask, suggest and
 tell each cost a transaction or a read of the study through SQLAlchemy's ORM, about a
-millisecond apiece on SQLite. Three of them repeat on every trial and have a cheaper
-equivalent; everything else is Optuna's own code.
+millisecond apiece on SQLite. The calls below repeat on every trial (or every
+suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
 
 * ``study.ask`` first looks for a WAITING trial (an enqueued or retried one) by
   reloading every unfinished trial of the study. :class:`StudyStorage` first asks the
@@ -44,7 +44,7 @@ import functools
 import json
 import types
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -90,25 +90,23 @@ _CHILD_COLUMNS = (
 )
 
 
-def _children(where: Callable[[Any], Any], joined: bool) -> tuple[Select[Any], ...]:
-    """The five child-table statements, filtered by ``where(trial_id column)``, or, when
-    ``joined``, by ``where`` on the trials table they are joined to. Parameters come in
-    the order they were set, as Optuna sorts them."""
+def _children(conditions: Sequence[Any] | None = None) -> tuple[Select[Any], ...]:
+    """The five child-table statements: for the trial ``_ID``, or, with ``conditions``,
+    for the trials they select (on the trials table, joined). Parameters come in the
+    order they were set, as Optuna sorts them."""
     out = []
     for columns in _CHILD_COLUMNS:
-        statement = select(*columns)
-        if joined:
-            statement = statement.join(TrialModel, TrialModel.trial_id == columns[0])
-            statement = statement.where(*where(None))
-        else:
-            statement = statement.where(where(columns[0]))
-        if columns[0].class_ is TrialParamModel:
+        trial_id = columns[0]
+        statement = (select(*columns).where(trial_id == _ID) if conditions is None else
+                     select(*columns).join(TrialModel, TrialModel.trial_id == trial_id)
+                     .where(*conditions))
+        if trial_id.class_ is TrialParamModel:
             statement = statement.order_by(TrialParamModel.param_id)
         out.append(statement)
     return tuple(out)
 
 
-_TRIAL_ROWS = _children(lambda trial_id: trial_id == _ID, joined=False)
+_TRIAL_ROWS = _children()
 TRIAL_STATE = select(TrialModel.state).where(TrialModel.trial_id == _ID)
 _INSERT_PARAM = TrialParamModel.__table__.insert()
 _STUDY: BindParameter[int] = bindparam("study_id", type_=Integer)
@@ -126,27 +124,25 @@ def _trials_query(with_states: bool, mode: str) -> tuple[Select[Any], tuple[Sele
     """The statements of :meth:`TunerRDBStorage._get_trials` for one shape of filter:
     with or without ``states``; trials ``after`` an id, ``both`` those and the ``ids``
     given, or ``all``."""
-    def where(_: Any) -> list[Any]:
-        conditions = [TrialModel.study_id == _STUDY]
-        if with_states:
-            conditions.append(TrialModel.state.in_(bindparam("states", expanding=True)))
-        after = TrialModel.trial_id > bindparam("after", type_=Integer)
-        if mode == "after":
-            conditions.append(after)
-        elif mode == "both":
-            conditions.append(or_(TrialModel.trial_id.in_(bindparam("ids", expanding=True)),
-                                  after))
-        return conditions
-    trials = select(*_TRIAL_COLUMNS).where(*where(None)).order_by(TrialModel.trial_id)
-    return trials, _children(where, joined=True)
+    conditions = [TrialModel.study_id == _STUDY]
+    if with_states:
+        conditions.append(TrialModel.state.in_(bindparam("states", expanding=True)))
+    after = TrialModel.trial_id > bindparam("after", type_=Integer)
+    if mode == "after":
+        conditions.append(after)
+    elif mode == "both":
+        conditions.append(or_(TrialModel.trial_id.in_(bindparam("ids", expanding=True)), after))
+    trials = select(*_TRIAL_COLUMNS).where(*conditions).order_by(TrialModel.trial_id)
+    return trials, _children(conditions)
+
 
 # Fresh trials nobody read (created WAITING by enqueue_trial, say) are forgotten past this.
 _MAX_FRESH = 256
 
 
 class TunerRDBStorage(optuna.storages.RDBStorage):
-    """:class:`optuna.storages.RDBStorage` with a cheaper parameter write, trial read and
-    stale-trial check (see the module)."""
+    """:class:`optuna.storages.RDBStorage` with cheaper trial reads, parameter writes and
+    stale-trial checks (see the module)."""
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         key = {"trial_id": trial_id}
