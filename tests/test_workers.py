@@ -63,7 +63,13 @@ def tuner(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> su
 def states(url: str, study: str) -> dict[TrialState, int]:
     counts = dict.fromkeys(TrialState, 0)
     try:
-        trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+        # Read only: a storage that may create tables would race the worker creating them.
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        try:
+            trials = optuna.load_study(study_name=study, storage=storage).get_trials(
+                deepcopy=False)
+        finally:
+            storage.engine.dispose()
     except (KeyError, sqlalchemy.exc.SQLAlchemyError,
             optuna.exceptions.StorageInternalError):  # not created yet, or being created
         return counts
