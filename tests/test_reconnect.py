@@ -106,3 +106,30 @@ def test_postgres_connections_killed_mid_study_are_survived(pg_url: str) -> None
             and t.state != optuna.trial.TrialState.FAIL]
     assert len(done) == 6
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_opening_a_database_another_process_is_creating_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening writes Optuna's schema rows where missing; a process that loses that race
+    to another (a unique-key violation) opens again instead of failing."""
+    import tuner.storage._store as store
+
+    real, calls = store.TunerRDBStorage, []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "TunerRDBStorage", racing)
+    storage = TunerStorage(f"sqlite:///{tmp_path / 'race.db'}").open()
+    assert len(calls) == 2 and storage.study_names() == []
+
+    def always(*args: Any, **kwargs: Any) -> Any:
+        raise sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+    monkeypatch.setattr(store, "TunerRDBStorage", always)
+    with pytest.raises(StorageError, match="UNIQUE constraint failed"):
+        TunerStorage(f"sqlite:///{tmp_path / 'race2.db'}").open()

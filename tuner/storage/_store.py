@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from optuna.storages._rdb.models import (
 from optuna.trial import Trial
 from sqlalchemy import Connection, create_engine, event, inspect, make_url, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from tuner.errors import StorageError, UsageError
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
@@ -112,6 +113,28 @@ def _check_schema(url: str, engine_kwargs: dict[str, Any]) -> bool:
     return all(t in names for t in TUNER_TABLES)
 
 
+def _open_optuna(url: str, engine_kwargs: dict[str, Any], create: bool,
+                 heartbeat: dict[str, Any]) -> TunerRDBStorage:
+    """Optuna's storage on ``url``. Opening one writes Optuna's schema rows
+    (``version_info``, ``alembic_version``) where they are missing, so two processes
+    opening a new database at once (a worker creating it, a reader or a second worker)
+    can both try to: the loser's insert violates a unique key, and by then the rows are
+    there, so it opens again."""
+    def attempt() -> TunerRDBStorage:
+        return TunerRDBStorage(url, engine_kwargs=engine_kwargs,
+                               skip_table_creation=not create, **heartbeat)
+
+    for tries in range(1, _OPEN_TRIES):
+        try:
+            return attempt()
+        except IntegrityError:
+            time.sleep(0.05 * tries)
+    return attempt()
+
+
+_OPEN_TRIES = 4
+
+
 class TunerStorage:
     """A study database: Optuna's storage and the tuner's tables on one engine.
 
@@ -168,9 +191,7 @@ class TunerStorage:
         try:
             if not self.create:
                 self.tuner_tables = _check_schema(self.url, engine_kwargs)
-            self._optuna = TunerRDBStorage(
-                self.url, engine_kwargs=engine_kwargs, skip_table_creation=not self.create,
-                **heartbeat)  # type: ignore[arg-type]
+            self._optuna = _open_optuna(self.url, engine_kwargs, self.create, heartbeat)
             if self.create:
                 if path is not None:
                     event.listen(self.engine, "connect", _on_sqlite_connect)
