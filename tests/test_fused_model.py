@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tuner.fused import FusedMLP, add_input_noise, member_loss
+from tuner.fused._model import _Layout
 from tuner.models import MLP
 
 
@@ -71,6 +72,54 @@ def test_train_forward_backward_and_batch_norm_statistics_equal_each_member(
                 torch.testing.assert_close(value, m.state_dict()[name], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_train_step_losses_gradients_and_statistics_equal_each_member(
+        shape: dict[str, int]) -> None:
+    """The written-out backward pass against torch's autograd on each member's own MLP."""
+    members = _members(3, **shape)  # type: ignore[arg-type]
+    fused = FusedMLP.from_members(members)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    task = "regression" if shape.get("n_outputs") == 1 else "classification"
+    y = torch.randn(9, dtype=torch.float64) if task == "regression" else torch.randint(0, 3, (9,))
+
+    losses = fused.train_step(x, y, task)
+
+    for i, m in enumerate(members):
+        m.train()
+        out = m(x)
+        loss = F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out[:, 0], y)
+        torch.testing.assert_close(losses[i], loss.detach(), rtol=1e-12, atol=1e-12)
+        expected = dict(zip([n for n, _ in m.named_parameters()],
+                            torch.autograd.grad(loss, list(m.parameters())), strict=True))
+        for name, grad in _Layout.views(fused.grad, fused.layout.params).items():
+            torch.testing.assert_close(grad[i], expected[name], rtol=1e-10, atol=1e-12,
+                                       msg=name)
+        for name, value in fused.state_dict(i).items():
+            if "running" in name:
+                torch.testing.assert_close(value, m.state_dict()[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_train_step_with_dropout_equals_autograd_through_forward(kind: str,
+                                                                 batchnorm: bool) -> None:
+    """Both draw the same masks from the same generator; the gradients are autograd's."""
+    members = [_members(1, hidden=16, dropout=p, kind=kind, batchnorm=batchnorm)[0]
+               for p in (0.0, 0.2, 0.5)]
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    stepped, differentiated = FusedMLP.from_members(members), FusedMLP.from_members(members)
+
+    losses = stepped.train_step(x, y, "classification", torch.Generator().manual_seed(3))
+    reference = member_loss("classification", differentiated.forward(
+        x, train=True, generator=torch.Generator().manual_seed(3)), y)
+    grads = torch.autograd.grad(reference.sum(), differentiated.leaves())
+
+    torch.testing.assert_close(losses, reference.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stepped.grad, torch.cat([g.flatten(1) for g in grads], 1),
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(stepped.buffers, differentiated.buffers, rtol=1e-12, atol=1e-12)
+
+
 def test_members_round_trip() -> None:
     members = _members(3, batchnorm=True)
     for i, m in enumerate(members):
@@ -130,7 +179,8 @@ def _hidden_after_dropout(kind: str, rates: list[float]) -> tuple[torch.Tensor, 
     clean = torch.relu(torch.baddbmm(bias.unsqueeze(1), x.expand(len(rates), -1, -1),
                                      weight.transpose(1, 2)))
     with torch.no_grad():
-        dropped = fused._drop(clean, torch.Generator().manual_seed(0))
+        dropped = clean * fused._mask(tuple(clean.shape), clean.dtype,
+                                      torch.Generator().manual_seed(0))
     return clean, dropped
 
 
@@ -179,12 +229,17 @@ def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm:
     mixed = FusedMLP.from_members(members, torch.bfloat16)
     x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
 
-    losses = [member_loss("classification", f.forward(x, train=True), y) for f in (exact, mixed)]
-    grads = [torch.autograd.grad(loss.sum(), f.leaves())
-             for loss, f in zip(losses, (exact, mixed), strict=True)]
+    losses = [f.train_step(x, y, "classification") for f in (exact, mixed)]
+    grads = [list(_Layout.views(f.grad, f.layout.params).values()) for f in (exact, mixed)]
+    twin = FusedMLP.from_members(members, torch.bfloat16)
+    autograd = torch.autograd.grad(
+        member_loss("classification", twin.forward(x, train=True), y).sum(), twin.leaves())
 
     assert mixed.params.dtype == torch.float32 and mixed.buffers.dtype == torch.float32
-    assert all(g.dtype == torch.bfloat16 for g in grads[1])
+    # The passes ran in bfloat16 (autograd's gradients of them are), the gradients
+    # handed to the optimizer are float32.
+    assert all(g.dtype == torch.bfloat16 for g in autograd)
+    assert mixed.grad.dtype == torch.float32
     # bfloat16 keeps 8 bits of mantissa: the passes agree to about 1%.
     torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)
     flat = [torch.cat([g.float().flatten() for g in gs]) for gs in grads]

@@ -3,6 +3,9 @@ that decides how many CPU threads torch uses for them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from tuner.errors import UsageError
@@ -20,6 +23,40 @@ MACHINE_THREADS = torch.get_num_threads()
 # units on batches of 256 (12,000 samples) ran 10-20x faster. The cores are better
 # used by trials side by side: `--workers N` gives each worker its share of them.
 CPU_THREADS = 1
+
+
+def _flushing() -> bool:
+    """Whether this thread's CPU flushes subnormal floats to zero now (a subnormal times
+    one is zero then); torch can set the mode but not read it."""
+    return float(torch.tensor([1e-40]).mul(1.0)) == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Within the block, subnormal floats (below 1.2e-38 in float32) count as zero on
+    the CPU (``torch.set_flush_denormal``), as they are back where they were after.
+
+    Arithmetic on subnormals takes a slow path in the CPU, a hundred cycles an
+    operation. Training produces them: Adam's second moments of tiny gradients, the
+    weights and activations of members that learn slowly. Measured on a fused
+    population of 32 digits MLPs: 8-35% slower epochs as they accumulated, none with
+    them flushed. Values that small are zero for every loss a trial computes. The mode
+    is per thread; the tuner trains on one (``CPU_THREADS``).
+
+    >>> with flush_denormals():
+    ...     float(torch.tensor([1e-40]) * 1.0)
+    0.0
+    >>> float(torch.tensor([1e-40]) * 1.0) > 0
+    True
+    """
+    before = _flushing()
+    if not torch.set_flush_denormal(True):  # a CPU without the mode: nothing to do
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

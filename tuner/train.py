@@ -29,6 +29,7 @@ from torch import nn
 
 from tuner.config import TrialConfig
 from tuner.data import Splits
+from tuner.device import flush_denormals
 from tuner.dropout import epoch_masks
 from tuner.errors import UsageError
 from tuner.metrics import METRICS, Metric, is_better, loss_fn, metric_value
@@ -168,6 +169,7 @@ def _batch_sizes(n: int, batch_size: int) -> list[int]:
     return [bs] * (n_batches - 1) + [n - bs * (n_batches - 1)]
 
 
+@flush_denormals()
 def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric,
           report: Report | None = None, resume: Checkpoint | None = None,
           checkpoint: Callable[[Checkpoint], None] | None = None,

@@ -11,7 +11,7 @@ tensor. The engine takes callbacks and knows nothing of Optuna or SQL.
 from tuner.fused._engine import train_population, unsupported_reason
 from tuner.fused._group import MemberResult, group_key
 from tuner.fused._metrics import evaluate_members, member_loss, member_metric
-from tuner.fused._model import FusedMLP, MLPSpec, add_input_noise, batched_linear
+from tuner.fused._model import FusedMLP, MLPSpec, add_input_noise
 from tuner.fused._optim import (
     FAMILIES,
     FusedOptimizer,
@@ -32,7 +32,6 @@ __all__ = [
     "add_input_noise",
     "add_penalty_grad_",
     "apply_max_norm_",
-    "batched_linear",
     "evaluate_members",
     "group_key",
     "member_loss",

@@ -38,6 +38,7 @@ import torch
 
 from tuner.config import TrialConfig
 from tuner.data import Splits
+from tuner.device import flush_denormals
 from tuner.fused._group import Group, Member, MemberResult, fits, group_key, joint_key
 from tuner.fused._optim import resolve_hyper
 from tuner.fused._schedule import resolve_schedule
@@ -86,6 +87,7 @@ def _partition(members: list[Member]) -> list[list[Member]]:
     return list(groups.values())
 
 
+@flush_denormals()
 def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Metric,
                      report: MemberReport | None = None,
                      report_epoch: EpochReport | None = None, on_finish: OnFinish | None = None,

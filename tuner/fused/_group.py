@@ -21,7 +21,7 @@ from torch import Tensor
 
 from tuner.config import TrialConfig
 from tuner.data import Splits
-from tuner.fused._metrics import evaluate_members, member_loss
+from tuner.fused._metrics import evaluate_members
 from tuner.fused._model import FusedMLP, add_input_noise
 from tuner.fused._optim import FAMILIES, FusedOptimizer, add_penalty_grad_, apply_max_norm_
 from tuner.fused._schedule import FusedSchedule
@@ -164,7 +164,6 @@ class Group:
         self.noise = knobs["noise"] if bool((knobs["noise"] != 0).any()) else None
         finite = bool(torch.isfinite(knobs["max_norm"]).any())
         self.max_norm = knobs["max_norm"] if finite else None
-        self.grad = torch.empty_like(self.model.params)
 
     # -- one epoch ---------------------------------------------------------------------
 
@@ -178,7 +177,6 @@ class Group:
         model, k = self.model, self.model.size
         lr_host = self.schedule.lr
         lr = lr_host.to(x.device)
-        leaves = model.leaves()
         n_weights = model.layout.n_weights
         order = torch.randperm(n, generator=self.order_generator, device=x.device)
         loss_sum = torch.zeros(k, dtype=x.dtype, device=x.device)
@@ -191,16 +189,12 @@ class Group:
                                     data.image_shape).view(k, -1, xb.shape[1])
             if self.noise is not None:
                 xb = add_input_noise(xb, self.noise, self.noise_generator)
-            losses = member_loss(data.task, model.forward(xb, train=True,
-                                                          generator=self.noise_generator), yb)
-            loss_sum.add_(losses.detach(), alpha=idx.shape[0])
-            # Members are independent, so the gradient of the sum is each member's own.
-            grads = torch.autograd.grad(losses.sum(), leaves)
-            torch.cat([g.reshape(k, -1) for g in grads], dim=1, out=self.grad)
+            losses = model.train_step(xb, yb, data.task, self.noise_generator)
+            loss_sum.add_(losses, alpha=idx.shape[0])
             if self.l1 is not None or self.l2 is not None:
-                add_penalty_grad_(self.grad[:, :n_weights], model.params[:, :n_weights],
+                add_penalty_grad_(model.grad[:, :n_weights], model.params[:, :n_weights],
                                   self.l1, self.l2)
-            self.optimizer.step(model.params, self.grad, lr)
+            self.optimizer.step(model.params, model.grad, lr)
             if self.max_norm is not None:
                 apply_max_norm_(model.weights(), self.max_norm)
         model.batches += n_batches

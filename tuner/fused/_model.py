@@ -8,6 +8,14 @@ views each matrix as ``[K, out, in]`` and runs one batched matrix product per la
 order of :class:`tuner.models.MLP`: ``Linear -> [BatchNorm] -> ReLU -> [Dropout]``.
 Batch norm keeps statistics per member; dropout rates are per member.
 
+Training runs :meth:`FusedMLP.train_step`: the forward and backward passes written out,
+without autograd, so that each member's gradients land in one ``[K, P]`` buffer laid
+out as the parameters (no concatenation), every batched product has the operand
+layout that is fast for it, and ReLU and dropout share one mask. On a CPU the step is
+memory-bound (a K=32 population's activations do not fit in the cache), so each pass
+over an activation that is saved is time saved. :meth:`FusedMLP.forward` is the same
+model differentiable by autograd, and the tests hold the two to each other.
+
 >>> import torch
 >>> from tuner.models import MLP
 >>> members = [MLP(4, 3, hidden=8, layers=2) for _ in range(5)]
@@ -23,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -118,66 +125,23 @@ class _Layout:
         return {n: flat[:, s.start:s.end].view(flat.shape[0], *s.shape) for n, s in slots.items()}
 
 
-class _BatchedLinear(torch.autograd.Function):
-    """``x @ w^T + b`` for every member at once: ``[K, B, in] -> [K, B, out]``.
-
-    The backward products are written out because autograd's own backward of
-    ``baddbmm(b, x, w.transpose(1, 2))`` forms the weight gradient as ``x^T @ g`` and
-    then transposes it, which is several times slower than ``g^T @ x`` here.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        x = x.to(weight.dtype)  # the model's inputs, in a reduced compute precision
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        wt = weight.transpose(1, 2)
-        return torch.bmm(x, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, wt)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None]:
-        x, weight = ctx.saved_tensors
-        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(grad.transpose(1, 2), x)
-        grad_b = grad.sum(1) if ctx.has_bias else None
-        return grad_x, grad_w, grad_b
+# threshold_backward(t, z, 0) is t where z > 0, else 0, in one pass: ReLU's backward.
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward
 
 
-class _BatchedHead(torch.autograd.Function):
-    """The output layer, computed transposed: ``w @ x^T + b`` gives ``[K, out, B]``.
-
-    With few outputs (classes) this orientation is the faster product, and it leaves
-    the logits with the class axis in the middle, where cross-entropy's log-softmax
-    is vectorized along the batch instead of along a handful of classes. In a reduced
-    compute precision the logits are handed on in float32, for the loss.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        x = x.to(weight.dtype)
-        ctx.save_for_backward(x, weight)
-        out = torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2))
-        return out if out.dtype == torch.float64 else out.float()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
-        x, weight = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        grad_x = torch.bmm(grad.transpose(1, 2), weight) if ctx.needs_input_grad[0] else None
-        return grad_x, torch.bmm(grad, x), grad.sum(2)
-
-
-def batched_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``[K, B, in] x [K, out, in] (+ [K, out]) -> [K, B, out]``."""
-    out: Tensor = _BatchedLinear.apply(x, weight, bias)
-    return out
-
-
-def batched_head(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """The output layer as :func:`batched_linear`, returned as a ``[K, B, out]`` view of
-    contiguous ``[K, out, B]`` logits (see :class:`_BatchedHead`)."""
-    out: Tensor = _BatchedHead.apply(x, weight, bias)
-    return out.transpose(1, 2)
+def _loss_and_grad(task: str, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Each member's loss on logits ``[K, out, B]`` (as :func:`tuner.fused.member_loss`
+    computes it: cross-entropy or squared error, the batch mean) and its gradient."""
+    k, _, b = logits.shape
+    if task == "classification":
+        log_p = torch.log_softmax(logits, dim=1)
+        target = y.view(1, 1, b).expand(k, 1, b)
+        losses = log_p.gather(1, target).mean(2).neg_().squeeze(1)
+        grad = log_p.exp_()  # softmax(logits) - onehot(y), over the batch size
+        grad.scatter_add_(1, target, grad.new_full((1, 1, 1), -1.0).expand(k, 1, b))
+        return losses, grad.div_(b)
+    error = logits - y
+    return error.square().mean((1, 2)), error.mul_(2 / b)
 
 
 def add_input_noise(x: Tensor, sigma: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -192,7 +156,8 @@ def add_input_noise(x: Tensor, sigma: Tensor, generator: torch.Generator | None)
 class FusedMLP:
     """K tuner MLPs of one :class:`MLPSpec`, trained as one batched model.
 
-    ``params`` is ``[K, P]``, ``buffers`` ``[K, Pb]`` (batch-norm running statistics),
+    ``params`` is ``[K, P]`` and ``grad`` too (what :meth:`train_step` computes),
+    ``buffers`` ``[K, Pb]`` (batch-norm running statistics),
     ``batches`` ``[K]`` (batch norm's ``num_batches_tracked``), ``dropout`` ``[K]``
     (each member's rate). Build one with :meth:`from_members`; get a member back as an
     ordinary MLP with :meth:`member`, or its ``state_dict`` with :meth:`state_dict`.
@@ -260,6 +225,12 @@ class FusedMLP:
                              else _Layout.views(self._shadow, self.layout.params))
         for view in self._param_views.values():
             view.requires_grad_(True)
+        # Gradients in the parameters' layout; train_step writes them in the compute
+        # dtype, so in a reduced one through a copy.
+        self.grad = torch.empty_like(self.params)
+        self._grad_shadow = None if self._shadow is None else torch.empty_like(self._shadow)
+        self._grad_views = _Layout.views(
+            self.grad if self._grad_shadow is None else self._grad_shadow, self.layout.params)
         self._buffer_views = _Layout.views(self.buffers, self.layout.buffers)
         p = self.dropout.to(self.params.dtype).view(-1, 1, 1)
         self._dropout_on = bool((self.dropout > 0).any())
@@ -278,55 +249,159 @@ class FusedMLP:
 
     def forward(self, x: Tensor, *, train: bool,
                 generator: torch.Generator | None = None) -> Tensor:
-        """Outputs ``[K, B, n_outputs]`` for inputs ``[B, F]`` (shared) or ``[K, B, F]``.
+        """Outputs ``[K, B, n_outputs]`` for inputs ``[B, F]`` (shared) or ``[K, B, F]``,
+        differentiable by autograd with respect to :meth:`leaves`.
 
         In training, batch norm uses and updates each member's batch statistics and
         dropout draws from ``generator``; in eval both are the identity transform of the
-        sequential MLP's eval mode.
+        sequential MLP's eval mode. (Training itself runs :meth:`train_step`, which
+        draws the same masks from the same generator.)
         """
-        views = self._param_views
+        views, h = self._param_views, self._inputs(x)
+        for layer in self.layout.layers:
+            w = views[layer.weight].transpose(1, 2)
+            h = (torch.bmm(h, w) if layer.bias is None
+                 else torch.baddbmm(views[layer.bias].unsqueeze(1), h, w))
+            if layer.bn is not None:
+                h = (self._batch_norm_train(h, layer.bn)[0] if train
+                     else self._batch_norm_eval(h, layer.bn))
+            h = torch.relu(h)
+            if train and self._dropout_on:
+                h = h * self._mask(tuple(h.shape), h.dtype, generator)
+        return self._head(h).transpose(1, 2)
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        """The first layer's input ``[K, B, F]``, in the compute dtype (refreshing the
+        reduced-precision copy of the weights first)."""
         if self._shadow is not None:
             with torch.no_grad():
                 self._shadow.copy_(self.params)
             x = x.to(self.compute)
-        h = x if x.ndim == 3 else x.expand(self.size, *x.shape)
-        for layer in self.layout.layers:
-            h = batched_linear(h, views[layer.weight], views[layer.bias] if layer.bias else None)
-            if layer.bn is not None:
-                h = self._batch_norm(h, layer.bn, train)
-            h = torch.relu(h)
-            if train and self._dropout_on:
-                h = self._drop(h, generator)
-        return batched_head(h, views["head.weight"], views["head.bias"])
+        return x if x.ndim == 3 else x.expand(self.size, *x.shape)
 
-    def _batch_norm(self, h: Tensor, prefix: str, train: bool) -> Tensor:
-        # In a reduced compute precision, batch norm runs in the statistics' dtype (as
-        # autocast does): normalizing in bfloat16 loses several percent of the gradient.
-        dtype = h.dtype
-        h = h.to(self.buffers.dtype)
-        weight = self._param_views[f"{prefix}.weight"].unsqueeze(1).to(h.dtype)
-        bias = self._param_views[f"{prefix}.bias"].unsqueeze(1).to(h.dtype)
-        running_mean = self._buffer_views[f"{prefix}.running_mean"]
-        running_var = self._buffer_views[f"{prefix}.running_var"]
-        if not train:
-            scale = weight * torch.rsqrt(running_var.unsqueeze(1) + BN_EPS)
-            return torch.addcmul(bias - running_mean.unsqueeze(1) * scale, h, scale).to(dtype)
-        var, mean = torch.var_mean(h, dim=1, correction=0, keepdim=True)
-        with torch.no_grad():
-            n = h.shape[1]
-            running_mean.lerp_(mean.squeeze(1), BN_MOMENTUM)
-            # The running variance is the unbiased one, as torch's batch norm keeps it.
-            running_var.lerp_(var.squeeze(1) * (n / max(n - 1, 1)), BN_MOMENTUM)
-        return torch.addcmul(bias, (h - mean) * torch.rsqrt(var + BN_EPS), weight).to(dtype)
+    def _head(self, h: Tensor) -> Tensor:
+        """The output layer computed transposed, ``w @ h^T + b``: ``[K, out, B]``.
 
-    def _drop(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
+        With few outputs (classes) this orientation is the faster product, and it leaves
+        the logits with the class axis in the middle, where cross-entropy's log-softmax
+        is vectorized along the batch instead of along a handful of classes. In a reduced
+        compute precision the logits are handed on in float32, for the loss.
+        """
+        views = self._param_views
+        out = torch.baddbmm(views["head.bias"].unsqueeze(2), views["head.weight"],
+                            h.transpose(1, 2))
+        return out if out.dtype == torch.float64 else out.float()
+
+    def _mask(self, shape: tuple[int, ...], dtype: torch.dtype,
+              generator: torch.Generator | None) -> Tensor:
+        """Each member's dropout multiplier for activations of ``shape``."""
         if self.spec.dropout_kind == "gaussian":
             # N(1, p/(1-p)) per unit: GaussianDropout's noise, with each member's p.
-            noise = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
-            return h * noise.mul_(self._gaussian_std).add_(1)
+            noise = torch.randn(shape, generator=generator, device=self.params.device,
+                                dtype=dtype)
+            return noise.mul_(self._gaussian_std).add_(1)
         # Inverted dropout: keep with probability 1-p, scale the kept units by 1/(1-p),
         # with tuner.dropout's 15-bit uniforms (four to a 64-bit draw).
-        return h * dropout_mask(tuple(h.shape), self._rate, h.dtype, h.device, generator)
+        return dropout_mask(shape, self._rate, dtype, self.params.device, generator)
+
+    # Batch norm runs in the statistics' dtype (as autocast does): normalizing in
+    # bfloat16 loses several percent of the gradient.
+
+    def _batch_norm_eval(self, h: Tensor, prefix: str) -> Tensor:
+        weight, bias = self._bn_affine(prefix)
+        running_mean = self._buffer_views[f"{prefix}.running_mean"].unsqueeze(1)
+        running_var = self._buffer_views[f"{prefix}.running_var"].unsqueeze(1)
+        scale = weight * torch.rsqrt(running_var + BN_EPS)
+        return torch.addcmul(bias - running_mean * scale, h.to(scale.dtype),
+                             scale).to(h.dtype)
+
+    def _batch_norm_train(self, h: Tensor, prefix: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalized with the batch's statistics, which the running ones follow;
+        returns the output and, for the backward pass, the normalized input and the
+        inverse standard deviations."""
+        weight, bias = self._bn_affine(prefix)
+        z = h.to(self.buffers.dtype)
+        var, mean = torch.var_mean(z, dim=1, correction=0, keepdim=True)
+        with torch.no_grad():
+            n = z.shape[1]
+            self._buffer_views[f"{prefix}.running_mean"].lerp_(mean.squeeze(1), BN_MOMENTUM)
+            # The running variance is the unbiased one, as torch's batch norm keeps it.
+            self._buffer_views[f"{prefix}.running_var"].lerp_(
+                var.squeeze(1) * (n / max(n - 1, 1)), BN_MOMENTUM)
+        inv_std = torch.rsqrt(var + BN_EPS)
+        normalized = (z - mean) * inv_std
+        return torch.addcmul(bias, normalized, weight).to(h.dtype), normalized, inv_std
+
+    def _bn_affine(self, prefix: str) -> tuple[Tensor, Tensor]:
+        views, dtype = self._param_views, self.buffers.dtype
+        return (views[f"{prefix}.weight"].unsqueeze(1).to(dtype),
+                views[f"{prefix}.bias"].unsqueeze(1).to(dtype))
+
+    # -- training --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def train_step(self, x: Tensor, y: Tensor, task: str,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """One training batch for every member: returns the losses ``[K]`` and leaves
+        each member's gradient of its own loss in :attr:`grad`.
+
+        ``x`` is ``[B, F]`` (shared) or ``[K, B, F]``, ``y`` ``[B]``; the loss is
+        :func:`tuner.fused.member_loss`'s (cross-entropy or squared error, the batch
+        mean). Batch norm's running statistics are updated and dropout draws from
+        ``generator``, exactly as :meth:`forward` in training does.
+        """
+        views, grads = self._param_views, self._grad_views
+        h = self._inputs(x)
+        saved: list[tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor] | None]] = []
+        for layer in self.layout.layers:
+            w = views[layer.weight].transpose(1, 2)
+            z = (torch.bmm(h, w) if layer.bias is None
+                 else torch.baddbmm(views[layer.bias].unsqueeze(1), h, w))
+            stats = None
+            if layer.bn is not None:
+                z, normalized, inv_std = self._batch_norm_train(z, layer.bn)
+                stats = (normalized, inv_std)
+            # ReLU then dropout is z times one mask: the dropout multiplier where z > 0,
+            # else 0. The backward pass multiplies by the same mask.
+            keep = (_THRESHOLD_BACKWARD(self._mask(tuple(z.shape), z.dtype, generator), z, 0)
+                    if self._dropout_on else None)
+            out = z.relu_() if keep is None else z.mul_(keep)
+            saved.append((h, out, keep, stats))
+            h = out
+
+        logits = self._head(h)
+        losses, grad = _loss_and_grad(task, logits, y)
+        grad = grad.to(h.dtype)
+        torch.bmm(grad, h, out=grads["head.weight"])
+        torch.sum(grad, 2, out=grads["head.bias"])
+        grad = torch.bmm(grad.transpose(1, 2), views["head.weight"])
+        for i in range(len(saved) - 1, -1, -1):
+            layer, (h, out, keep, stats) = self.layout.layers[i], saved[i]
+            grad = (_THRESHOLD_BACKWARD(grad, out, 0) if keep is None
+                    else grad.mul_(keep))
+            if stats is not None:
+                assert layer.bn is not None
+                grad = self._batch_norm_backward(grad, layer.bn, *stats)
+            torch.bmm(grad.transpose(1, 2), h, out=grads[layer.weight])
+            if layer.bias is not None:
+                torch.sum(grad, 1, out=grads[layer.bias])
+            if i:
+                grad = torch.bmm(grad, views[layer.weight])
+        if self._grad_shadow is not None:
+            self.grad.copy_(self._grad_shadow)
+        return losses
+
+    def _batch_norm_backward(self, grad: Tensor, prefix: str, normalized: Tensor,
+                             inv_std: Tensor) -> Tensor:
+        """Batch norm's input gradient from its output's; writes its scale's and
+        shift's gradients. (The batch statistics' own gradients are in the formula.)"""
+        grads = self._grad_views
+        g = grad.to(normalized.dtype)
+        grads[f"{prefix}.bias"].copy_(g.sum(1))
+        grads[f"{prefix}.weight"].copy_((g * normalized).sum(1))
+        g = g.mul_(self._bn_affine(prefix)[0])  # the normalized input's gradient
+        g = g - g.mean(1, keepdim=True) - normalized * (g * normalized).mean(1, keepdim=True)
+        return g.mul_(inv_std).to(grad.dtype)
 
     # -- members -------------------------------------------------------------------------
 
