@@ -58,20 +58,22 @@ def dropout_mask(shape: tuple[int, ...], p: float | Tensor, dtype: torch.dtype,
     ``p`` is a float, or a tensor that broadcasts against ``shape`` (one rate per
     member of a fused population, shaped ``[K, 1, 1]``).
     """
-    # Kept iff u <= bound, i.e. iff d = 2*bound + 1 - 2*u >= 1 (else d <= -1): clamping d
-    # to [0, 1] gives the 0/1 keep mask exactly, with float passes only. (Comparisons
-    # into bool tensors and bool-to-float conversions are several times slower on a
-    # CPU than these passes: about 0.6 ms against 0.3 for a [32, 64, 128] mask.) The
-    # integers need float32 at least: bfloat16 holds them exactly only up to 256.
-    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    # Kept iff u <= bound, iff u - (bound + 1) < 0: shifted right by 15 bits that
+    # difference (which fits an int16) is -1 for a kept unit and 0 for a dropped one,
+    # and negated the keep mask. Integer passes over int16s and in-place passes with a
+    # per-member column are the cheap ones on a CPU: comparisons into bool tensors,
+    # bool-to-float conversions and addcmul with broadcast columns take several times
+    # longer.
     bound = keep_below(p)
-    keep = uniform15(shape, device, generator).to(work).mul_(-2)
-    keep.add_(bound.to(device=device, dtype=work) * 2 + 1 if isinstance(bound, Tensor)
-              else 2 * bound + 1)
-    mask = keep.clamp_(0, 1).to(dtype)
+    keep = uniform15(shape, device, generator).sub_(
+        bound.to(device) + 1 if isinstance(bound, Tensor) else bound + 1)
+    keep.bitwise_right_shift_(BITS).neg_()
     scale = 1 / (1 - p)
-    return mask.mul_(scale.to(device=device, dtype=dtype) if isinstance(scale, Tensor)
-                     else scale)
+    if isinstance(scale, Tensor):
+        scale = scale.to(device=device, dtype=dtype)
+    else:  # rounded to the dtype first, as a tensor column is
+        scale = float(torch.tensor(scale, dtype=dtype))
+    return keep.to(dtype).mul_(scale)
 
 
 @dataclass
