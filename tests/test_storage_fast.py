@@ -188,3 +188,69 @@ def test_stale_trials_are_optunas(storage: TunerStorage) -> None:
     assert stale == [old._trial_id]
     assert stale == RDB._get_stale_trial_ids(storage.optuna, study._study_id)
     assert never._trial_id not in stale
+
+
+def _creations_and_state_changes(on: optuna.storages.RDBStorage) -> list[str]:
+    """The same calls on a storage; what each returned or raised, and the trials after
+    (times as whether they are set and in order)."""
+    study_id = on.create_new_study([optuna.study.StudyDirection.MINIMIZE], "changes")
+    before = datetime.datetime.now() - datetime.timedelta(seconds=1)
+    ids = [on.create_new_trial(study_id) for _ in range(4)]
+    waiting = on.create_new_trial(study_id, optuna.trial.create_trial(
+        state=TrialState.WAITING, params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)}))
+    outcomes: list[str] = []
+
+    def attempt(*args: object) -> None:
+        try:
+            outcomes.append(repr(on.set_trial_state_values(*args)))  # type: ignore[arg-type]
+        except Exception as exc:  # the kind of error is what must match
+            outcomes.append(type(exc).__name__)
+
+    attempt(ids[0], TrialState.COMPLETE, [1.5])
+    attempt(ids[0], TrialState.COMPLETE, [2.0])  # finished already
+    attempt(ids[1], TrialState.RUNNING, [float("inf")])  # not WAITING: False, value kept
+    attempt(ids[1], TrialState.PRUNED, [float("-inf")])  # overwrites the kept value
+    attempt(ids[2], TrialState.FAIL)
+    attempt(waiting, TrialState.RUNNING)  # a worker takes the WAITING trial
+    attempt(waiting, TrialState.RUNNING)  # and a second one cannot
+    attempt(10_000, TrialState.COMPLETE, [0.0])
+    try:
+        on.create_new_trial(study_id + 1)
+    except KeyError:
+        outcomes.append("KeyError")
+    for trial in on.get_all_trials(study_id):
+        times = (trial.datetime_start, trial.datetime_complete)
+        outcomes.append(repr((trial.number, trial.state, trial.values, trial.params,
+                              [t is not None and before <= t <= datetime.datetime.now()
+                               for t in times])))
+    return outcomes
+
+
+def test_trial_creation_and_state_changes_are_optunas(tmp_path: Path,
+                                                      storage: TunerStorage) -> None:
+    ours = _creations_and_state_changes(storage.optuna)
+    assert ours == _creations_and_state_changes(RDB(f"sqlite:///{tmp_path / 'plain.db'}"))
+    assert ours[:8] == ["True", "UpdateFinishedTrialError", "False", "True", "True", "True",
+                        "False", "KeyError"]
+    # Through the cache as a study uses it: ask numbers trials, tell finishes them.
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    trials = [study.ask() for _ in range(3)]
+    study.tell(trials[1], 0.5)
+    assert [t.number for t in trials] == [0, 1, 2]
+    stored = RDB.get_trial(storage.optuna, trials[1]._trial_id)
+    assert (stored.state, stored.value) == (TrialState.COMPLETE, 0.5)
+    assert stored.datetime_start is not None and stored.datetime_complete is not None
+    assert stored.datetime_start <= stored.datetime_complete
+
+
+def test_trial_creation_and_state_changes_are_optunas_on_postgres(pg_url: str) -> None:
+    runs = []
+    for backend in (lambda url: TunerStorage(url).open().optuna, RDB):
+        on = backend(pg_url)
+        try:
+            runs.append(_creations_and_state_changes(on))
+        finally:
+            optuna.delete_study(study_name="changes", storage=on)
+            on.engine.dispose()
+    assert runs[0] == runs[1]
