@@ -236,11 +236,13 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
             with self.engine.begin() as conn:
                 if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
                     raise KeyError(NOT_FOUND_MSG)
-                trial_id = conn.execute(_INSERT_TRIAL, {
+                inserted = conn.execute(_INSERT_TRIAL, {
                     "study_id": study_id, "number": None, "state": TrialState.RUNNING,
-                    "datetime_start": start}).inserted_primary_key[0]
+                    "datetime_start": start}).inserted_primary_key
+                assert inserted is not None
+                trial_id = inserted[0]
                 number = conn.execute(_PAST_TRIALS, {"study_id": study_id,
-                                                     "trial_id": trial_id}).scalar()
+                                                     "trial_id": trial_id}).scalar_one()
                 conn.execute(_SET_NUMBER, {"b_trial_id": trial_id, "number": number})
         except OperationalError:  # a lock timeout: Optuna's path retries with a backoff
             return super()._create_new_trial(study_id, template_trial)
