@@ -16,7 +16,7 @@ from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits, split_arrays
 from tuner.fused import MemberResult, group_key, train_population, unsupported_reason
 from tuner.metrics import METRICS
-from tuner.train import EpochMetrics, build_for, evaluate, train
+from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
 
 SMALL = {"hidden": 8, "layers": 2, "batch_size": 16}
 
@@ -331,3 +331,37 @@ def test_a_bf16_population_trains_like_a_float32_one() -> None:
         assert all(v.dtype in (torch.float32, torch.int64) for v in m.state_dict.values())
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         train_population(configs, data, metric=METRICS["accuracy"], precision="fp8")
+
+
+# -- checkpoints: a member resumed by the sequential engine continues its fused run ---------
+
+def test_a_member_resumed_from_its_checkpoint_continues_as_if_uninterrupted(
+        iris64: Splits) -> None:
+    """Each member's checkpoint after epoch 3 is a sequential trial's: tuner.train resumes
+    it (weights, optimizer state, schedule, best epoch, batch order) and trains epochs
+    4-6 exactly as the uninterrupted population did, in float64 without dropout."""
+    values = [*IRIS_MEMBERS, *ADAGRAD_RMSPROP,
+              {"optimizer": "rmsprop", "lr": 0.01, "momentum": 0.5}]
+    configs = [_config(v, seed=30 + i) for i, v in enumerate(values)]
+    metric = METRICS["accuracy"]
+    uninterrupted = train_population(configs, iris64, metric=metric, seed=7)
+    saved: dict[int, Checkpoint] = {}
+
+    def keep(member: int, checkpoint: Checkpoint) -> None:
+        if checkpoint.epoch == 3:
+            saved[member] = Checkpoint.from_bytes(checkpoint.to_bytes())  # as stored
+
+    train_population(configs, iris64, metric=metric, seed=7, checkpoint=keep,
+                     checkpoint_every=0)
+
+    assert sorted(saved) == list(range(len(configs)))
+    for i, config in enumerate(configs):
+        model = build_for(config, iris64).to(torch.float64)
+        resumed = train(model, iris64, config, metric=metric, resume=saved[i])
+        np.testing.assert_allclose(_rows(resumed.history), _rows(uninterrupted[i].history),
+                                   rtol=1e-6, atol=1e-6, err_msg=f"member {i}")
+        assert resumed.best_epoch == uninterrupted[i].best_epoch
+        for name, value in model.state_dict().items():  # the best epoch's weights
+            torch.testing.assert_close(value.to(torch.float64),
+                                       uninterrupted[i].state_dict[name].to(torch.float64),
+                                       rtol=1e-6, atol=1e-6, msg=f"member {i} {name}")

@@ -149,15 +149,24 @@ def test_kill_9_loses_no_trial_and_the_retry_resumes_from_its_checkpoint(tmp_pat
     engine.dispose()
 
 
-def test_kill_9_of_a_fused_worker_fails_and_retries_its_members(tmp_path: Path) -> None:
+def test_kill_9_of_a_fused_worker_fails_and_retries_its_members_from_their_checkpoints(
+        tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     args = ["start", "--space", str(slow_space(tmp_path, epochs=600)), "--study", "crash",
             "--storage", url, "--trials", "3", "--engine", "fused", "--population", "3",
             "--quiet"]
-    victim = tuner(*args)
-    wait_for(lambda: (tmp_path / "tuner.db").exists()
-             and states(url, "crash")[TrialState.RUNNING] == 3, timeout=120)
-    time.sleep(1)
+    engine = sqlalchemy.create_engine(url)
+
+    def checkpointed() -> list[int]:
+        with engine.connect() as conn:
+            try:
+                return [int(e) for e, in conn.execute(sqlalchemy.text(
+                    "SELECT epoch FROM tuner_checkpoints"))]
+            except sqlalchemy.exc.OperationalError:
+                return []
+
+    victim = tuner(*args, "--checkpoint-every", "0")  # every member, after every epoch
+    wait_for(lambda: len(checkpointed()) == 3 and min(checkpointed()) >= 3, timeout=120)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     assert states(url, "crash")[TrialState.RUNNING] == 3  # left behind by the dead worker
@@ -168,12 +177,19 @@ def test_kill_9_of_a_fused_worker_fails_and_retries_its_members(tmp_path: Path) 
     trials = optuna.load_study(study_name="crash", storage=url).get_trials(deepcopy=False)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    # The three members were found stale, failed, and retried with their parameters.
+    # The three members were found stale, failed, and retried with their parameters,
+    # each resumed from its checkpoint: its curve goes on from the dead one's.
     assert len(failed) == 3 and len(done) == 3
     for dead in failed:
         retry = next(t for t in done if t.system_attrs.get("failed_trial") == dead.number)
         assert retry.params == dead.params
         assert sorted(retry.intermediate_values) == list(range(1, 601))
+        resumed = retry.user_attrs["resumed_from_epoch"]
+        assert resumed >= 3
+        for epoch in range(1, resumed + 1):
+            assert retry.intermediate_values[epoch] == dead.intermediate_values[epoch]
+    assert checkpointed() == []  # deleted once their trials finished
+    engine.dispose()
 
 
 def test_sigint_stops_every_worker_and_leaves_the_study_resumable(tmp_path: Path) -> None:

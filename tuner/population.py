@@ -9,8 +9,10 @@ on its own, and when it finishes it is recorded and told like a sequential trial
 claimed trial while the budget has room. One heartbeat thread beats for every member.
 
 A trial the fused engine cannot train (an optimizer setting it does not implement, an
-auxiliary head) is trained by the sequential objective when it is claimed. A member is
-not checkpointed: the retry of a member whose worker died starts from epoch 1.
+auxiliary head) is trained by the sequential objective when it is claimed. Members are
+checkpointed every ``checkpoint_every`` seconds in the sequential engine's format, and
+the retry of a member whose worker died is resumed from its checkpoint by the
+sequential objective.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from tuner.heartbeat import Heartbeat
 from tuner.objective import Objective, TrialWriter, root_number, worker_id
 from tuner.seeding import trial_seed
 from tuner.storage import TunerStorage
-from tuner.train import EpochMetrics, build_for
+from tuner.train import Checkpoint, EpochMetrics, build_for
 
 
 @dataclass
@@ -47,6 +49,7 @@ class _Member:
     writer: TrialWriter
     lost: bool = False  # failed elsewhere as stale: its result is dropped
     done: bool = False
+    checkpointed: bool = False
 
 
 class _EpochView:
@@ -160,7 +163,8 @@ class PopulationRun:
                              report_epoch=self._report, on_finish=self._finish,
                              refill=self._refill, population=self.population,
                              seed=trial_seed(self.objective.space.seed, first),
-                             precision=self.objective.precision)
+                             precision=self.objective.precision, checkpoint=self._checkpoint,
+                             checkpoint_every=self.objective.checkpoint_every)
         except runner.DATABASE_ERRORS as exc:
             # The members' heartbeats stop: once the database is back they are failed as
             # stale and retried, like a dead worker's.
@@ -209,7 +213,8 @@ class PopulationRun:
         for i, trial in enumerate(claimed):
             try:
                 config = self.objective.config(trial, root_number(trial))
-                if unsupported_reason(config) is not None or config.aux_weight:
+                if (unsupported_reason(config) is not None or config.aux_weight
+                        or self._has_checkpoint(trial)):
                     self.heartbeat.discard(trial._trial_id)  # run_trial beats for it
                     self._record(runner.run_trial(self.study, trial, self.objective))
                     continue
@@ -282,6 +287,23 @@ class PopulationRun:
                 pruned.append(i)
         return pruned
 
+    def _has_checkpoint(self, trial: optuna.Trial) -> bool:
+        """A retry of a trial that was checkpointed: the sequential objective resumes it
+        (its population's batch order and dropout draws are gone with its worker)."""
+        root = root_number(trial)
+        return root != trial.number and self.storage.load_checkpoint(
+            self.study._study_id, root) is not None
+
+    def _checkpoint(self, member_id: int, checkpoint: Checkpoint) -> None:
+        member = self.members[member_id]
+        if member.lost:
+            return
+        # A retry re-reports the checkpoint's epochs: they must be recorded first.
+        member.writer.flush()
+        self.storage.save_checkpoint(self.study._study_id, root_number(member.trial),
+                                     checkpoint.epoch, checkpoint.to_bytes())
+        member.checkpointed = True
+
     def _finish(self, member_id: int, result: MemberResult) -> None:
         member = self.members[member_id]
         member.done = True
@@ -289,7 +311,7 @@ class PopulationRun:
             def conclude() -> float:
                 return self.objective.conclude(member.trial, member.config, result,
                                                lambda: self._model(member.config, result),
-                                               member.writer)
+                                               member.writer, checkpointed=member.checkpointed)
 
             self._record(runner.tell_outcome(self.study, member.trial, conclude))
         # Beating stops once the trial is told (or dropped).

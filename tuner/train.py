@@ -144,7 +144,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, metr
     return loss_fn(task, output, y), metric_value(metric, output, y, y_scale)
 
 
-def _optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
+def optimizer_for(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
     """The config's optimizer, fused where torch has a fused kernel for it on this device.
 
     A fused step updates every parameter in one kernel instead of about ten per
@@ -189,7 +189,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     in bfloat16 (mixed precision: the weights and the optimizer stay in float32).
     """
     weights = penalized_weights(model)
-    optimizer = _optimizer(model, config)
+    optimizer = optimizer_for(model, config)
     scheduler = build_scheduler(optimizer, config.schedule, **dict(config.schedule_hyper))
     x, y = data.x_train, data.y_train
     n = x.shape[0]

@@ -31,6 +31,7 @@ Differences from sequential runs of the same configs, by design:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ from tuner.fused._optim import resolve_hyper
 from tuner.fused._schedule import resolve_schedule
 from tuner.metrics import Metric, is_better
 from tuner.space._schema import PRECISIONS
-from tuner.train import EpochMetrics
+from tuner.train import Checkpoint, EpochMetrics
 
 __all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
 
@@ -53,6 +54,7 @@ MemberReport = Callable[[int, EpochMetrics], bool]  # (member id, metrics) -> pr
 EpochReport = Callable[[Sequence[tuple[int, EpochMetrics]]], Collection[int]]
 Refill = Callable[[int], Sequence[TrialConfig]]  # (free slots) -> new configs
 OnFinish = Callable[[int, MemberResult], None]
+Checkpointer = Callable[[int, Checkpoint], None]  # (member id, its checkpoint)
 
 
 def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype | None:
@@ -92,7 +94,9 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
                      report: MemberReport | None = None,
                      report_epoch: EpochReport | None = None, on_finish: OnFinish | None = None,
                      refill: Refill | None = None, population: int | None = None,
-                     seed: int = 0, precision: str = "fp32") -> list[MemberResult]:
+                     seed: int = 0, precision: str = "fp32",
+                     checkpoint: Checkpointer | None = None,
+                     checkpoint_every: float = 30.0) -> list[MemberResult]:
     """Train every config as a member of a fused population; return results by member id.
 
     Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
@@ -105,6 +109,9 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
     trial advances at the same pace. ``precision`` ``bf16`` runs the forward and
     backward passes in bfloat16 on a copy of the float32 weights (mixed precision).
+    With ``checkpoint``, every group hands ``checkpoint(id, Checkpoint)`` each of its
+    members after an epoch once ``checkpoint_every`` seconds have passed since its last
+    (see :meth:`Group.checkpoint`: the sequential engine resumes from it).
 
     Raises ``ValueError`` for a config that :func:`unsupported_reason` rejects.
     """
@@ -144,6 +151,11 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
             _finish_epoch(group, group.train_epoch(data, metric), metric, decide, on_finish)
             if not group.members:
                 groups.remove(group)
+            elif checkpoint is not None and (
+                    time.monotonic() - group.checkpointed >= checkpoint_every):
+                for position, member in enumerate(group.members):
+                    checkpoint(member.id, group.checkpoint(position))
+                group.checkpointed = time.monotonic()
         active = sum(len(g.members) for g in groups)
         if refill is not None and active < population:
             new = list(refill(population - active))[:population - active]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,9 @@ from tuner.fused._model import FusedMLP, add_input_noise
 from tuner.fused._optim import FAMILIES, FusedOptimizer, add_penalty_grad_, apply_max_norm_
 from tuner.fused._schedule import FusedSchedule
 from tuner.metrics import Metric
+from tuner.optim import build_scheduler, step_scheduler
 from tuner.regularizers import augment_images
-from tuner.train import EpochMetrics, TrainResult, build_for
+from tuner.train import Checkpoint, EpochMetrics, TrainResult, build_for, optimizer_for
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Group:
         self.order_generator = torch.Generator(device).manual_seed(seed)
         # Noise has its own stream, so the batch order never depends on who is in the group.
         self.noise_generator = torch.Generator(device).manual_seed(seed + 1_000_003)
+        self.checkpointed = time.monotonic()  # when the members were last checkpointed
         self._add(members, data)
 
     # -- building, joining, compaction ----------------------------------------------------
@@ -215,6 +218,48 @@ class Group:
         self.best_params[index] = self.model.params[index].detach()
         self.best_buffers[index] = self.model.buffers[index]
         self.best_batches[index] = self.model.batches[index]
+
+    def checkpoint(self, position: int) -> Checkpoint:
+        """The member at ``position`` as the sequential engine checkpoints a trial
+        (:class:`tuner.train.Checkpoint`), after its last finished epoch.
+
+        The weights, the optimizer state and the best epoch's weights are the member's
+        rows, in torch's formats: the state of the optimizer :func:`tuner.train.train`
+        builds for the config, and its scheduler replayed over the member's epochs (the
+        fused schedules follow torch's). The random state is the group's batch order,
+        so a trial resumed from it by :func:`tuner.train.train` draws the batches the
+        group would have drawn next.
+        """
+        member, model = self.members[position], self.model
+        mlp = model.member(position)
+        optimizer = optimizer_for(mlp, member.config)
+        fused = self.optimizer
+        step = float(fused.steps[position])
+        for name, param in mlp.named_parameters():
+            slot = model.layout.params[name]
+            state: dict[str, Any] = {
+                key: rows[position, slot.start:slot.end].view(slot.shape).clone()
+                for key, rows in fused.state.items()}
+            if "momentum_buffer" in state and fused.hyper["momentum"][position] == 0:
+                del state["momentum_buffer"]  # torch keeps none without momentum
+            if fused.family != "sgd":
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+            optimizer.state[param] = state
+        scheduler = build_scheduler(optimizer, member.config.schedule,
+                                    **dict(member.config.schedule_hyper))
+        with warnings.catch_warnings():  # the replay steps no optimizer, on purpose
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+            for row in member.result.history:
+                step_scheduler(scheduler, row.val_metric)
+        best = (model.state_dict(position, self.best_params, self.best_buffers,
+                                 self.best_batches) if member.has_best else None)
+        rng = {"cpu": torch.get_rng_state()}
+        device = model.params.device
+        rng["cuda" if device.type == "cuda" else "cpu"] = self.order_generator.get_state()
+        result = member.result
+        return Checkpoint(member.epoch, mlp.state_dict(), optimizer.state_dict(),
+                          scheduler.state_dict(), result.best_epoch, result.best_metric,
+                          best, list(result.history), rng)
 
     def export(self, position: int) -> dict[str, Tensor]:
         """A finished member's weights as an MLP state_dict: its best epoch's if it had one."""
