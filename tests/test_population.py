@@ -245,6 +245,38 @@ def test_without_a_pruner_a_member_failed_elsewhere_is_dropped_too(
     assert summary.finished == 3 and len(trials) == 4
 
 
+def test_a_member_failed_elsewhere_is_not_checkpointed_and_fails_no_other(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints after every epoch: the victim's is not written over, and the
+    population goes on (the flush of its values would be refused)."""
+    real = TrialWriter.__call__
+    victims: list[int] = []
+    saved: list[tuple[int, int]] = []
+    real_save = TunerStorage.save_checkpoint
+
+    def stale(self: TrialWriter, metrics: Any) -> bool:
+        if metrics.epoch == 2 and not victims:
+            victims.append(self.trial._trial_id)
+            storage.optuna.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
+        return real(self, metrics)
+
+    def save(self: TunerStorage, study_id: int, number: int, epoch: int, state: bytes) -> None:
+        saved.append((number, epoch))
+        real_save(self, study_id, number, epoch, state)
+
+    monkeypatch.setattr(TrialWriter, "__call__", stale)
+    monkeypatch.setattr(TunerStorage, "save_checkpoint", save)
+    summary = run_study(space(), storage=storage, study_name="k", budget=3, device=CPU,
+                        engine=fused(3), checkpoint_every=0)
+    trials = trials_of(storage, "k")
+    victim = next(t for t in trials if t._trial_id == victims[0])
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    assert summary.finished == 3 and len(trials) == 4
+    # The others were checkpointed every epoch; the victim only before its failure.
+    assert [e for n, e in saved if n == victim.number] == [1]
+    assert {n for n, _ in saved} >= {t.number for t in trials[:3]}
+
+
 def test_claimed_trials_beat_at_once_and_ctrl_c_while_sampling_fails_them(
         storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlalchemy

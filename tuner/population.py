@@ -296,10 +296,18 @@ class PopulationRun:
 
     def _checkpoint(self, member_id: int, checkpoint: Checkpoint) -> None:
         member = self.members[member_id]
-        if member.lost:
+        trial_id = member.trial._trial_id
+        # A member that another worker failed as stale must not replace the checkpoint
+        # its retry resumes from: it is dropped at its next report instead.
+        if member.lost or self.study._storage.get_trial(trial_id).state != TrialState.RUNNING:
+            member.lost = True
             return
-        # A retry re-reports the checkpoint's epochs: they must be recorded first.
-        member.writer.flush()
+        try:
+            # A retry re-reports the checkpoint's epochs: they must be recorded first.
+            member.writer.flush()
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed since the read
+            member.lost = True
+            return
         self.storage.save_checkpoint(self.study._study_id, root_number(member.trial),
                                      checkpoint.epoch, checkpoint.to_bytes())
         member.checkpointed = True

@@ -231,11 +231,11 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
         retried trials) is Optuna's own code."""
         if template_trial is not None:
             return super()._create_new_trial(study_id, template_trial)
-        start = datetime.now().astimezone(timezone.utc).replace(tzinfo=None)  # naive UTC
         try:
             with self.engine.begin() as conn:
                 if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
                     raise KeyError(NOT_FOUND_MSG)
+                start = _utc_now()  # under the lock: numbers and start times agree
                 inserted = conn.execute(_INSERT_TRIAL, {
                     "study_id": study_id, "number": None, "state": TrialState.RUNNING,
                     "datetime_start": start}).inserted_primary_key
@@ -257,11 +257,11 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
         """``study.tell`` (and a worker taking a WAITING trial): the same checks,
         writes and return value as Optuna's, in one transaction under the trial's row
         lock, without the ORM."""
-        now = datetime.now().astimezone(timezone.utc).replace(tzinfo=None)
         key = {"trial_id": trial_id}
         try:
             with self.engine.begin() as conn:
                 current = conn.execute(_LOCK_TRIAL, key).scalar()
+                now = _utc_now()
                 if current is None:
                     raise KeyError(NOT_FOUND_MSG)
                 self.check_trial_is_updatable(trial_id, current)
@@ -286,6 +286,9 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
                              {"b_trial_id": trial_id, **change})
         except IntegrityError:
             return False
+        except OperationalError as exc:  # as Optuna's session reports it
+            raise optuna.exceptions.StorageInternalError(
+                f"An exception is raised during the commit. {exc!r}") from exc
         return True
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -300,6 +303,11 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
             now = now.replace(tzinfo=None)  # naive, as Optuna stores the heartbeats
             beats = conn.execute(_RUNNING_BEATS, {"study_id": study_id}).all()
         return [trial_id for trial_id, beat in beats if now - beat > grace]
+
+
+def _utc_now() -> datetime:
+    """Now as Optuna stores times: naive UTC."""
+    return datetime.now().astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _frozen(row: Sequence[Any], values: Sequence[Any], params: Sequence[Any],
