@@ -188,6 +188,12 @@ def test_stale_trials_are_optunas(storage: TunerStorage) -> None:
     assert stale == [old._trial_id]
     assert stale == RDB._get_stale_trial_ids(storage.optuna, study._study_id)
     assert never._trial_id not in stale
+    storage.optuna.record_heartbeat(old._trial_id)  # beats again: an update, fresh
+    assert storage.optuna._get_stale_trial_ids(study._study_id) == []
+    with storage.engine.connect() as conn:
+        beats = conn.execute(text("SELECT trial_id, heartbeat FROM trial_heartbeats")).all()
+    assert sorted(t for t, _ in beats) == sorted(t._trial_id for t in (beating, old, done))
+    assert RDB._get_stale_trial_ids(storage.optuna, study._study_id) == []
 
 
 def _creations_and_state_changes(on: optuna.storages.RDBStorage) -> list[str]:

@@ -33,6 +33,8 @@ suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
   of every row; :class:`TunerRDBStorage` reads the same rows with six ``SELECT``
   statements (4-6x faster), falling back to Optuna's code where the database refuses
   the statement (too many ids in an ``IN`` list).
+* Every running trial beats (a worker's first beat for a trial is on its main thread):
+  :class:`TunerRDBStorage` updates or inserts Optuna's heartbeat row with one statement.
 * Every trial starts by looking for stale trials (dead workers' RUNNING trials): Optuna
   loads each running trial and its heartbeat as ORM objects; :class:`TunerRDBStorage`
   reads the same pairs with one joined ``SELECT`` and applies the same rule.
@@ -134,6 +136,10 @@ _WHERE_TRIAL = _TRIALS.c.trial_id == bindparam("b_trial_id", type_=Integer)  # n
 _SET_NUMBER = _TRIALS.update().where(_WHERE_TRIAL)
 _VALUE_IDS = select(TrialValueModel.objective, TrialValueModel.trial_value_id).where(
     TrialValueModel.trial_id == _ID)
+_BEATS = TrialHeartbeatModel.__table__
+_BEAT = _BEATS.update().where(
+    _BEATS.c.trial_id == bindparam("b_trial_id", type_=Integer)).values(heartbeat=func.now())
+_FIRST_BEAT = _BEATS.insert()  # the heartbeat column's default: the database's clock
 _VALUES = TrialValueModel.__table__
 _INSERT_VALUE = _VALUES.insert()
 _UPDATE_VALUE = _VALUES.update().where(
@@ -290,6 +296,19 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
             raise optuna.exceptions.StorageInternalError(
                 f"An exception is raised during the commit. {exc!r}") from exc
         return True
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """A trial's heartbeat by the database's clock: Optuna's row, updated in place or
+        inserted at the first beat, in one statement where Optuna's session takes three."""
+        try:
+            with self.engine.begin() as conn:
+                if not conn.execute(_BEAT, {"b_trial_id": trial_id}).rowcount:
+                    conn.execute(_FIRST_BEAT, {"trial_id": trial_id})
+        except IntegrityError:  # ignored, as Optuna's session for it does
+            pass
+        except OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError(
+                f"An exception is raised during the commit. {exc!r}") from exc
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """RUNNING trials of the study whose last heartbeat is older than the grace period
