@@ -102,7 +102,7 @@ class Objective:
 
     The validation metric of every epoch becomes an intermediate value of the Optuna
     trial (see :class:`TrialWriter`); the value returned is the best epoch's. Only a
-    trial that becomes the study's best is evaluated on the test split. A trial saves
+    trial that becomes (or ties) the study's best is evaluated on the test split. A trial saves
     a checkpoint every ``checkpoint_every`` seconds of training; a retry of a trial
     whose worker died resumes from it, re-reporting the epochs already done.
 
@@ -182,8 +182,8 @@ class Objective:
 
         What ``writer`` still holds is written with the trial's own rows, in one write.
         ``trained()`` gives the model holding the best epoch's weights; it is called only
-        when the trial becomes the study's best (to evaluate the test split and keep the
-        weights). The fused engine calls this for each member it finishes.
+        when the trial becomes (or ties) the study's best (to evaluate the test split and
+        keep the weights). The fused engine calls this for each member it finishes.
         """
         study_id = trial.study._study_id
         outcome = ("diverged" if result.diverged else "pruned" if result.pruned
@@ -226,12 +226,18 @@ class Objective:
             torch.cuda.empty_cache()
 
     def _is_new_best(self, study: optuna.Study, value: float) -> bool:
+        """Whether ``value`` equals or beats the study's best so far. A tie counts: which
+        of tied trials Optuna calls the best is up to the database's row order, and
+        whichever it is must have its test metric and weights."""
+        def at_least(best: float) -> bool:
+            return value == best or is_better(self.metric, value, best)
+
         known = self._known_best.get(study._study_id)
-        if known is not None and not is_better(self.metric, value, known):
+        if known is not None and not at_least(known):
             return False
         try:
             best = study.best_value
         except ValueError:  # no complete trial yet
             return True
         self._known_best[study._study_id] = best
-        return is_better(self.metric, value, best)
+        return at_least(best)
