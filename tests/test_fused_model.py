@@ -44,54 +44,34 @@ def test_eval_forward_equals_each_member(shape: dict[str, int]) -> None:
         torch.testing.assert_close(out[i], m(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("how", ["forward", "train_step"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_train_forward_backward_and_batch_norm_statistics_equal_each_member(
-        shape: dict[str, int]) -> None:
+def test_train_losses_gradients_and_batch_norm_statistics_equal_each_member(
+        shape: dict[str, int], how: str) -> None:
+    """Autograd through the forward pass, and the written-out backward pass, against
+    torch's autograd on each member's own MLP."""
     members = _members(3, **shape)  # type: ignore[arg-type]
     fused = FusedMLP.from_members(members)
     x = torch.randn(9, 5, dtype=torch.float64)
     task = "regression" if shape.get("n_outputs") == 1 else "classification"
     y = torch.randn(9, dtype=torch.float64) if task == "regression" else torch.randint(0, 3, (9,))
 
-    losses = member_loss(task, fused.forward(x, train=True), y)
-    grads = torch.autograd.grad(losses.sum(), fused.leaves())
-
-    names = list(fused.layout.params)
-    for i, m in enumerate(members):
-        m.train()
-        out = m(x)
-        loss = F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out[:, 0], y)
-        torch.testing.assert_close(losses[i], loss, rtol=1e-12, atol=1e-12)
-        expected = dict(zip([n for n, _ in m.named_parameters()],
-                            torch.autograd.grad(loss, list(m.parameters())), strict=True))
-        for name, grad in zip(names, grads, strict=True):
-            torch.testing.assert_close(grad[i], expected[name], rtol=1e-10, atol=1e-12,
-                                       msg=name)
-        for name, value in fused.state_dict(i).items():
-            if "running" in name:
-                torch.testing.assert_close(value, m.state_dict()[name], rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_train_step_losses_gradients_and_statistics_equal_each_member(
-        shape: dict[str, int]) -> None:
-    """The written-out backward pass against torch's autograd on each member's own MLP."""
-    members = _members(3, **shape)  # type: ignore[arg-type]
-    fused = FusedMLP.from_members(members)
-    x = torch.randn(9, 5, dtype=torch.float64)
-    task = "regression" if shape.get("n_outputs") == 1 else "classification"
-    y = torch.randn(9, dtype=torch.float64) if task == "regression" else torch.randint(0, 3, (9,))
-
-    losses = fused.train_step(x, y, task)
+    if how == "forward":
+        losses = member_loss(task, fused.forward(x, train=True), y)
+        grads = dict(zip(fused.layout.params,
+                         torch.autograd.grad(losses.sum(), fused.leaves()), strict=True))
+    else:
+        losses = fused.train_step(x, y, task)
+        grads = _Layout.views(fused.grad, fused.layout.params)
 
     for i, m in enumerate(members):
         m.train()
         out = m(x)
         loss = F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out[:, 0], y)
-        torch.testing.assert_close(losses[i], loss.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(losses[i].detach(), loss.detach(), rtol=1e-12, atol=1e-12)
         expected = dict(zip([n for n, _ in m.named_parameters()],
                             torch.autograd.grad(loss, list(m.parameters())), strict=True))
-        for name, grad in _Layout.views(fused.grad, fused.layout.params).items():
+        for name, grad in grads.items():
             torch.testing.assert_close(grad[i], expected[name], rtol=1e-10, atol=1e-12,
                                        msg=name)
         for name, value in fused.state_dict(i).items():

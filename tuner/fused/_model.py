@@ -258,11 +258,9 @@ class FusedMLP:
         sequential MLP's eval mode. (Training itself runs :meth:`train_step`, which
         draws the same masks from the same generator.)
         """
-        views, h = self._param_views, self._inputs(x)
+        h = self._inputs(x)
         for layer in self.layout.layers:
-            w = views[layer.weight].transpose(1, 2)
-            h = (torch.bmm(h, w) if layer.bias is None
-                 else torch.baddbmm(views[layer.bias].unsqueeze(1), h, w))
+            h = self._linear(h, layer)
             if layer.bn is not None:
                 h = (self._batch_norm_train(h, layer.bn)[0] if train
                      else self._batch_norm_eval(h, layer.bn))
@@ -280,6 +278,13 @@ class FusedMLP:
                     view.copy_(self._master_views[name])
             x = x.to(self.compute)
         return x if x.ndim == 3 else x.expand(self.size, *x.shape)
+
+    def _linear(self, h: Tensor, layer: _Layer) -> Tensor:
+        """A hidden layer's ``h @ w^T (+ b)``: ``[K, B, in] -> [K, B, out]``."""
+        views = self._param_views
+        w = views[layer.weight].transpose(1, 2)
+        return (torch.bmm(h, w) if layer.bias is None
+                else torch.baddbmm(views[layer.bias].unsqueeze(1), h, w))
 
     def _head(self, h: Tensor) -> Tensor:
         """The output layer computed transposed, ``w @ h^T + b``: ``[K, out, B]``.
@@ -356,9 +361,7 @@ class FusedMLP:
         h = self._inputs(x)
         saved: list[tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor] | None]] = []
         for layer in self.layout.layers:
-            w = views[layer.weight].transpose(1, 2)
-            z = (torch.bmm(h, w) if layer.bias is None
-                 else torch.baddbmm(views[layer.bias].unsqueeze(1), h, w))
+            z = self._linear(h, layer)
             stats = None
             if layer.bn is not None:
                 z, normalized, inv_std = self._batch_norm_train(z, layer.bn)

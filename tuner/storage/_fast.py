@@ -133,7 +133,7 @@ _PAST_TRIALS = select(func.count(TrialModel.trial_id)).where(
     TrialModel.study_id == _STUDY, TrialModel.trial_id < _ID)
 _TRIALS = TrialModel.__table__
 _WHERE_TRIAL = _TRIALS.c.trial_id == bindparam("b_trial_id", type_=Integer)  # not a column name
-_SET_NUMBER = _TRIALS.update().where(_WHERE_TRIAL)
+_UPDATE_TRIAL = _TRIALS.update().where(_WHERE_TRIAL)  # the columns set: the parameters
 _VALUE_IDS = select(TrialValueModel.objective, TrialValueModel.trial_value_id).where(
     TrialValueModel.trial_id == _ID)
 _BEATS = TrialHeartbeatModel.__table__
@@ -227,8 +227,7 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
                     "param_value": param_value_internal,
                     "distribution_json": distributions.distribution_to_json(distribution)})
         except IntegrityError as exc:  # as Optuna's session reports it
-            raise optuna.exceptions.StorageInternalError(
-                f"An exception is raised during the commit. {exc!r}") from exc
+            raise _internal_error(exc) from exc
 
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
@@ -249,7 +248,7 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
                 trial_id = inserted[0]
                 number = conn.execute(_PAST_TRIALS, {"study_id": study_id,
                                                      "trial_id": trial_id}).scalar_one()
-                conn.execute(_SET_NUMBER, {"b_trial_id": trial_id, "number": number})
+                conn.execute(_UPDATE_TRIAL, {"b_trial_id": trial_id, "number": number})
         except OperationalError:  # a lock timeout: Optuna's path retries with a backoff
             return super()._create_new_trial(study_id, template_trial)
         return FrozenTrial(
@@ -288,13 +287,11 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
                     change["datetime_start"] = now
                 if state.is_finished():
                     change["datetime_complete"] = now
-                conn.execute(_TRIALS.update().where(_WHERE_TRIAL),
-                             {"b_trial_id": trial_id, **change})
+                conn.execute(_UPDATE_TRIAL, {"b_trial_id": trial_id, **change})
         except IntegrityError:
             return False
         except OperationalError as exc:  # as Optuna's session reports it
-            raise optuna.exceptions.StorageInternalError(
-                f"An exception is raised during the commit. {exc!r}") from exc
+            raise _internal_error(exc) from exc
         return True
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -307,8 +304,7 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
         except IntegrityError:  # ignored, as Optuna's session for it does
             pass
         except OperationalError as exc:
-            raise optuna.exceptions.StorageInternalError(
-                f"An exception is raised during the commit. {exc!r}") from exc
+            raise _internal_error(exc) from exc
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """RUNNING trials of the study whose last heartbeat is older than the grace period
@@ -322,6 +318,12 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
             now = now.replace(tzinfo=None)  # naive, as Optuna stores the heartbeats
             beats = conn.execute(_RUNNING_BEATS, {"study_id": study_id}).all()
         return [trial_id for trial_id, beat in beats if now - beat > grace]
+
+
+def _internal_error(exc: Exception) -> optuna.exceptions.StorageInternalError:
+    """A database error as Optuna's session reports it."""
+    return optuna.exceptions.StorageInternalError(
+        f"An exception is raised during the commit. {exc!r}")
 
 
 def _utc_now() -> datetime:
