@@ -16,6 +16,7 @@ from torch import nn
 from tuner.bench import COLUMNS, VARIANTS, StorageClock, matmul_peak, train_flops_per_sample
 from tuner.bench._space import bench_space
 from tuner.cli import cli
+from tuner.device import onednn_fp32_faster
 from tuner.space import Fixed
 
 TINY = ["--dataset", "iris", "--trials", "2", "--epochs", "2", "--device", "cpu"]
@@ -56,6 +57,9 @@ def test_json_has_the_settings_and_a_row_per_variant(report: dict[str, Any]) -> 
     assert report["same_configs"] is True
     assert report["matmul_peak"] > 0 and report["train_flops_per_sample"] > 0
     assert report["population"] == 2
+    # The library the fused engine's float32 products ran in, as the model chose it.
+    assert report["fused_matmul"] == ("oneDNN" if onednn_fp32_faster() else
+                                      "torch's default BLAS")
     assert [row["variant"] for row in report["rows"]] == list(VARIANTS)
     for row in report["rows"]:
         assert set(key for _, key in COLUMNS) <= set(row)
@@ -117,6 +121,20 @@ def test_flops_of_an_mlp_step_match_a_hand_count() -> None:
 def test_matmul_peak_is_a_plausible_rate() -> None:
     peak = matmul_peak(torch.device("cpu"), seconds=0.05, size=256)
     assert 1e8 < peak < 1e14  # between 0.1 GFLOP/s and 100 TFLOP/s
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_matmul_peak_is_onednns_where_it_is_exact_and_faster(
+        exact: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 peak is the better of the default BLAS and oneDNN, and oneDNN counts
+    only where its products are exact."""
+    def fake_peak(device: torch.device, dtype: torch.dtype, seconds: float, n: int) -> float:
+        return 2e11 if torch.backends.mkldnn.matmul.fp32_precision == "bf16" else 1e11
+
+    monkeypatch.setattr("tuner.bench._peak._matmul_peak", fake_peak)
+    monkeypatch.setattr("tuner.bench._peak.onednn_fp32_exact", lambda: exact)
+    assert matmul_peak(torch.device("cpu")) == (2e11 if exact else 1e11)
+    assert matmul_peak(torch.device("cpu"), torch.bfloat16) == 1e11  # float32 only
 
 
 def test_storage_clock_counts_storage_calls_once_and_restores_them() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tuner.device import onednn_fp32_exact
 from tuner.fused import FusedMLP, add_input_noise, member_loss
 from tuner.fused._model import _Layout
 from tuner.models import MLP
@@ -238,3 +239,33 @@ def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm:
     assert torch.count_nonzero(mixed.forward(x, train=False)) == 0
     # Max-norm clipping acts on the masters, not on the copy.
     assert all(w.dtype == torch.float32 for w in mixed.weights())
+
+
+# -- float32 products in oneDNN, on contiguous copies of the weights -----------------------
+
+
+@pytest.mark.skipif(not onednn_fp32_exact(), reason="oneDNN rounds float32 operands here "
+                    "(AMX), or this torch cannot route float32 products to it")
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_onednn_products_on_weight_copies_equal_the_default_path(
+        batchnorm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    members = [m.float() for m in _members(4, hidden=32, batchnorm=batchnorm, dropout=0.3)]
+    monkeypatch.setattr("tuner.fused._model.onednn_fp32_faster", lambda: False)
+    default = FusedMLP.from_members(members)
+    monkeypatch.setattr("tuner.fused._model.onednn_fp32_faster", lambda: True)
+    onednn = FusedMLP.from_members(members)
+    assert onednn.onednn and not default.onednn
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    flag = torch.backends.mkldnn.matmul.fp32_precision
+
+    for step in range(3):
+        losses = [f.train_step(x, y, "classification", torch.Generator().manual_seed(step))
+                  for f in (default, onednn)]
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(onednn.grad, default.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(onednn.buffers, default.buffers, rtol=1e-5, atol=1e-6)
+        for f in (default, onednn):  # an update of the rows is what the next step sees
+            f.params.sub_(0.1 * default.grad)
+    outputs = [f.forward(x, train=False) for f in (default, onednn)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    assert torch.backends.mkldnn.matmul.fp32_precision == flag  # set only while it ran

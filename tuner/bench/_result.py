@@ -54,6 +54,9 @@ class BenchResult:
     train_flops_per_sample: float  # matmul FLOPs of one training step, per sample
     same_configs: bool  # whether every variant trained the same parameter values
     runs: tuple[Run, ...]
+    # Where the fused variant's batched products ran: "oneDNN" or "default BLAS"
+    # (see tuner.device.onednn_fp32_faster); None without the fused variant.
+    fused_matmul: str | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         """One mapping per run, with the ``COLUMNS`` keys and the raw measurements."""
@@ -108,6 +111,7 @@ def format_result(result: BenchResult, fmt: str = "table") -> str:
     head = (f"{result.dataset} / {result.model} · {result.trials} trials x {result.epochs} "
             f"epochs · seed {result.seed} · {result.device}"
             + (f" · fused population {result.population}" if result.population else "")
+            + (f" (products in {result.fused_matmul})" if result.fused_matmul else "")
             + (f" · tuner variants in {result.precision}" if result.precision != "fp32" else "")
             + (f" · {result.threads} thread(s)" if result.device == "cpu" else "")
             + f" · matmul peak {result.matmul_peak / 1e9:.1f} GFLOP/s · training step "

@@ -25,6 +25,7 @@ from tuner.bench._result import BenchResult, Run
 from tuner.bench._space import BATCH_SIZE, DATASETS, HIDDEN, LAYERS, bench_space
 from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits
+from tuner.device import onednn_fp32_faster
 from tuner.errors import UsageError
 from tuner.objective import Objective
 from tuner.population import PopulationRun
@@ -105,7 +106,15 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
         population=population, precision=precision,
         trials=trials, epochs=epochs, seed=seed, threads=torch.get_num_threads(),
         matmul_peak=peak, train_flops_per_sample=flops,
-        same_configs=all(c == configs[0] for c in configs), runs=runs)
+        same_configs=all(c == configs[0] for c in configs), runs=runs,
+        fused_matmul=_fused_matmul(device, precision) if population is not None else None)
+
+
+def _fused_matmul(device: torch.device, precision: str) -> str | None:
+    """The library the fused engine's float32 products run in on a CPU (see FusedMLP)."""
+    if device.type != "cpu" or precision != "fp32":
+        return None
+    return "oneDNN" if onednn_fp32_faster() else "torch's default BLAS"
 
 
 def _rounds(trials: int, size: int) -> list[int]:
