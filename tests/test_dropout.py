@@ -9,14 +9,50 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.dropout import SCALE, Dropout, dropout_mask, epoch_masks, keep_below, uniform15
+from tuner.dropout import (
+    SCALE,
+    Dropout,
+    RandomWords,
+    dropout_mask,
+    epoch_masks,
+    keep_below,
+    uniform15,
+)
 
 CPU = torch.device("cpu")
 
 
-def test_uniforms_cover_fifteen_bits_evenly() -> None:
+def _xorshift64(state: int) -> int:
+    """Marsaglia's xorshift64 (13, 7, 17) on an unsigned 64-bit integer: the reference."""
+    mask = (1 << 64) - 1
+    state ^= (state << 13) & mask
+    state ^= state >> 7
+    state ^= (state << 17) & mask
+    return state
+
+
+def test_random_words_are_xorshift64_lanes_seeded_from_the_generator() -> None:
+    words = RandomWords(torch.Generator().manual_seed(7))
+    seeds = torch.empty(5, dtype=torch.int64).random_(
+        generator=torch.Generator().manual_seed(7)).bitwise_or_(1)
+    lanes = [int(v) % (1 << 64) for v in seeds]
+    # Draws of 3, then 5 (two lanes more, seeded from the same generator), then 2 words.
+    more = torch.empty(2, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(7)
+    torch.empty(3, dtype=torch.int64).random_(generator=generator)
+    more.random_(generator=generator).bitwise_or_(1)
+    lanes = lanes[:3] + [int(v) % (1 << 64) for v in more]
+    for n in (3, 5, 2):
+        got = [int(v) % (1 << 64) for v in words.draw(n)]
+        lanes[:n] = [_xorshift64(s) for s in lanes[:n]]
+        assert got == lanes[:n]
+
+
+@pytest.mark.parametrize("source", ["torch", "lanes"])
+def test_uniforms_cover_fifteen_bits_evenly(source: str) -> None:
     torch.manual_seed(0)
-    u = uniform15((200_000,), CPU).long()
+    generator = RandomWords(torch.Generator().manual_seed(0)) if source == "lanes" else None
+    u = uniform15((200_000,), CPU, generator).long()
     assert u.min() >= 0 and u.max() < SCALE
     # Each of the 15 bits is set half the time (4 standard errors of 200k draws: 0.0045).
     for bit in range(15):
@@ -24,6 +60,24 @@ def test_uniforms_cover_fifteen_bits_evenly() -> None:
     # Every value is equally likely: 16 equal bins hold 1/16 each.
     counts = torch.bincount(u >> 11, minlength=16).float() / u.numel()
     assert torch.allclose(counts, torch.full((16,), 1 / 16), atol=0.0035)
+
+
+def test_lane_uniforms_are_independent_across_draws_and_neighbours() -> None:
+    """Successive draws of a lane (the same unit of successive batches) and neighbouring
+    lanes are uncorrelated, and a mask's dropped fraction is its rate on every draw."""
+    words = RandomWords(torch.Generator().manual_seed(3))
+    draws = torch.stack([uniform15((50_000, 4), CPU, words).double() for _ in range(6)])
+    centred = (draws - draws.mean()) / draws.std()
+    limit = 4 / math.sqrt(draws[0].numel())  # 4 standard errors of a zero correlation
+    for t in range(5):
+        assert abs((centred[t] * centred[t + 1]).mean().item()) < limit  # lane over time
+    # The four uniforms of a word, and the words of neighbouring lanes.
+    assert abs((centred[:, :, 0] * centred[:, :, 1]).mean().item()) < limit
+    assert abs((centred[:, :-1] * centred[:, 1:]).mean().item()) < limit
+    p, n = 0.3, 400_000
+    for _ in range(3):
+        dropped = (dropout_mask((n,), p, torch.float32, CPU, words) == 0).float().mean()
+        assert dropped.item() == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.77])

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from tuner.device import onednn_fp32_faster, onednn_matmul
-from tuner.dropout import dropout_mask
+from tuner.dropout import MaskConstants, Source, dropout_mask, mask_constants, torch_generator
 from tuner.models import MLP, GaussianDropout
 
 # nn.BatchNorm1d's defaults, which tuner.models.MLP uses.
@@ -250,6 +250,7 @@ class FusedMLP:
         p = self.dropout.to(self.params.dtype).view(-1, 1, 1)
         self._dropout_on = bool((self.dropout > 0).any())
         self._rate = self.dropout.view(-1, 1, 1)
+        self._mask_constants: dict[torch.dtype, MaskConstants] = {}
         self._gaussian_std = torch.sqrt(p / (1 - p))
 
     def leaves(self) -> list[Tensor]:
@@ -263,7 +264,7 @@ class FusedMLP:
     # -- forward -------------------------------------------------------------------------
 
     def forward(self, x: Tensor, *, train: bool,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: Source = None) -> Tensor:
         """Outputs ``[K, B, n_outputs]`` for inputs ``[B, F]`` (shared) or ``[K, B, F]``,
         differentiable by autograd with respect to :meth:`leaves`.
 
@@ -279,7 +280,7 @@ class FusedMLP:
                 if layer.bn is not None:
                     h = (self._batch_norm_train(h, layer.bn)[0] if train
                          else self._batch_norm_eval(h, layer.bn))
-                h = torch.relu(h)
+                h = h.relu_()  # autograd's ReLU backward needs only the output
                 if train and self._dropout_on:
                     h = h * self._mask(tuple(h.shape), h.dtype, generator)
             return self._head(h).transpose(1, 2)
@@ -323,17 +324,20 @@ class FusedMLP:
                             h.transpose(1, 2))
         return out if out.dtype == torch.float64 else out.float()
 
-    def _mask(self, shape: tuple[int, ...], dtype: torch.dtype,
-              generator: torch.Generator | None) -> Tensor:
+    def _mask(self, shape: tuple[int, ...], dtype: torch.dtype, generator: Source) -> Tensor:
         """Each member's dropout multiplier for activations of ``shape``."""
+        device = self.params.device
         if self.spec.dropout_kind == "gaussian":
             # N(1, p/(1-p)) per unit: GaussianDropout's noise, with each member's p.
-            noise = torch.randn(shape, generator=generator, device=self.params.device,
+            noise = torch.randn(shape, generator=torch_generator(generator), device=device,
                                 dtype=dtype)
             return noise.mul_(self._gaussian_std).add_(1)
         # Inverted dropout: keep with probability 1-p, scale the kept units by 1/(1-p),
-        # with tuner.dropout's 15-bit uniforms (four to a 64-bit draw).
-        return dropout_mask(shape, self._rate, dtype, self.params.device, generator)
+        # with tuner.dropout's 15-bit uniforms (four to a 64-bit word).
+        constants = self._mask_constants.get(dtype)
+        if constants is None:
+            constants = self._mask_constants[dtype] = mask_constants(self._rate, dtype, device)
+        return dropout_mask(shape, self._rate, dtype, device, generator, constants)
 
     # Batch norm runs in the statistics' dtype (as autocast does): normalizing in
     # bfloat16 loses several percent of the gradient.
@@ -371,8 +375,7 @@ class FusedMLP:
     # -- training --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def train_step(self, x: Tensor, y: Tensor, task: str,
-                   generator: torch.Generator | None = None) -> Tensor:
+    def train_step(self, x: Tensor, y: Tensor, task: str, generator: Source = None) -> Tensor:
         """One training batch for every member: returns the losses ``[K]`` and leaves
         each member's gradient of its own loss in :attr:`grad`.
 
@@ -384,8 +387,7 @@ class FusedMLP:
         with self._products():
             return self._train_step(x, y, task, generator)
 
-    def _train_step(self, x: Tensor, y: Tensor, task: str,
-                    generator: torch.Generator | None) -> Tensor:
+    def _train_step(self, x: Tensor, y: Tensor, task: str, generator: Source) -> Tensor:
         views, grads = self._param_views, self._grad_views
         h = self._inputs(x)
         saved: list[tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor] | None]] = []
