@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tuner.device import onednn_fp32_exact
+from tuner.dropout import RandomWords, Source
 from tuner.fused import FusedMLP, add_input_noise, member_loss
 from tuner.fused._model import _Layout
 from tuner.models import MLP
@@ -82,17 +83,23 @@ def test_train_losses_gradients_and_batch_norm_statistics_equal_each_member(
 
 @pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("batchnorm", [False, True])
-def test_train_step_with_dropout_equals_autograd_through_forward(kind: str,
-                                                                 batchnorm: bool) -> None:
-    """Both draw the same masks from the same generator; the gradients are autograd's."""
+@pytest.mark.parametrize("words", [False, True])
+def test_train_step_with_dropout_equals_autograd_through_forward(kind: str, batchnorm: bool,
+                                                                 words: bool) -> None:
+    """Both draw the same masks from the same generator (or xorshift lanes seeded by
+    it, as a fused group on a CPU draws them); the gradients are autograd's."""
     members = [_members(1, hidden=16, dropout=p, kind=kind, batchnorm=batchnorm)[0]
                for p in (0.0, 0.2, 0.5)]
     x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
     stepped, differentiated = FusedMLP.from_members(members), FusedMLP.from_members(members)
 
-    losses = stepped.train_step(x, y, "classification", torch.Generator().manual_seed(3))
+    def source() -> Source:
+        generator = torch.Generator().manual_seed(3)
+        return RandomWords(generator) if words else generator
+
+    losses = stepped.train_step(x, y, "classification", source())
     reference = member_loss("classification", differentiated.forward(
-        x, train=True, generator=torch.Generator().manual_seed(3)), y)
+        x, train=True, generator=source()), y)
     grads = torch.autograd.grad(reference.sum(), differentiated.leaves())
 
     torch.testing.assert_close(losses, reference.detach(), rtol=1e-12, atol=1e-12)
