@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from tuner import device
 from tuner.device import flush_denormals, onednn_fp32_exact, onednn_matmul
+from tuner.errors import UsageError
 
 needs_exact_onednn = pytest.mark.skipif(
     not onednn_fp32_exact(), reason="oneDNN rounds float32 operands on this CPU (AMX), "
@@ -21,14 +24,38 @@ def test_flush_denormals_zeroes_subnormals_inside_and_restores_the_mode() -> Non
     assert float(tiny * 1.0) > 0
 
 
-def test_the_probe_operands_show_a_bfloat16_rounding() -> None:
-    """The exactness probe's operands need more bits than bfloat16 keeps, and their
-    product is exact in float32: a rounded operand would change the result."""
-    a, b = device._probe_operands()
-    exact = torch.bmm(a.double(), b.double())
-    assert torch.equal(torch.bmm(a, b).double(), exact)
-    rounded = torch.bmm(a.bfloat16().double(), b.double())
-    assert not torch.equal(rounded, exact)
+def test_every_probe_is_exact_in_float32_and_shows_a_bfloat16_rounding() -> None:
+    """The exactness probes' products are exact in float32, and rounding either operand
+    to bfloat16 changes them: a oneDNN that rounds cannot pass."""
+    for bias, a, b in device._probes():
+        exact = torch.baddbmm(bias.double(), a.double(), b.double())
+        assert torch.equal(torch.baddbmm(bias, a, b).double(), exact)
+        assert not torch.equal(torch.baddbmm(bias.double(), a.bfloat16().double(),
+                                             b.bfloat16().double()), exact)
+
+
+def test_the_choice_follows_the_cpu_and_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "onednn_fp32_exact", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+
+    def choice(vendor: str, override: str | None = None) -> bool:
+        device.onednn_fp32_preferred.cache_clear()
+        monkeypatch.setattr(device, "_cpu_vendor", lambda: vendor)
+        if override is None:
+            monkeypatch.delenv("TUNER_FUSED_MATMUL", raising=False)
+        else:
+            monkeypatch.setenv("TUNER_FUSED_MATMUL", override)
+        return device.onednn_fp32_preferred()
+
+    try:
+        assert choice("AuthenticAMD") and not choice("GenuineIntel")
+        assert choice("GenuineIntel", "onednn") and not choice("AuthenticAMD", "blas")
+        with pytest.raises(UsageError, match="TUNER_FUSED_MATMUL: expected auto"):
+            choice("AuthenticAMD", "mkl")
+        monkeypatch.setattr(device, "onednn_fp32_exact", lambda: False)
+        assert not choice("AuthenticAMD", "onednn")  # never where oneDNN rounds
+    finally:
+        device.onednn_fp32_preferred.cache_clear()
 
 
 def test_onednn_matmul_sets_torch_flag_only_inside_the_block() -> None:
@@ -41,6 +68,29 @@ def test_onednn_matmul_sets_torch_flag_only_inside_the_block() -> None:
     assert flag.fp32_precision == before  # type: ignore[attr-defined]
     with pytest.raises(ValueError), onednn_matmul():
         raise ValueError  # restored on the way out of an exception too
+    assert flag.fp32_precision == before  # type: ignore[attr-defined]
+
+
+def test_onednn_blocks_in_two_threads_restore_the_flag_when_the_last_closes() -> None:
+    flag = device._onednn_flag()
+    if flag is None:
+        pytest.skip("this torch has no torch.backends.mkldnn.matmul.fp32_precision")
+    before = flag.fp32_precision  # type: ignore[attr-defined]
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with onednn_matmul():
+            entered.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    with onednn_matmul():
+        thread.start()
+        entered.wait(5)
+    # This thread's block closed first: the other's is still open, and so is the switch.
+    assert flag.fp32_precision == "bf16"  # type: ignore[attr-defined]
+    release.set()
+    thread.join(5)
     assert flag.fp32_precision == before  # type: ignore[attr-defined]
 
 

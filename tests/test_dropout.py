@@ -22,16 +22,18 @@ from tuner.dropout import (
 CPU = torch.device("cpu")
 
 
+MASK64 = (1 << 64) - 1
+
+
 def _xorshift64(state: int) -> int:
     """Marsaglia's xorshift64 (13, 7, 17) on an unsigned 64-bit integer: the reference."""
-    mask = (1 << 64) - 1
-    state ^= (state << 13) & mask
+    state ^= (state << 13) & MASK64
     state ^= state >> 7
-    state ^= (state << 17) & mask
+    state ^= (state << 17) & MASK64
     return state
 
 
-def test_random_words_are_xorshift64_lanes_seeded_from_the_generator() -> None:
+def test_random_words_are_xorshift64_star_lanes_seeded_from_the_generator() -> None:
     words = RandomWords(torch.Generator().manual_seed(7))
     seeds = torch.empty(5, dtype=torch.int64).random_(
         generator=torch.Generator().manual_seed(7)).bitwise_or_(1)
@@ -45,7 +47,12 @@ def test_random_words_are_xorshift64_lanes_seeded_from_the_generator() -> None:
     for n in (3, 5, 2):
         got = [int(v) % (1 << 64) for v in words.draw(n)]
         lanes[:n] = [_xorshift64(s) for s in lanes[:n]]
-        assert got == lanes[:n]
+        assert got == [s * 0x2545F4914F6CDD1D & MASK64 for s in lanes[:n]]  # xorshift64*
+    # The words are a buffer of their own: changing them leaves the lanes' states alone.
+    words.draw(4).zero_()
+    lanes[:4] = [_xorshift64(s) for s in lanes[:4]]
+    assert [int(v) % (1 << 64) for v in words.draw(4)] == [
+        _xorshift64(s) * 0x2545F4914F6CDD1D & MASK64 for s in lanes[:4]]
 
 
 @pytest.mark.parametrize("source", ["torch", "lanes"])

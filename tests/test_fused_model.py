@@ -257,9 +257,9 @@ def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm:
 def test_onednn_products_on_weight_copies_equal_the_default_path(
         batchnorm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     members = [m.float() for m in _members(4, hidden=32, batchnorm=batchnorm, dropout=0.3)]
-    monkeypatch.setattr("tuner.fused._model.onednn_fp32_faster", lambda: False)
+    monkeypatch.setattr("tuner.fused._model.onednn_fp32_preferred", lambda: False)
     default = FusedMLP.from_members(members)
-    monkeypatch.setattr("tuner.fused._model.onednn_fp32_faster", lambda: True)
+    monkeypatch.setattr("tuner.fused._model.onednn_fp32_preferred", lambda: True)
     onednn = FusedMLP.from_members(members)
     assert onednn.onednn and not default.onednn
     x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
@@ -275,4 +275,13 @@ def test_onednn_products_on_weight_copies_equal_the_default_path(
             f.params.sub_(0.1 * default.grad)
     outputs = [f.forward(x, train=False) for f in (default, onednn)]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    # Compaction and refills rebuild the copies: members 3 and 1 then a newcomer.
+    newcomer = [m.float() for m in _members(1, hidden=32, batchnorm=batchnorm, dropout=0.3)]
+    for f in (default, onednn):
+        f.select(torch.tensor([3, 1]))
+        f.extend(FusedMLP.from_members(newcomer))
+    assert onednn.size == 3 and onednn.onednn
+    outputs = [f.forward(x, train=False) for f in (default, onednn)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[1][2], default.forward(x, train=False)[2])
     assert torch.backends.mkldnn.matmul.fp32_precision == flag  # set only while it ran

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
-from collections.abc import Callable, Iterator
+import os
+import platform
+import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -71,92 +73,112 @@ def _onednn_flag() -> object | None:
     return matmul
 
 
+_onednn_lock = threading.Lock()
+_onednn_depth = 0  # open onednn_matmul blocks, over all threads
+_onednn_before = "none"  # the switch's value when the first of them opened
+
+
 @contextlib.contextmanager
 def onednn_matmul() -> Iterator[None]:
     """Within the block, float32 matrix products on the CPU run in oneDNN instead of
-    torch's default BLAS (MKL); as they were after.
+    torch's default BLAS (MKL); as they were once the last open block closes.
 
     torch routes them there when ``torch.backends.mkldnn.matmul.fp32_precision`` is
     ``"bf16"``, which *allows* oneDNN to round the operands to bfloat16: it does so
     where the CPU has AMX tiles, and elsewhere computes in float32. Use this only where
-    :func:`onednn_fp32_exact` says the results are float32's.
+    :func:`onednn_fp32_exact` says the results are float32's. The switch is torch's,
+    for the whole process: blocks in several threads nest (the switch stays on until
+    the last closes), and while one is open torch's legacy
+    ``torch.get_float32_matmul_precision()`` refuses to read it.
     """
+    global _onednn_depth, _onednn_before
     flag = _onednn_flag()
     if flag is None:
         yield
         return
-    before = flag.fp32_precision  # type: ignore[attr-defined]
-    flag.fp32_precision = "bf16"  # type: ignore[attr-defined]
+    with _onednn_lock:
+        if _onednn_depth == 0:
+            _onednn_before = flag.fp32_precision  # type: ignore[attr-defined]
+            flag.fp32_precision = "bf16"  # type: ignore[attr-defined]
+        _onednn_depth += 1
     try:
         yield
     finally:
-        flag.fp32_precision = before  # type: ignore[attr-defined]
+        with _onednn_lock:
+            _onednn_depth -= 1
+            if _onednn_depth == 0:
+                flag.fp32_precision = _onednn_before  # type: ignore[attr-defined]
 
 
-def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
+def _probes() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(bias, a, b) of the exactness probe: the fused model's product shapes (a wide
+    layer, a narrow input, a few outputs), operands of 13 significant bits (bfloat16
+    keeps 8) whose products and sums are all exact in float32."""
     gen = torch.Generator().manual_seed(0)
-    a = 1 + torch.randint(0, 1 << 12, (4, 64, 128), generator=gen) / (1 << 12)
-    b = torch.randint(0, 4, (4, 128, 96), generator=gen).float()
-    return a, b
+
+    def fine(*shape: int) -> torch.Tensor:
+        return 1 + torch.randint(0, 1 << 12, shape, generator=gen) / (1 << 12)
+
+    def small(*shape: int) -> torch.Tensor:
+        return torch.randint(0, 4, shape, generator=gen).float()
+
+    return [(torch.zeros(4, 1, 96), fine(4, 64, 128), small(4, 128, 96)),
+            (small(4, 1, 128), fine(4, 64, 5), small(4, 5, 128)),
+            (small(4, 3, 1), small(4, 3, 128), fine(4, 128, 64))]
 
 
 @functools.cache
 def onednn_fp32_exact() -> bool:
     """Whether :func:`onednn_matmul`'s products are exact float32 on this CPU.
 
-    The probe's operands need 13 significant bits (bfloat16 keeps 8) and every product
-    and sum is exact in float32, so one rounded operand shows as a wrong result.
+    Every probe is exact in float32, so one operand rounded to bfloat16 shows as a
+    wrong result; each is checked as ``baddbmm`` and, transposed, as ``bmm``.
     """
     if _onednn_flag() is None:
         return False
-    a, b = _probe_operands()
-    exact = torch.bmm(a.double(), b.double()).float()
     with onednn_matmul():
-        return torch.equal(torch.bmm(a, b), exact) and torch.equal(
-            torch.bmm(b.transpose(1, 2), a.transpose(1, 2)), exact.transpose(1, 2))
+        for bias, a, b in _probes():
+            exact = torch.baddbmm(bias.double(), a.double(), b.double()).float()
+            if not torch.equal(torch.baddbmm(bias, a, b), exact):
+                return False
+            product = torch.bmm(b.transpose(1, 2), a.transpose(1, 2))
+            if not torch.equal(product + bias.transpose(1, 2), exact.transpose(1, 2)):
+                return False
+    return True
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _cpu_vendor() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 @functools.cache
-def onednn_fp32_faster() -> bool:
-    """Whether batched float32 products of a fused population's size run markedly
-    faster in oneDNN than in torch's default BLAS here, with the same results
-    (:func:`onednn_fp32_exact`). Measured once per process, on the tuner's threads.
+def onednn_fp32_preferred() -> bool:
+    """Whether the fused engine runs its float32 products in oneDNN on this CPU.
 
-    MKL, torch's default BLAS on x86, takes its AVX2 code on AMD CPUs, while oneDNN uses
-    AVX-512 where the CPU has it. Measured on a 2-core AMD EPYC (Zen 5), one thread:
-    ``[32, 64, 128] @ [32, 128, 128]`` took 631 us in MKL (106 GFLOP/s) and 302 us in
-    oneDNN (222 GFLOP/s). A single small product gains nothing (oneDNN's call costs
-    more), so only the fused engine's batched products use it.
+    Yes where oneDNN's results are exact float32 (:func:`onednn_fp32_exact`) and the CPU
+    is an AMD one with AVX-512: MKL, torch's default BLAS on x86, takes its AVX2 code
+    on AMD CPUs, while oneDNN uses AVX-512. Measured on a 2-core AMD EPYC (Zen 5), one
+    thread: ``[32, 64, 128] @ [32, 128, 128]`` took 631 us in MKL (106 GFLOP/s) and
+    302 us in oneDNN (222 GFLOP/s). On Intel CPUs MKL has AVX-512 code of its own. A
+    single small product gains nothing (oneDNN's call costs more), so only the fused
+    engine's batched products use it. The rule reads the CPU, not a timing, so a run
+    rounds the same way every time on one machine. ``TUNER_FUSED_MATMUL`` overrides
+    it: ``onednn`` (where exact) or ``blas``.
     """
-    if not onednn_fp32_exact():
+    choice = os.environ.get("TUNER_FUSED_MATMUL", "auto").strip().lower()
+    if choice not in ("auto", "onednn", "blas"):
+        raise UsageError(f"TUNER_FUSED_MATMUL: expected auto, onednn or blas, but got "
+                         f"{choice!r}")
+    if choice == "blas" or not onednn_fp32_exact():
         return False
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(16, 64, 128, generator=gen)
-    b = torch.randn(16, 128, 128, generator=gen)
-
-    def product() -> None:
-        torch.bmm(a, b)
-
-    def onednn_product() -> None:
-        with onednn_matmul():
-            torch.bmm(a, b)
-
-    product()  # warm-up: library initialization, oneDNN's kernel cache
-    onednn_product()
-    default = oned = float("inf")
-    for _ in range(3):  # interleaved, the best of each: a shared machine only adds time
-        default = min(default, _best_seconds(product, 5))
-        oned = min(oned, _best_seconds(onednn_product, 5))
-    return oned < 0.8 * default
+    if choice == "onednn":
+        return True
+    return ("AMD" in _cpu_vendor().upper()
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -54,8 +54,9 @@ class BenchResult:
     train_flops_per_sample: float  # matmul FLOPs of one training step, per sample
     same_configs: bool  # whether every variant trained the same parameter values
     runs: tuple[Run, ...]
-    # Where the fused variant's batched products ran: "oneDNN" or "default BLAS"
-    # (see tuner.device.onednn_fp32_faster); None without the fused variant.
+    # Where the fused variant's float32 products ran on a CPU: "oneDNN" or "torch's
+    # default BLAS" (see tuner.device.onednn_fp32_preferred); None without the fused
+    # variant, on a GPU and in bf16.
     fused_matmul: str | None = None
 
     def rows(self) -> list[dict[str, Any]]:

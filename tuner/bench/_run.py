@@ -25,7 +25,7 @@ from tuner.bench._result import BenchResult, Run
 from tuner.bench._space import BATCH_SIZE, DATASETS, HIDDEN, LAYERS, bench_space
 from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits
-from tuner.device import onednn_fp32_faster
+from tuner.device import onednn_fp32_preferred
 from tuner.errors import UsageError
 from tuner.objective import Objective
 from tuner.population import PopulationRun
@@ -114,7 +114,7 @@ def _fused_matmul(device: torch.device, precision: str) -> str | None:
     """The library the fused engine's float32 products run in on a CPU (see FusedMLP)."""
     if device.type != "cpu" or precision != "fp32":
         return None
-    return "oneDNN" if onednn_fp32_faster() else "torch's default BLAS"
+    return "oneDNN" if onednn_fp32_preferred() else "torch's default BLAS"
 
 
 def _rounds(trials: int, size: int) -> list[int]:

@@ -3,7 +3,8 @@ trials that share a :func:`group_key`, trained one epoch at a time.
 
 A group draws one batch permutation per epoch from its own generator and every member
 sees those batches; dropout, input noise and augmentation are drawn for the whole group
-from a second generator, so the batch order never depends on who is in the group.
+from a second generator (on a CPU, dropout's uniform bits from xorshift lanes it seeds),
+so the batch order never depends on who is in the group.
 Members leave (compaction, :meth:`Group.select`) and join (:meth:`Group.join`) between
 epochs; every per-member tensor moves with them.
 """
@@ -98,7 +99,8 @@ class Group:
         # Noise has its own stream, so the batch order never depends on who is in the group.
         self.noise_generator = torch.Generator(device).manual_seed(seed + 1_000_003)
         # Dropout masks take their uniform bits from xorshift lanes seeded by it: on a
-        # CPU, torch's mt19937 was 60% of a mask's time (a GPU's Philox is fast).
+        # CPU, torch's mt19937 was 60% of a mask's time and the lanes take half as long
+        # (a GPU's Philox is fast).
         self.mask_source: Source = (RandomWords(self.noise_generator)
                                     if device.type == "cpu" else self.noise_generator)
         self.checkpointed = time.monotonic()  # when the members were last checkpointed

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from tuner.device import onednn_fp32_faster, onednn_matmul
+from tuner.device import onednn_fp32_preferred, onednn_matmul
 from tuner.dropout import MaskConstants, Source, dropout_mask, mask_constants, torch_generator
 from tuner.models import MLP, GaussianDropout
 
@@ -170,10 +170,12 @@ class FusedMLP:
     weights); the gradients :meth:`leaves` get are the copy's.
 
     In float32 on a CPU where oneDNN's batched products are exact and faster than the
-    default BLAS's (:func:`tuner.device.onednn_fp32_faster`), the products run in
+    default BLAS's (:func:`tuner.device.onednn_fp32_preferred`), the products run in
     oneDNN, on contiguous copies of the weights made at each forward: oneDNN copies an
     operand with the rows' member stride at every product (measured: a layer's forward
-    took 554 us on views of the rows against 321 us on a contiguous copy).
+    took 554 us on views of the rows against 321 us on a contiguous copy). The
+    gradients :meth:`leaves` get are then the copies' too, while :meth:`train_step`
+    writes its gradients into :attr:`grad`'s rows either way.
     """
 
     def __init__(self, spec: MLPSpec, params: Tensor, buffers: Tensor, batches: Tensor,
@@ -186,7 +188,7 @@ class FusedMLP:
         self.dropout = dropout
         self.compute = None if compute in (None, params.dtype) else compute
         self.onednn = (params.device.type == "cpu" and params.dtype == torch.float32
-                       and self.compute is None and onednn_fp32_faster())
+                       and self.compute is None and onednn_fp32_preferred())
         self._refresh()
 
     @classmethod
