@@ -256,7 +256,8 @@ def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm:
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_onednn_products_on_weight_copies_equal_the_default_path(
         batchnorm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    members = [m.float() for m in _members(4, hidden=32, batchnorm=batchnorm, dropout=0.3)]
+    # 5 members of 128 units: products large enough for oneDNN to pay (5 * 128^2 >= 2^16).
+    members = [m.float() for m in _members(5, hidden=128, batchnorm=batchnorm, dropout=0.3)]
     monkeypatch.setattr("tuner.fused._model.onednn_fp32_preferred", lambda: False)
     default = FusedMLP.from_members(members)
     monkeypatch.setattr("tuner.fused._model.onednn_fp32_preferred", lambda: True)
@@ -275,13 +276,18 @@ def test_onednn_products_on_weight_copies_equal_the_default_path(
             f.params.sub_(0.1 * default.grad)
     outputs = [f.forward(x, train=False) for f in (default, onednn)]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
-    # Compaction and refills rebuild the copies: members 3 and 1 then a newcomer.
-    newcomer = [m.float() for m in _members(1, hidden=32, batchnorm=batchnorm, dropout=0.3)]
+    # Compaction and refills rebuild the copies: members 3, 1, 4 and 0, then a newcomer.
+    newcomer = [m.float() for m in _members(1, hidden=128, batchnorm=batchnorm, dropout=0.3)]
     for f in (default, onednn):
-        f.select(torch.tensor([3, 1]))
+        f.select(torch.tensor([3, 1, 4, 0]))
         f.extend(FusedMLP.from_members(newcomer))
-    assert onednn.size == 3 and onednn.onednn
+    assert onednn.size == 5 and onednn.onednn
     outputs = [f.forward(x, train=False) for f in (default, onednn)]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outputs[1][2], default.forward(x, train=False)[2])
+    # Two members' products are too small for oneDNN to pay: back to the default BLAS.
+    for f in (default, onednn):
+        f.select(torch.tensor([4, 2]))
+    assert not onednn.onednn and onednn._param_views is onednn._master_views
+    outputs = [f.forward(x, train=False) for f in (default, onednn)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
     assert torch.backends.mkldnn.matmul.fp32_precision == flag  # set only while it ran

@@ -96,8 +96,9 @@ def test_the_rate_is_read_at_every_step(case: str) -> None:
 
 
 def test_both_adam_updates_follow_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a CPU, Adam runs torch's fused kernel member by member (``_adam_rows``); the
-    update of every member at once (``_adam_columns``), for other devices, agrees too."""
+    """On a CPU, Adam runs torch's fused kernel member by member (``_adam_rows``) for
+    members of ``_ADAM_ROWS_FROM`` parameters or more; the update of every member at
+    once (``_adam_columns``), for smaller members and other devices, agrees too."""
     names, hypers = CASES["adam_and_adamw"]
     used: list[str] = []
     for path in ("_adam_rows", "_adam_columns"):
@@ -108,12 +109,12 @@ def test_both_adam_updates_follow_torch(monkeypatch: pytest.MonkeyPatch) -> None
             used.append(_path)
             _original(self, *args)
         monkeypatch.setattr(FusedOptimizer, path, spy)
+    _compare(names, hypers, lr_decay_per_step=0.7)  # P parameters: below the threshold
+    assert set(used) == {"_adam_columns"}
+    used.clear()
+    monkeypatch.setattr("tuner.fused._optim._ADAM_ROWS_FROM", P)
     _compare(names, hypers, lr_decay_per_step=0.7)
     assert set(used) == {"_adam_rows"}
-    used.clear()
-    monkeypatch.setattr(FusedOptimizer, "_adam", FusedOptimizer._adam_columns)
-    _compare(names, hypers, lr_decay_per_step=0.7)
-    assert set(used) == {"_adam_columns"}
 
 
 def test_select_and_extend_keep_each_members_state() -> None:

@@ -187,8 +187,8 @@ class FusedMLP:
         self.batches = batches
         self.dropout = dropout
         self.compute = None if compute in (None, params.dtype) else compute
-        self.onednn = (params.device.type == "cpu" and params.dtype == torch.float32
-                       and self.compute is None and onednn_fp32_preferred())
+        self._onednn_here = (params.device.type == "cpu" and params.dtype == torch.float32
+                             and self.compute is None and onednn_fp32_preferred())
         self._refresh()
 
     @classmethod
@@ -234,6 +234,11 @@ class FusedMLP:
         self.grad = torch.empty_like(self.params)
         self._master_grads = _Layout.views(self.grad, self.layout.params)
         self._param_views, self._grad_views = self._master_views, self._master_grads
+        # oneDNN's call costs more than MKL's: it pays from products of about 2M
+        # multiply-adds (measured, [K, 64, h] @ [K, h, h]: 1.2x at K h^2 = 32,768, 1.5x at
+        # 65,536, 0.5-0.9x below 16,384), so a population that compaction shrinks
+        # below that goes back to the default BLAS.
+        self.onednn = self._onednn_here and self.size * self.spec.hidden ** 2 >= 1 << 16
         if self.compute is not None or self.onednn:
             # Each tensor's copy is contiguous on its own, and each forward refreshes it:
             # a bfloat16 batched product on views into the rows runs 1.7-3x slower, and
