@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from tuner.device import onednn_fp32_exact
 from tuner.dropout import RandomWords, Source
 from tuner.fused import FusedMLP, add_input_noise, member_loss
+from tuner.fused._metrics import evaluate_members
 from tuner.fused._model import _Layout
+from tuner.metrics import METRICS
 from tuner.models import MLP
+from tuner.train import evaluate
 
 
 def _members(k: int, *, n_features: int = 5, n_outputs: int = 3, hidden: int = 8,
@@ -291,3 +294,25 @@ def test_onednn_products_on_weight_copies_equal_the_default_path(
     outputs = [f.forward(x, train=False) for f in (default, onednn)]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
     assert torch.backends.mkldnn.matmul.fp32_precision == flag  # set only while it ran
+
+
+@pytest.mark.parametrize("metric_name", ["accuracy", "cross_entropy"])
+def test_evaluation_in_chunks_equals_each_members_own_evaluation(
+        metric_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The validation pass over a split in chunks of rows (200 rows in chunks of 64 here)
+    gives each member the loss and metric that tuner.train.evaluate gives its own MLP."""
+    monkeypatch.setattr("tuner.fused._metrics._EVAL_VALUES_CPU", 1)  # the 64-row minimum
+    members = _members(3, batchnorm=True)
+    for m in members:  # running statistics away from their initial values
+        m.train()
+        m(torch.randn(32, 5, dtype=torch.float64))
+    fused = FusedMLP.from_members(members)
+    x, y = torch.randn(200, 5, dtype=torch.float64), torch.randint(0, 3, (200,))
+    metric = METRICS[metric_name]
+
+    losses, values = evaluate_members(fused, x, y, "classification", metric)
+
+    for i, m in enumerate(members):
+        loss, value = evaluate(m, x, y, "classification", metric)
+        torch.testing.assert_close(losses[i], loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(values[i].double(), value.double(), rtol=1e-6, atol=1e-7)
