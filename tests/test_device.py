@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -111,3 +115,42 @@ def test_onednn_products_equal_the_default_blas(transpose: bool) -> None:
     for value in (got, default):
         torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, default, rtol=1e-5, atol=1e-5)
+
+
+_FAULTS = """
+import resource, sys, torch
+from tuner.config import TrialConfig
+from tuner.data import load_splits
+from tuner.device import reuse_freed_memory
+from tuner.fused._group import Group, Member
+from tuner.metrics import METRICS
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+torch.set_num_threads(1)
+data = load_splits("digits", seed=0)
+configs = [TrialConfig.from_values({"hidden": 128, "layers": 2, "batch_size": 64,
+                                    "dropout": 0.1 + i / 100}, epochs=3, seed=i)
+           for i in range(32)]
+group = Group([Member(i, c) for i, c in enumerate(configs)], data, seed=0)
+group.train_epoch(data, METRICS["accuracy"])  # warm-up: the allocator's thresholds settle
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+group.train_epoch(data, METRICS["accuracy"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is glibc's")
+def test_an_epoch_reuses_freed_memory_instead_of_faulting_in_fresh_pages() -> None:
+    """An epoch of a fused population of 32 MLPs of 128 units frees and allocates
+    tensors of about a megabyte at every step. With the tuner's malloc thresholds it
+    reuses their memory: few pages are faulted in. (With glibc's own, this epoch faulted
+    in 18,842 pages, 74 MiB, on the development machine.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                             text=True, check=True, env=env)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    assert faults("reuse") < 2000  # under 8 MiB of fresh pages in an epoch

@@ -301,7 +301,7 @@ def test_evaluation_in_chunks_equals_each_members_own_evaluation(
         metric_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The validation pass over a split in chunks of rows (200 rows in chunks of 64 here)
     gives each member the loss and metric that tuner.train.evaluate gives its own MLP."""
-    monkeypatch.setattr("tuner.fused._metrics._EVAL_VALUES_CPU", 1)  # the 64-row minimum
+    monkeypatch.setattr("tuner.fused._metrics._EVAL_VALUES", 1)  # the 64-row minimum
     members = _members(3, batchnorm=True)
     for m in members:  # running statistics away from their initial values
         m.train()

@@ -20,7 +20,7 @@ from types import FrameType
 
 import optuna
 
-from tuner.device import CPU_THREADS
+from tuner.device import CPU_THREADS, reuse_freed_memory
 from tuner.errors import TunerError
 from tuner.runner import RunSummary, Snapshot, ignore_signal, snapshot, summarize
 from tuner.space import EngineSpec
@@ -69,6 +69,8 @@ def worker_main(args: WorkerArgs) -> None:
 
         quiet_optuna()
         torch.set_num_threads(args.threads)
+        if torch.device(args.device).type == "cpu":
+            reuse_freed_memory()
         storage = TunerStorage(args.storage_url).open()
         space = stored_space(storage, args.study_name)
         run_study(space, storage=storage, study_name=args.study_name, budget=args.budget,

@@ -13,13 +13,8 @@ from torch import Tensor
 from tuner.fused._model import FusedMLP
 from tuner.metrics import Metric
 
-# Activations held at once in evaluation: K x rows x width values. On a CPU a chunk's
-# activations stay at the size of a training step's (1 MiB in float32 for K = 32,
-# 128 units): larger ones come from fresh pages of memory, and the page faults made a
-# K = 32 population's evaluation of 360 rows take 7.5-8.1 ms an epoch in chunks of
-# 4 MiB against 5.0-5.2 ms in chunks of 1 MiB (measured in a 20-epoch run).
+# Activations held at once in evaluation: K x rows x width values.
 _EVAL_VALUES = 1 << 20
-_EVAL_VALUES_CPU = 1 << 18
 
 
 def member_loss(task: str, output: Tensor, target: Tensor) -> Tensor:
@@ -53,8 +48,7 @@ def evaluate_members(model: FusedMLP, x: Tensor, y: Tensor, task: str, metric: M
                      y_scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Every member's loss and metric over a whole split, in eval mode: two ``[K]`` tensors."""
     width = max(model.spec.hidden, model.spec.n_features)
-    values = _EVAL_VALUES_CPU if x.device.type == "cpu" else _EVAL_VALUES
-    rows = max(64, values // (model.size * width))
+    rows = max(64, _EVAL_VALUES // (model.size * width))
     chunks = [model.forward(x[i:i + rows], train=False).transpose(1, 2)
               for i in range(0, x.shape[0], rows)]
     output = torch.cat(chunks, dim=2).transpose(1, 2)  # keeps the [K, classes, N] layout
