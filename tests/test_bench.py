@@ -15,9 +15,9 @@ from torch import nn
 
 from tuner import device
 from tuner.bench import COLUMNS, VARIANTS, StorageClock, matmul_peak, train_flops_per_sample
-from tuner.bench._space import bench_space
+from tuner.bench._space import HIDDEN, bench_space
 from tuner.cli import cli
-from tuner.device import onednn_fp32_preferred
+from tuner.fused._model import onednn_products
 from tuner.space import Fixed
 
 TINY = ["--dataset", "iris", "--trials", "2", "--epochs", "2", "--device", "cpu"]
@@ -58,9 +58,10 @@ def test_json_has_the_settings_and_a_row_per_variant(report: dict[str, Any]) -> 
     assert report["same_configs"] is True
     assert report["matmul_peak"] > 0 and report["train_flops_per_sample"] > 0
     assert report["population"] == 2
-    # The library the fused engine's float32 products ran in, as the model chose it.
-    assert report["fused_matmul"] == ("oneDNN" if onednn_fp32_preferred() else
-                                      "torch's default BLAS")
+    # The library the fused engine's float32 products ran in, as the model chose it for
+    # a population of 2 of the bench's MLP.
+    chosen = onednn_products(2, HIDDEN, torch.float32, torch.device("cpu"))
+    assert report["fused_matmul"] == ("oneDNN" if chosen else "torch's default BLAS")
     assert [row["variant"] for row in report["rows"]] == list(VARIANTS)
     for row in report["rows"]:
         assert set(key for _, key in COLUMNS) <= set(row)
@@ -131,7 +132,7 @@ def test_matmul_peak_is_the_better_library_where_onednn_is_exact(
     only where its products are exact."""
     def fake_peak(where: torch.device, dtype: torch.dtype, seconds: float, n: int) -> float:
         flag = device._onednn_flag()  # None in a torch without the switch
-        on = flag is not None and flag.fp32_precision == "bf16"  # type: ignore[attr-defined]
+        on = flag is not None and flag.fp32_precision == "bf16"
         return 2e11 if on else 1e11
 
     monkeypatch.setattr("tuner.bench._peak._matmul_peak", fake_peak)

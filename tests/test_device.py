@@ -66,20 +66,20 @@ def test_onednn_matmul_sets_torch_flag_only_inside_the_block() -> None:
     flag = device._onednn_flag()
     if flag is None:
         pytest.skip("this torch has no torch.backends.mkldnn.matmul.fp32_precision")
-    before = flag.fp32_precision  # type: ignore[attr-defined]
+    before = flag.fp32_precision
     with onednn_matmul():
-        assert flag.fp32_precision == "bf16"  # type: ignore[attr-defined]
-    assert flag.fp32_precision == before  # type: ignore[attr-defined]
+        assert flag.fp32_precision == "bf16"
+    assert flag.fp32_precision == before
     with pytest.raises(ValueError), onednn_matmul():
         raise ValueError  # restored on the way out of an exception too
-    assert flag.fp32_precision == before  # type: ignore[attr-defined]
+    assert flag.fp32_precision == before
 
 
 def test_onednn_blocks_in_two_threads_restore_the_flag_when_the_last_closes() -> None:
     flag = device._onednn_flag()
     if flag is None:
         pytest.skip("this torch has no torch.backends.mkldnn.matmul.fp32_precision")
-    before = flag.fp32_precision  # type: ignore[attr-defined]
+    before = flag.fp32_precision
     entered, release = threading.Event(), threading.Event()
 
     def other() -> None:
@@ -92,10 +92,10 @@ def test_onednn_blocks_in_two_threads_restore_the_flag_when_the_last_closes() ->
         thread.start()
         entered.wait(5)
     # This thread's block closed first: the other's is still open, and so is the switch.
-    assert flag.fp32_precision == "bf16"  # type: ignore[attr-defined]
+    assert flag.fp32_precision == "bf16"
     release.set()
     thread.join(5)
-    assert flag.fp32_precision == before  # type: ignore[attr-defined]
+    assert flag.fp32_precision == before
 
 
 @needs_exact_onednn

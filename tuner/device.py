@@ -10,6 +10,7 @@ import os
 import platform
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ def flush_denormals() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
-def _onednn_flag() -> object | None:
+def _onednn_flag() -> Any:
     """torch's switch that lets float32 matrix products run in oneDNN (None in a torch
     without it, before 2.9)."""
     matmul = getattr(torch.backends.mkldnn, "matmul", None)
@@ -99,8 +100,8 @@ def onednn_matmul() -> Iterator[None]:
         return
     with _onednn_lock:
         if _onednn_depth == 0:
-            _onednn_before = flag.fp32_precision  # type: ignore[attr-defined]
-            flag.fp32_precision = "bf16"  # type: ignore[attr-defined]
+            _onednn_before = flag.fp32_precision
+            flag.fp32_precision = "bf16"
         _onednn_depth += 1
     try:
         yield
@@ -108,7 +109,7 @@ def onednn_matmul() -> Iterator[None]:
         with _onednn_lock:
             _onednn_depth -= 1
             if _onednn_depth == 0:
-                flag.fp32_precision = _onednn_before  # type: ignore[attr-defined]
+                flag.fp32_precision = _onednn_before
 
 
 def _probes() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

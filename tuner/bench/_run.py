@@ -25,8 +25,8 @@ from tuner.bench._result import BenchResult, Run
 from tuner.bench._space import BATCH_SIZE, DATASETS, HIDDEN, LAYERS, bench_space
 from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits
-from tuner.device import onednn_fp32_preferred
 from tuner.errors import UsageError
+from tuner.fused._model import onednn_products
 from tuner.objective import Objective
 from tuner.population import PopulationRun
 from tuner.space import Space
@@ -107,14 +107,18 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
         trials=trials, epochs=epochs, seed=seed, threads=torch.get_num_threads(),
         matmul_peak=peak, train_flops_per_sample=flops,
         same_configs=all(c == configs[0] for c in configs), runs=runs,
-        fused_matmul=_fused_matmul(device, precision) if population is not None else None)
+        fused_matmul=(_fused_matmul(device, precision, population, data.x_train.dtype)
+                      if population is not None else None))
 
 
-def _fused_matmul(device: torch.device, precision: str) -> str | None:
-    """The library the fused engine's float32 products run in on a CPU (see FusedMLP)."""
+def _fused_matmul(device: torch.device, precision: str, population: int,
+                  dtype: torch.dtype) -> str | None:
+    """The library the fused engine's float32 products run in on a CPU, as FusedMLP
+    decides it for a population of the bench's MLP."""
     if device.type != "cpu" or precision != "fp32":
         return None
-    return "oneDNN" if onednn_fp32_preferred() else "torch's default BLAS"
+    return ("oneDNN" if onednn_products(population, HIDDEN, dtype, device)
+            else "torch's default BLAS")
 
 
 def _rounds(trials: int, size: int) -> list[int]:

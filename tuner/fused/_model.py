@@ -146,6 +146,16 @@ def _loss_and_grad(task: str, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     return error.square().mean((1, 2)), error.mul_(2 / b)
 
 
+def onednn_products(k: int, hidden: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether K float32 members of ``hidden`` units run their products in oneDNN
+    (:func:`tuner.device.onednn_fp32_preferred`): where that is preferred, and for
+    products large enough to pay for oneDNN's call, which costs more than MKL's: from
+    about 2M multiply-adds (measured, ``[K, 64, h] @ [K, h, h]``: 1.2x at K h^2 =
+    32,768, 1.5x at 65,536, 0.5-0.9x below 16,384)."""
+    return (device.type == "cpu" and dtype == torch.float32 and k * hidden ** 2 >= 1 << 16
+            and onednn_fp32_preferred())
+
+
 def add_input_noise(x: Tensor, sigma: Tensor, generator: torch.Generator | None) -> Tensor:
     """Inputs ``[B, F]`` (shared) or ``[K, B, F]`` plus Gaussian noise with each member's
     ``sigma`` (``[K]``): ``[K, B, F]``. A member with sigma 0 gets its inputs unchanged."""
@@ -187,8 +197,6 @@ class FusedMLP:
         self.batches = batches
         self.dropout = dropout
         self.compute = None if compute in (None, params.dtype) else compute
-        self._onednn_here = (params.device.type == "cpu" and params.dtype == torch.float32
-                             and self.compute is None and onednn_fp32_preferred())
         self._refresh()
 
     @classmethod
@@ -234,11 +242,9 @@ class FusedMLP:
         self.grad = torch.empty_like(self.params)
         self._master_grads = _Layout.views(self.grad, self.layout.params)
         self._param_views, self._grad_views = self._master_views, self._master_grads
-        # oneDNN's call costs more than MKL's: it pays from products of about 2M
-        # multiply-adds (measured, [K, 64, h] @ [K, h, h]: 1.2x at K h^2 = 32,768, 1.5x at
-        # 65,536, 0.5-0.9x below 16,384), so a population that compaction shrinks
-        # below that goes back to the default BLAS.
-        self.onednn = self._onednn_here and self.size * self.spec.hidden ** 2 >= 1 << 16
+        # A population that compaction shrinks too far goes back to the default BLAS.
+        self.onednn = self.compute is None and onednn_products(
+            self.size, self.spec.hidden, self.params.dtype, self.params.device)
         if self.compute is not None or self.onednn:
             # Each tensor's copy is contiguous on its own, and each forward refreshes it:
             # a bfloat16 batched product on views into the rows runs 1.7-3x slower, and
