@@ -92,6 +92,30 @@ def test_bad_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["bench", "--dataset", "diabetes"])
     assert result.exit_code == 2
     assert "diabetes" in result.output
+    result = CliRunner().invoke(cli, ["bench", "--samples", "500"])  # digits has its size
+    assert result.exit_code == 2
+    assert "--samples and --features size the synthetic 'classification' dataset" in (
+        result.output)
+    assert "Traceback" not in result.output
+
+
+def test_the_synthetic_dataset_takes_the_size_asked_for() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--dataset", "classification", "--samples",
+                                      "500", "--features", "7", "--trials", "1", "--epochs",
+                                      "1", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    from tuner.data import load_splits
+
+    data = load_splits("classification", 0, "cpu", 500, 7)
+    assert data.x_train.shape[1] == 7
+    for row in report["rows"]:
+        assert row["samples"] == data.x_train.shape[0]  # one epoch of the training split
+    # The FLOPs of a step are those of the MLP on the 7 inputs.
+    from tuner.bench._run import _flops_per_sample
+
+    assert report["train_flops_per_sample"] == _flops_per_sample(data)
+    assert _flops_per_sample(data) < _flops_per_sample(load_splits("classification", 0))
 
 
 # --- the parts ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from scipy import stats
 from tuner.config import TrialConfig
 from tuner.data import Splits, load_splits, split_arrays
 from tuner.fused import MemberResult, group_key, train_population, unsupported_reason
+from tuner.fused._group import Group, Member
 from tuner.metrics import METRICS
 from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
 
@@ -315,22 +316,48 @@ def test_the_callers_random_state_is_left_alone(iris64: Splits) -> None:
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_a_bf16_population_trains_like_a_float32_one() -> None:
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_half_precision_population_trains_like_a_float32_one(precision: str) -> None:
     data = load_splits("digits", seed=0)
     configs = [TrialConfig.from_values({"hidden": 32, "layers": 1, "optimizer": "adam",
                                         "lr": 3e-3, "dropout": 0.2}, epochs=4, seed=s)
                for s in range(6)]
     exact = train_population(configs, data, metric=METRICS["accuracy"], seed=1)
     mixed = train_population(configs, data, metric=METRICS["accuracy"], seed=1,
-                             precision="bf16")
+                             precision=precision)
     for e, m in zip(exact, mixed, strict=True):
         # Same batches, same dropout draws, same initial weights: the curves agree to
-        # bfloat16's precision, and the exported weights are float32.
+        # the half precision's, and the exported weights are float32.
         assert m.history[-1].train_loss == pytest.approx(e.history[-1].train_loss, rel=0.1)
         assert m.best_metric == pytest.approx(e.best_metric, abs=0.03)
         assert all(v.dtype in (torch.float32, torch.int64) for v in m.state_dict.values())
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         train_population(configs, data, metric=METRICS["accuracy"], precision="fp8")
+
+
+def test_fp16_members_that_overflow_skip_their_steps_and_back_off() -> None:
+    """A member whose loss scale makes its float16 gradients overflow skips each such
+    step (its weights and optimizer stay as they were) and halves its scale, while the
+    others train; a member's checkpoint carries its scale for the sequential engine."""
+    data = load_splits("digits", seed=0)
+    configs = [TrialConfig.from_values({"hidden": 32, "layers": 1, "optimizer": "adam",
+                                        "lr": 3e-3}, epochs=4, seed=s) for s in range(3)]
+    group = Group([Member(i, c) for i, c in enumerate(configs)], data, seed=0,
+                  compute=torch.float16)
+    assert group.scaler is not None
+    group.scaler.scale[0] = 2.0 ** 50  # far past float16's range on every batch
+    before = group.model.params.clone()
+    group.train_epoch(data, METRICS["accuracy"])
+    n_batches = math.ceil(data.x_train.shape[0] / configs[0].batch_size)
+    assert torch.equal(group.model.params[0], before[0])
+    assert group.optimizer.steps.tolist() == [0.0, n_batches, n_batches]
+    assert group.scaler.scale.tolist() == [2.0 ** (50 - n_batches), 2.0 ** 16, 2.0 ** 16]
+    assert not torch.equal(group.model.params[1], before[1])
+    assert torch.isfinite(group.model.params).all()
+    checkpoint = group.checkpoint(2)
+    assert checkpoint.scaler is not None
+    assert checkpoint.scaler["scale"] == 2.0 ** 16
+    assert checkpoint.scaler["_growth_tracker"] == n_batches
 
 
 # -- checkpoints: a member resumed by the sequential engine continues its fused run ---------

@@ -214,22 +214,29 @@ def test_input_noise_has_each_members_sigma() -> None:
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
-def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm: bool) -> None:
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_passes_follow_the_float32_ones_and_keep_float32_masters(
+        batchnorm: bool, half: torch.dtype) -> None:
     members = [m.float() for m in _members(3, hidden=32, batchnorm=batchnorm)]
     exact = FusedMLP.from_members(members)
-    mixed = FusedMLP.from_members(members, torch.bfloat16)
+    mixed = FusedMLP.from_members(members, half)
     x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    # float16 steps take a loss scale: the gradients come back times it.
+    scale = torch.tensor([1.0, 256.0, 2.0 ** 16]) if half == torch.float16 else None
 
-    losses = [f.train_step(x, y, "classification") for f in (exact, mixed)]
+    losses = [exact.train_step(x, y, "classification"),
+              mixed.train_step(x, y, "classification", loss_scale=scale)]
+    if scale is not None:
+        mixed.grad.div_(scale.unsqueeze(1))
     grads = [list(_Layout.views(f.grad, f.layout.params).values()) for f in (exact, mixed)]
-    twin = FusedMLP.from_members(members, torch.bfloat16)
+    twin = FusedMLP.from_members(members, half)
     autograd = torch.autograd.grad(
         member_loss("classification", twin.forward(x, train=True), y).sum(), twin.leaves())
 
     assert mixed.params.dtype == torch.float32 and mixed.buffers.dtype == torch.float32
-    # The passes ran in bfloat16 (autograd's gradients of them are), the gradients
-    # handed to the optimizer are float32.
-    assert all(g.dtype == torch.bfloat16 for g in autograd)
+    # The passes ran in the half precision (autograd's gradients of them are), the
+    # gradients handed to the optimizer are float32.
+    assert all(g.dtype == half for g in autograd)
     assert mixed.grad.dtype == torch.float32
     # bfloat16 keeps 8 bits of mantissa: the passes agree to about 1%.
     torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)
@@ -243,7 +250,7 @@ def test_bf16_passes_follow_the_float32_ones_and_keep_float32_masters(batchnorm:
         assert cosine.item() > 0.98
     # The running statistics are the master dtype's, close to float32's.
     torch.testing.assert_close(mixed.buffers, exact.buffers, rtol=2e-2, atol=2e-2)
-    # An update of the masters is what the next bf16 forward sees.
+    # An update of the masters is what the next half-precision forward sees.
     with torch.no_grad():
         mixed.params.mul_(0)
     assert torch.count_nonzero(mixed.forward(x, train=False)) == 0

@@ -16,6 +16,7 @@ import torch
 from tuner.fused import (
     FusedOptimizer,
     FusedSchedule,
+    MemberLossScale,
     add_penalty_grad_,
     apply_max_norm_,
     resolve_hyper,
@@ -115,6 +116,78 @@ def test_both_adam_updates_follow_torch(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr("tuner.fused._optim._ADAM_ROWS_FROM", P)
     _compare(names, hypers, lr_decay_per_step=0.7)
     assert set(used) == {"_adam_rows"}
+
+
+def _skips(k: int) -> list[torch.Tensor]:
+    """Per step, which members take it (1) or skip it (0): member 1 skips its first
+    step, member 2 every third, member 0 none."""
+    return [torch.tensor([1.0, float(s != 0), float(s % 3 != 2)] + [1.0] * (k - 3),
+                         dtype=torch.float64) for s in range(STEPS)]
+
+
+# Adam also member by member (the rows path, for large members on a CPU).
+@pytest.mark.parametrize(("case", "rows"),
+                         [(case, False) for case in CASES] + [("adam_and_adamw", True)])
+def test_a_skipped_step_leaves_the_member_as_torch_leaves_it(
+        case: str, rows: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member whose step is skipped (float16's overflow) keeps its parameters, state and
+    step count, as when torch's GradScaler skips ``optimizer.step()``: the member
+    follows torch's optimizer stepped only on the steps it took. The others are as
+    if nobody skipped."""
+    if rows:
+        monkeypatch.setattr("tuner.fused._optim._ADAM_ROWS_FROM", P)
+    names, hypers = CASES[case]
+    k = len(names)
+    gen = torch.Generator().manual_seed(1)
+    start = torch.randn(k, P, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(k, P, generator=gen, dtype=torch.float64) for _ in range(STEPS)]
+    oks = _skips(k)
+    params = start.clone()
+    fused = FusedOptimizer(names, hypers, params)
+    lr = torch.tensor(_lrs(hypers, names), dtype=torch.float64)
+    for g, ok in zip(grads, oks, strict=True):
+        fused.step(params, g * ok.unsqueeze(1), lr, ok)  # skipped rows come zeroed
+    for i, (name, hyper) in enumerate(zip(names, hypers, strict=True)):
+        p = start[i].clone().requires_grad_(True)
+        reference = build_optimizer([p], name, **hyper)
+        for g, ok in zip(grads, oks, strict=True):
+            if ok[i]:
+                p.grad = g[i].clone()
+                reference.step()
+        np.testing.assert_allclose(params[i].numpy(), p.detach().numpy(), rtol=1e-10,
+                                   atol=1e-12, err_msg=f"member {i}: {name} {hyper}")
+    assert fused.steps.tolist() == [float(sum(ok[i] for ok in oks)) for i in range(k)]
+
+
+def test_member_loss_scales_follow_torchs_grad_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member's scale moves as a ``torch.amp.GradScaler``'s fed that member's
+    overflows (backoff on an overflow, growth after a run of good steps), and unscaling
+    divides a finite row by its scale and zeroes a row with an inf or a NaN."""
+    monkeypatch.setattr(MemberLossScale, "INTERVAL", 3)
+    k, steps = 3, 12
+    overflow = [[s in (0, 1, 7) for s in range(steps)], [False] * steps,
+                [s % 2 == 0 for s in range(steps)]]
+    scaler = MemberLossScale(k, torch.device("cpu"))
+    references = [torch.amp.GradScaler("cpu", growth_interval=3) for _ in range(k)]
+    for s in range(steps):
+        grad = torch.full((k, 4), 2.0 ** 10)
+        for i in range(k):
+            if overflow[i][s]:
+                grad[i, 1] = torch.inf if i % 2 else torch.nan
+        scale_before = scaler.scale.clone()
+        ok = scaler.unscale_(grad)
+        assert ok.tolist() == [0.0 if overflow[i][s] else 1.0 for i in range(k)]
+        for i in range(k):
+            expected = 0.0 if overflow[i][s] else 2.0 ** 10 / scale_before[i].item()
+            assert grad[i].tolist() == [expected] * 4
+        scaler.update(ok)
+        for i, reference in enumerate(references):
+            p = torch.nn.Parameter(torch.ones(1))
+            optimizer = torch.optim.SGD([p], lr=0.0)
+            reference.scale(p.sum() * (torch.inf if overflow[i][s] else 1.0)).backward()
+            reference.step(optimizer)
+            reference.update()
+            assert scaler.state(i) == reference.state_dict(), (s, i)
 
 
 def test_select_and_extend_keep_each_members_state() -> None:

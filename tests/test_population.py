@@ -342,6 +342,8 @@ def test_engine_in_the_space_file(write_space: Any, tmp_path: Path) -> None:
     raw["engine"] = {"name": "fused", "population": 5, "precision": "bf16"}
     loaded = load_space(write_space(raw))
     assert loaded.engine == EngineSpec("fused", 5, "bf16")
+    raw["engine"] = {"precision": "fp16", "compile": True}
+    assert load_space(write_space(raw)).engine == EngineSpec("sequential", 32, "fp16", True)
     raw["engine"] = "fused"
     assert load_space(write_space(raw)).engine == EngineSpec("fused", 32)
     # Not part of the fingerprint: a study may be resumed with the other engine.
@@ -353,8 +355,9 @@ def test_engine_in_the_space_file(write_space: Any, tmp_path: Path) -> None:
             ({"name": "fused", "population": 0}, "engine.population: must be an integer >= 1, "
                                                  "but got 0"),
             ({"name": "fused", "size": 3}, "engine.size: unknown key 'size'"),
-            ({"precision": "fp16"}, "engine.precision: unknown precision 'fp16'; expected "
-                                    "one of: fp32, bf16")):
+            ({"compile": "yes"}, "engine.compile: must be true or false, but got 'yes'"),
+            ({"precision": "fp8"}, "engine.precision: unknown precision 'fp8'; expected "
+                                   "one of: fp32, bf16, fp16")):
         raw["engine"] = bad
         with pytest.raises(SpaceError, match=message):
             load_space(write_space(raw))
@@ -387,13 +390,46 @@ def test_cli_start_with_the_fused_engine(runner: CliRunner, write_space: Any,
             (["--engine", "fused", "--model", "cnn", "--dataset", "digits"],
              "--engine fused trains the built-in mlp, but the space's model is 'cnn'"),
             (["--engine", "turbo"], "Invalid value for '--engine'"),
-            (["--precision", "fp16"], "Invalid value for '--precision'")):
+            (["--precision", "fp8"], "Invalid value for '--precision'")):
         result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
                                      "--study", "g", *args])
         assert result.exit_code == 2, result.output
         assert message in result.output
         assert "Traceback" not in result.output
     assert db_snapshot(db_path) == before
+
+
+def test_cli_compile_reaches_each_sequential_trial(runner: CliRunner, write_space: Any,
+                                                  storage_url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile (or the space's engine.compile) has each trial's model compiled;
+    --no-compile overrides the space. (tests/test_train.py compiles for real.)"""
+    compiled: list[str] = []
+
+    def spy(model: Any) -> Any:
+        compiled.append(type(model).__name__)
+        return model
+
+    monkeypatch.setattr("tuner.objective.compile_model", spy)
+    path = write_space(SPACE)
+    result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
+                                 "--trials", "2", "--epochs", "1", "--compile", "--study", "c"])
+    assert result.exit_code == 0, result.output
+    assert "· compiled" in result.output
+    assert compiled == ["MLP", "MLP"]
+    raw = copy.deepcopy(SPACE)
+    raw["engine"] = {"compile": True}
+    path = write_space(raw)
+    result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
+                                 "--trials", "3", "--epochs", "1", "--study", "d"])
+    assert result.exit_code == 0, result.output
+    assert len(compiled) == 5
+    result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
+                                 "--trials", "4", "--epochs", "1", "--study", "d",
+                                 "--no-compile"])
+    assert result.exit_code == 0, result.output
+    assert "compiled" not in result.output
+    assert len(compiled) == 5
 
 
 def _metrics() -> Any:

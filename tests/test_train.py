@@ -17,7 +17,15 @@ from tuner.data import Splits, load_splits, split_arrays
 from tuner.dropout import epoch_masks
 from tuner.metrics import METRICS
 from tuner.regularizers import penalized_weights
-from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
+from tuner.train import (
+    RECOMPILE_LIMIT,
+    Checkpoint,
+    EpochMetrics,
+    build_for,
+    compile_model,
+    evaluate,
+    train,
+)
 
 SMALL = {"hidden": 16, "layers": 2, "batch_size": 16}
 
@@ -354,6 +362,71 @@ def test_history_val_metric_is_in_target_units(diabetes: Splits) -> None:
 # --- resuming from a checkpoint ---------------------------------------------------------
 
 
+def test_fp16_skips_overflowing_steps_and_its_loss_scale_survives_a_checkpoint(
+        iris: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a loss scale far past float16's range the first steps overflow and are
+    skipped while the scale backs off (GradScaler's rule); a checkpoint carries the
+    scale, so a resumed run goes on with it (a fresh scale would skip steps again)."""
+
+    class HugeScale(torch.amp.GradScaler):
+        def __init__(self, device: str) -> None:
+            super().__init__(device, init_scale=2.0 ** 40)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", HugeScale)
+    config = _config({"optimizer": "adam", "lr": 0.01}, epochs=5)
+    model = _model(config, iris)
+    initial = copy.deepcopy(model.state_dict())
+    checkpoints: list[Checkpoint] = []
+    torch.manual_seed(5)
+    full = train(model, iris, config, metric=METRICS["accuracy"], precision="fp16",
+                 checkpoint=checkpoints.append, checkpoint_every=0.0)
+    batches = math.ceil(iris.x_train.shape[0] / config.batch_size)
+    # Epoch 1: 2^40 halves once per batch, every step skipped: no weight moved.
+    assert checkpoints[0].scaler is not None
+    assert checkpoints[0].scaler["scale"] == 2.0 ** (40 - batches)
+    assert all(torch.equal(checkpoints[0].model[k], v) for k, v in initial.items())
+    # Backed off until in range, then steps that went through and trained.
+    last = checkpoints[-1].scaler
+    assert last is not None and last["scale"] < 2.0 ** (40 - 3 * batches)
+    assert last["_growth_tracker"] > 0
+    assert full.history[-1].train_loss < full.history[0].train_loss
+
+    # Resumed mid-way through backing off (after epoch 3).
+    fresh = _model(config, iris, seed=99)
+    resumed = train(fresh, iris, config, metric=METRICS["accuracy"], precision="fp16",
+                    resume=Checkpoint.from_bytes(checkpoints[2].to_bytes()))
+    assert _without_seconds(resumed.history) == _without_seconds(full.history)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+
+
+def test_a_compiled_model_trains_as_the_uncompiled_one(iris: Splits) -> None:
+    """torch.compile'd, with dropout (its masks drawn outside the graph, from the same
+    stream) and a last batch of another size: the same curve to float rounding, and the
+    state_dict keys of the plain model (checkpoints and exports stay loadable)."""
+    config = _config({"optimizer": "adam", "lr": 0.01, "dropout": 0.2, "batch_size": 32},
+                     epochs=3)
+    runs = []
+    for compiled in (False, True):
+        model = _model(config, iris)
+        if compiled:
+            compile_model(model)
+        torch.manual_seed(3)
+        runs.append((model, train(model, iris, config, metric=METRICS["accuracy"])))
+    (plain_model, plain), (compiled_model, compiled_run) = runs
+    np.testing.assert_allclose([h.train_loss for h in compiled_run.history],
+                               [h.train_loss for h in plain.history], rtol=1e-5)
+    np.testing.assert_allclose([h.val_loss for h in compiled_run.history],
+                               [h.val_loss for h in plain.history], rtol=1e-5)
+    assert compiled_model.state_dict().keys() == plain_model.state_dict().keys()
+    for name, tensor in plain_model.state_dict().items():
+        torch.testing.assert_close(compiled_model.state_dict()[name], tensor, rtol=1e-4,
+                                   atol=1e-5)
+    from torch._dynamo import config as dynamo_config
+
+    assert dynamo_config.recompile_limit >= RECOMPILE_LIMIT
+
+
 def _without_seconds(history: list[EpochMetrics]) -> list[tuple[float, ...]]:
     return [(h.epoch, h.train_loss, h.val_loss, h.val_metric, h.lr) for h in history]
 
@@ -388,17 +461,20 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(iris: Splits) -> N
         assert torch.equal(fresh.state_dict()[name], tensor), name
 
 
-def test_bf16_mixed_precision_follows_float32_and_keeps_float32_weights(iris: Splits) -> None:
+@pytest.mark.parametrize("half", ["bf16", "fp16"])
+def test_mixed_precision_follows_float32_and_keeps_float32_weights(iris: Splits,
+                                                                  half: str) -> None:
     config = _config({"optimizer": "adam", "lr": 0.01}, epochs=4)
     runs = []
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", half):
         model = _model(config, iris)
         torch.manual_seed(7)
         runs.append((model, train(model, iris, config, metric=METRICS["accuracy"],
                                   precision=precision)))
     (exact_model, exact), (mixed_model, mixed) = runs
     assert all(p.dtype == torch.float32 for p in mixed_model.parameters())
-    # The same batches and initial weights; bfloat16 products drift by about a percent.
+    # The same batches and initial weights; half-precision products drift by about a
+    # percent.
     np.testing.assert_allclose([h.train_loss for h in mixed.history],
                                [h.train_loss for h in exact.history], rtol=0.05)
     assert mixed.history[-1].train_loss < mixed.history[0].train_loss

@@ -163,9 +163,15 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
+        return x * self._mask(x)
+
+    # The plan is Python state that changes at every batch: under torch.compile it runs
+    # as it is (a graph guarded on it would be recompiled at every batch).
+    @torch.compiler.disable
+    def _mask(self, x: Tensor) -> Tensor:
         plan, rows = self._plan, x.shape[0]
         if plan.rows_left is None or rows > plan.rows_left:
-            return x * dropout_mask(tuple(x.shape), self.p, x.dtype, x.device)
+            return dropout_mask(tuple(x.shape), self.p, x.dtype, x.device)
         pool = plan.pool
         if pool is None or plan.used + rows > pool.shape[0] or pool.shape[1:] != x.shape[1:]:
             drawn = min(plan.rows_left, max(rows, POOL_VALUES // max(1, x[0].numel())))
@@ -174,7 +180,7 @@ class Dropout(nn.Dropout):
         mask = pool[plan.used:plan.used + rows]
         plan.used += rows
         plan.rows_left -= rows
-        return x * mask
+        return mask
 
     def plan(self, rows: int | None) -> None:
         """Expect ``rows`` training rows before the plan ends (None: no plan)."""

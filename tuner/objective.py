@@ -20,7 +20,15 @@ from tuner.metrics import METRICS, is_better
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space, sample
 from tuner.storage import TrialRecorder
-from tuner.train import Checkpoint, EpochMetrics, TrainResult, build_for, evaluate, train
+from tuner.train import (
+    Checkpoint,
+    EpochMetrics,
+    TrainResult,
+    build_for,
+    compile_model,
+    evaluate,
+    train,
+)
 
 # Without a pruner, per-epoch reports are written at most this often (seconds).
 REPORT_EVERY = 1.0
@@ -112,9 +120,10 @@ class Objective:
 
     def __init__(self, space: Space, storage: TrialRecorder, device: torch.device,
                  checkpoint_every: float = 30.0, report_every: float = REPORT_EVERY,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", compile: bool = False) -> None:
         self.space = space
         self.precision = precision
+        self.compile = compile
         self.storage = storage
         self.device = device
         self.checkpoint_every = checkpoint_every
@@ -152,6 +161,8 @@ class Objective:
         writer.set_user_attr("seed", config.seed)
         writer.set_user_attr("worker", worker_id())
         model = build_for(config, data)
+        if self.compile:
+            compile_model(model)
         resume = self._resume(study_id, root, trial)
         saved = resume is not None
 

@@ -90,7 +90,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
         budget = min(budget, grid_size(space))
     study = open_study(storage, space, study_name)
     objective = Objective(space, storage, device, checkpoint_every,
-                          precision=engine.precision)
+                          precision=engine.precision, compile=engine.compile)
     before = finished(count_states(storage, study))
     start = time.monotonic()
     failures = ran = 0

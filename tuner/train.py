@@ -83,6 +83,8 @@ class Checkpoint:
     best_state: dict[str, Any] | None
     history: list[EpochMetrics]
     rng: dict[str, torch.Tensor]
+    # float16's loss scale (a torch.amp.GradScaler state_dict); None in other precisions.
+    scaler: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         state = {**self.__dict__, "history": [tuple(vars(m).values()) for m in self.history]}
@@ -131,6 +133,24 @@ def build_for(config: TrialConfig, data: Splits) -> nn.Module:
                         dropout_kind=config.dropout_kind, batchnorm=config.batchnorm,
                         aux_outputs=data.aux_outputs if _uses_aux(config, data) else 0)
     return model.to(data.x_train.device)
+
+
+# Graphs torch.compile keeps per function before it falls back to running it uncompiled:
+# every architecture and batch size a study tries costs one (torch's default is 8).
+RECOMPILE_LIMIT = 64
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile ``model``'s forward with ``torch.compile``, in place: its ``state_dict``,
+    checkpoints and exports are the uncompiled model's. Training computes what it does
+    uncompiled (to float rounding); the first batches of each new shape pay for the
+    compilation."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    model.compile()
+    return model
 
 
 @torch.inference_mode()
@@ -185,8 +205,10 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     ``checkpoint_every`` seconds have passed since the last one; ``resume`` continues
     from such a checkpoint, with the same result as an uninterrupted run.
 
-    ``precision`` ``bf16`` runs the forward pass and the loss under ``torch.autocast``
-    in bfloat16 (mixed precision: the weights and the optimizer stay in float32).
+    ``precision`` ``bf16`` or ``fp16`` runs the forward pass and the loss under
+    ``torch.autocast`` in bfloat16 or float16 (mixed precision: the weights and the
+    optimizer stay in float32); float16 scales the loss with a ``torch.amp.GradScaler``
+    (a step whose gradients overflowed is skipped), whose state checkpoints carry.
     """
     weights = penalized_weights(model)
     optimizer = optimizer_for(model, config)
@@ -203,10 +225,13 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         raise UsageError("aux_weight > 0 needs a model with an auxiliary head (the built-in "
                          "mlp has one; a model of your own would need forward_with_aux)")
     aux, aux_task = data.aux_train, data.aux_task or "regression"
-    # Mixed precision: the forward pass and the loss under autocast, in bfloat16.
+    # Mixed precision: the forward pass and the loss under autocast.
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast(x.device.type, torch.bfloat16)) if precision == "bf16"
+        (lambda: torch.autocast(x.device.type, half)) if half is not None
         else contextlib.nullcontext)
+    # float16's range needs loss scaling; bfloat16 has float32's.
+    scaler = torch.amp.GradScaler(x.device.type) if half == torch.float16 else None
     # zero_grad(set_to_none=True) without its per-call profiler hooks.
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -220,6 +245,8 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         result.history = list(resume.history)
         result.best_epoch, result.best_metric = resume.best_epoch, resume.best_metric
         best_state = resume.best_state
+        if scaler is not None and resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
         _set_rng_state(resume.rng, x.device)
         first = resume.epoch + 1
     step = FastStep(optimizer)  # after a resume: the state it steps is the loaded one
@@ -256,8 +283,13 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
                     loss = loss + penalty(weights, l1, l2)
                 for p in params:
                     p.grad = None
-                loss.backward()
-                step()
+                if scaler is None:
+                    loss.backward()
+                    step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 if max_norm is not None:
                     apply_max_norm(weights, max_norm)
 
@@ -288,7 +320,8 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
             checkpoint(Checkpoint(
                 epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
                 scheduler.state_dict(), result.best_epoch, result.best_metric, best_state,
-                list(result.history), _rng_state(x.device)))
+                list(result.history), _rng_state(x.device),
+                None if scaler is None else scaler.state_dict()))
             last_checkpoint = time.monotonic()
 
     if best_state is not None:

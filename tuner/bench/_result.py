@@ -48,7 +48,7 @@ class BenchResult:
     epochs: int
     seed: int
     population: int | None  # trials at once of the fused variant (None: not run)
-    precision: str  # the tuner variants' (fp32 or bf16)
+    precision: str  # the tuner variants' (fp32, bf16 or fp16)
     threads: int  # torch's intra-op threads during the runs (CPU)
     matmul_peak: float  # FLOP/s, measured
     train_flops_per_sample: float  # matmul FLOPs of one training step, per sample
@@ -58,6 +58,7 @@ class BenchResult:
     # default BLAS" (see tuner.device.onednn_fp32_preferred); None without the fused
     # variant, on a GPU and in bf16.
     fused_matmul: str | None = None
+    compile: bool = False  # whether the sequential tuner variants ran torch.compile'd models
 
     def rows(self) -> list[dict[str, Any]]:
         """One mapping per run, with the ``COLUMNS`` keys and the raw measurements."""
@@ -114,6 +115,7 @@ def format_result(result: BenchResult, fmt: str = "table") -> str:
             + (f" · fused population {result.population}" if result.population else "")
             + (f" (products in {result.fused_matmul})" if result.fused_matmul else "")
             + (f" · tuner variants in {result.precision}" if result.precision != "fp32" else "")
+            + (" · sequential tuner variants compiled (torch.compile)" if result.compile else "")
             + (f" · {result.threads} thread(s)" if result.device == "cpu" else "")
             + f" · matmul peak {result.matmul_peak / 1e9:.1f} GFLOP/s · training step "
             f"{result.train_flops_per_sample / 1e3:.1f} kFLOP/sample")

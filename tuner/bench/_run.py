@@ -44,7 +44,8 @@ VARIANTS = {
 
 def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, seed: int = 0,
               device: torch.device | None = None, population: int | None = None,
-              precision: str = "fp32",
+              precision: str = "fp32", compile: bool = False,
+              samples: int | None = None, features: int | None = None,
               on_trial: Callable[[int], None] | None = None) -> BenchResult:
     """Run the baseline and the tuner's engine (in memory and on SQLite) on ``dataset``.
 
@@ -59,7 +60,10 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
 
     With ``population`` K, the fused engine runs too (``tuner-fused``), and the variants
     take turns K trials at a time: K sequential trials each, then one population of K.
-    ``precision`` is the tuner variants' (the baseline trains in float32).
+    ``precision`` is the tuner variants' (the baseline trains in float32); with
+    ``compile`` the sequential tuner variants compile each trial's model with
+    ``torch.compile`` (the first compilation falls in the untimed warm-up).
+    ``samples`` and ``features`` size the synthetic ``classification`` dataset.
 
     >>> result = run_bench(dataset="iris", trials=1, epochs=1)
     >>> [run.variant for run in result.runs]
@@ -73,8 +77,11 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     if dataset not in DATASETS:
         raise UsageError(f"--dataset: the benchmark needs a classification dataset (one of: "
                          f"{', '.join(DATASETS)}), but got {dataset!r}")
+    if (samples is not None or features is not None) and dataset != "classification":
+        raise UsageError(f"--samples and --features size the synthetic 'classification' "
+                         f"dataset, but got --dataset {dataset}")
     device = device or torch.device("cpu")
-    space = bench_space(dataset, epochs, seed)
+    space = bench_space(dataset, epochs, seed, samples, features)
     task = space.task
     # The objective's own cached device copy: every variant trains on the same tensors.
     data = load_splits(task.dataset, seed, str(device), task.n_samples, task.n_features)
@@ -82,12 +89,13 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
     flops = _flops_per_sample(data)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         names = [n for n in VARIANTS if n != "tuner-fused" or population is not None]
-        variants = [_Variant.open(name, Path(tmp), data, device, population or 1, precision)
-                    for name in names]
+        variants = [_Variant.open(name, Path(tmp), data, device, population or 1, precision,
+                                  compile) for name in names]
         rounds = _rounds(trials, population or 1)
         try:
             for variant in variants:
-                variant.start(bench_space(dataset, 1, seed), "warm-up", timed=False)
+                variant.start(bench_space(dataset, 1, seed, samples, features), "warm-up",
+                              timed=False)
                 variant.run_trials(min(2, rounds[0]), timed=False)
             for variant in variants:
                 variant.start(space, "bench")
@@ -103,7 +111,7 @@ def run_bench(*, dataset: str = "digits", trials: int = 20, epochs: int = 20, se
                 variant.close()
     return BenchResult(
         device=str(device), dataset=dataset, model=f"mlp {LAYERS}x{HIDDEN}, adam",
-        population=population, precision=precision,
+        population=population, precision=precision, compile=compile,
         trials=trials, epochs=epochs, seed=seed, threads=torch.get_num_threads(),
         matmul_peak=peak, train_flops_per_sample=flops,
         same_configs=all(c == configs[0] for c in configs), runs=runs,
@@ -139,6 +147,7 @@ class _Variant:
     device: torch.device
     population: int = 1
     precision: str = "fp32"
+    compile: bool = False
     setup: StorageClock = field(default_factory=StorageClock)  # storage and study creation
     clock: StorageClock = field(default_factory=StorageClock)  # the timed trials
     study: optuna.Study | None = None
@@ -149,7 +158,7 @@ class _Variant:
 
     @classmethod
     def open(cls, name: str, folder: Path, data: Splits, device: torch.device,
-             population: int = 1, precision: str = "fp32") -> _Variant:
+             population: int = 1, precision: str = "fp32", compile: bool = False) -> _Variant:
         setup = StorageClock()
         with setup:
             storage: Storage
@@ -159,7 +168,7 @@ class _Variant:
                 storage = TunerStorage(f"sqlite:///{folder / f'{name}.db'}").open()
             else:
                 storage = optuna.storages.InMemoryStorage()
-        return cls(name, storage, data, device, population, precision, setup=setup)
+        return cls(name, storage, data, device, population, precision, compile, setup=setup)
 
     def start(self, space: Space, study_name: str, timed: bool = True) -> None:
         """Create the study ``study_name`` of ``space`` and its objective."""
@@ -171,7 +180,7 @@ class _Variant:
             else:
                 self.study, recorder = create_engine_study(space, self.storage, study_name)
                 self.objective = Objective(space, recorder, self.device,
-                                           precision=self.precision)
+                                           precision=self.precision, compile=self.compile)
 
     def run_trials(self, n: int, timed: bool = True) -> None:
         """Run ``n`` more trials of the current study: one by one, or, for the fused

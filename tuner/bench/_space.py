@@ -20,8 +20,10 @@ LR = (1e-4, 1e-1)  # log scale
 DATASETS = ("digits", "wine", "breast_cancer", "iris", "classification")
 
 
-def bench_space(dataset: str = "digits", epochs: int = 20, seed: int = 0) -> Space:
-    """The benchmark's search space on ``dataset``.
+def bench_space(dataset: str = "digits", epochs: int = 20, seed: int = 0,
+                samples: int | None = None, features: int | None = None) -> Space:
+    """The benchmark's search space on ``dataset``; ``samples`` and ``features`` size the
+    synthetic ``classification`` dataset (default: the task's defaults).
 
     >>> from tuner.space import Fixed
     >>> [p.name for p in bench_space().params if not isinstance(p, Fixed)]
@@ -30,7 +32,9 @@ def bench_space(dataset: str = "digits", epochs: int = 20, seed: int = 0) -> Spa
     return parse_space({
         "description": "tuner bench: fixed MLP, Adam; dropout and learning rate searched",
         "seed": seed,
-        "task": {"dataset": dataset, "model": "mlp", "epochs": epochs, "metric": "accuracy"},
+        "task": {"dataset": dataset, "model": "mlp", "epochs": epochs, "metric": "accuracy",
+                 **({"n_samples": samples} if samples is not None else {}),
+                 **({"n_features": features} if features is not None else {})},
         "sampler": {"name": "random"},
         "pruner": {"name": "none"},
         "params": {

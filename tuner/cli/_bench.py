@@ -10,6 +10,7 @@ import click
 
 from tuner.cli import cli
 from tuner.space._catalogue import DATASET_NAMES
+from tuner.space._schema import PRECISIONS
 
 # Heavy modules (torch, Optuna, the benchmark) are imported inside the commands, so that
 # `tuner --help` starts in a fraction of a second.
@@ -33,10 +34,20 @@ _ENGINE_OPTIONS = (
     click.option("--population", type=click.IntRange(min=1), metavar="K",
                  help="Also run the fused population engine, K trials at once (variant "
                       "tuner-fused); the variants then take turns K trials at a time."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+    click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
                  show_default=True,
-                 help="The tuner variants' precision: bf16 runs their matrix products in "
-                      "bfloat16 (mixed precision); the baseline stays in float32."),
+                 help="The tuner variants' precision: bf16 or fp16 runs their matrix "
+                      "products in bfloat16 or float16 (mixed precision; fp16 with loss "
+                      "scaling); the baseline stays in float32."),
+    click.option("--compile", "compile_models", is_flag=True,
+                 help="The sequential tuner variants compile each trial's model with "
+                      "torch.compile (its first compilation falls in the untimed "
+                      "warm-up): to see whether compiling pays on this machine."),
+    click.option("--samples", type=click.IntRange(min=10),
+                 help="Rows of the synthetic classification dataset (--dataset "
+                      "classification; default 2000)."),
+    click.option("--features", type=click.IntRange(min=2),
+                 help="Features of the synthetic classification dataset (default 20)."),
     click.option("--json", "as_json", is_flag=True,
                  help="Print the settings and every row as JSON, for scripts."),
 )
@@ -61,6 +72,8 @@ def bench(ctx: click.Context, **options: Any) -> None:
       tuner bench                                  # digits, 20 trials x 20 epochs
       tuner bench --dataset digits --trials 20 --epochs 20 --json
       tuner bench --trials 64 --population 32        # with the fused engine
+      tuner bench --compile                          # does torch.compile pay here?
+      tuner bench --device cuda --dataset classification --samples 200000 --features 128
     """
     if ctx.invoked_subcommand is None:
         ctx.invoke(engine, **options)
@@ -69,7 +82,8 @@ def bench(ctx: click.Context, **options: Any) -> None:
 @bench.command()
 @engine_options
 def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threads: int | None,
-           population: int | None, precision: str, as_json: bool) -> None:
+           population: int | None, precision: str, compile_models: bool, samples: int | None,
+           features: int | None, as_json: bool) -> None:
     """Race the tuner's trial engine against the canonical Optuna + PyTorch recipe.
 
     Three variants run in this process, taking turns trial by trial, on the same data,
@@ -106,5 +120,6 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
 
         result = run_bench(dataset=dataset, trials=trials, epochs=epochs, seed=seed,
                            device=torch_device, population=population, precision=precision,
+                           compile=compile_models, samples=samples, features=features,
                            on_trial=on_trial)
     click.echo(format_result(result, "json" if as_json else "table"), nl=False)

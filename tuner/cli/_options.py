@@ -77,17 +77,29 @@ population_option: Callable[[Any], Any] = click.option(
 
 precision_option: Callable[[Any], Any] = click.option(
     "--precision", type=click.Choice(PRECISIONS),
-    help="fp32, or bf16: mixed precision, the matrix products in bfloat16 and the weights "
-         "in float32. It pays where bfloat16 products are fast (recent GPUs; CPUs with "
-         "AVX512-BF16 or AMX, for the fused engine); see `tuner bench --precision`. "
+    help="fp32; bf16: mixed precision, the matrix products in bfloat16 and the weights "
+         "in float32; fp16: the same in float16, with dynamic loss scaling (a step whose "
+         "gradients overflow is skipped). bf16 pays where bfloat16 products are fast "
+         "(recent GPUs; CPUs with AVX512-BF16 or AMX, for the fused engine), fp16 on GPUs "
+         "(CPUs without AVX512-FP16 emulate it, slowly); see `tuner bench --precision`. "
          "Default: the space's `engine.precision`, else fp32.")
 
 
+compile_option: Callable[[Any], Any] = click.option(
+    "--compile/--no-compile", "compile_models", default=None,
+    help="Compile each trial's model with torch.compile (trials trained one at a time; "
+         "the fused engine runs its own batched step). Each worker compiles once per "
+         "architecture, which takes seconds: it pays for long trials where compiled "
+         "kernels are faster; see `tuner bench --compile`. Default: the space's "
+         "`engine.compile`, else off.")
+
+
 def engine_spec(default: EngineSpec, engine: str | None, population: int | None,
-                precision: str | None = None) -> EngineSpec:
+                precision: str | None = None, compile_models: bool | None = None) -> EngineSpec:
     """The engine a command runs: ``default`` (the space's) with the options given."""
     if population is not None and (engine or default.name) != "fused":
         raise click.UsageError("--population applies to --engine fused")
     return replace(default, name=engine or default.name,
                    population=population or default.population,
-                   precision=precision or default.precision)
+                   precision=precision or default.precision,
+                   compile=default.compile if compile_models is None else compile_models)

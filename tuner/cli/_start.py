@@ -10,6 +10,7 @@ from tuner.cli import cli
 from tuner.cli._options import (
     GpuList,
     checkpoint_option,
+    compile_option,
     device_option,
     engine_option,
     engine_spec,
@@ -67,6 +68,7 @@ from tuner.space._catalogue import DATASET_NAMES
 @engine_option
 @population_option
 @precision_option
+@compile_option
 @checkpoint_option
 @quiet_option
 def start(space: str, study: str | None, storage: str, trials: int | None,
@@ -74,7 +76,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
           dataset: str | None, data: str | None, target: str | None, kind: str | None,
           features: str | None, aux_target: str | None, model: str | None, workers: int,
           devices: list[int] | None, workers_per_gpu: int, engine: str | None,
-          population: int | None, precision: str | None, checkpoint_every: float,
+          population: int | None, precision: str | None, compile_models: bool | None,
+          checkpoint_every: float,
           quiet: bool) -> None:
     """Run a study, or resume it, until it has its budget of finished trials.
 
@@ -105,7 +108,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     # Everything is validated before the database is touched.
     parsed = load_space(space, overrides)
-    how = engine_spec(parsed.engine, engine, population, precision)
+    how = engine_spec(parsed.engine, engine, population, precision, compile_models)
     if how.name == "fused":
         from tuner.population import check_fusable
 
@@ -123,7 +126,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     if not quiet:
         where = ", ".join(sorted(set(placed)))
         fused = f" · fused, {how.population} at once" if how.name == "fused" else ""
-        fused += " · bf16" if how.precision == "bf16" else ""
+        fused += f" · {how.precision}" if how.precision != "fp32" else ""
+        fused += " · compiled" if how.compile else ""
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
                       f"/ {parsed.task.model} · {workers} worker(s) on {where}{fused} · "
                       f"{display_url(db.url)}")

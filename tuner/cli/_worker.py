@@ -7,6 +7,7 @@ import click
 from tuner.cli import cli
 from tuner.cli._options import (
     checkpoint_option,
+    compile_option,
     device_option,
     engine_option,
     engine_spec,
@@ -29,10 +30,12 @@ from tuner.cli._options import (
 @engine_option
 @population_option
 @precision_option
+@compile_option
 @checkpoint_option
 @quiet_option
 def worker(study: str, storage: str, trials: int | None, timeout: float | None, device: str,
            engine: str | None, population: int | None, precision: str | None,
+           compile_models: bool | None,
            checkpoint_every: float, quiet: bool) -> None:
     """Join a study from any machine and work until its budget is reached.
 
@@ -57,7 +60,7 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     db = TunerStorage(storage).open()
     parsed = stored_space(db, study)
     budget = stored_budget(db, study) or parsed.trials
-    how = engine_spec(parsed.engine, engine, population, precision)
+    how = engine_spec(parsed.engine, engine, population, precision, compile_models)
     if how.name == "fused":
         from tuner.population import check_fusable
 

@@ -15,6 +15,7 @@ from tuner.fused._model import FusedMLP, MLPSpec, add_input_noise
 from tuner.fused._optim import (
     FAMILIES,
     FusedOptimizer,
+    MemberLossScale,
     add_penalty_grad_,
     apply_max_norm_,
     resolve_hyper,
@@ -28,6 +29,7 @@ __all__ = [
     "FusedOptimizer",
     "FusedSchedule",
     "MLPSpec",
+    "MemberLossScale",
     "MemberResult",
     "add_input_noise",
     "add_penalty_grad_",

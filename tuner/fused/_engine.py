@@ -62,7 +62,8 @@ def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of: "
                          f"{', '.join(PRECISIONS)}")
-    return torch.bfloat16 if precision == "bf16" and dtype != torch.bfloat16 else None
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return compute if compute not in (None, dtype) else None
 
 
 def unsupported_reason(config: TrialConfig) -> str | None:
@@ -107,8 +108,10 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     ``refill``, ``refill(free)`` may return up to ``free`` new configs, which join a
     group of their shape or start a new one. ``population`` is the most members trained
     at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
-    trial advances at the same pace. ``precision`` ``bf16`` runs the forward and
-    backward passes in bfloat16 on a copy of the float32 weights (mixed precision).
+    trial advances at the same pace. ``precision`` ``bf16`` or ``fp16`` runs the
+    forward and backward passes in bfloat16 or float16 on a copy of the float32 weights
+    (mixed precision; float16 with a loss scale per member, see
+    :class:`~tuner.fused._optim.MemberLossScale`).
     With ``checkpoint``, every group hands ``checkpoint(id, Checkpoint)`` each of its
     members after an epoch once ``checkpoint_every`` seconds have passed since its last
     (see :meth:`Group.checkpoint`: the sequential engine resumes from it).

@@ -26,7 +26,13 @@ from tuner.data import Splits
 from tuner.dropout import RandomWords, Source
 from tuner.fused._metrics import evaluate_members
 from tuner.fused._model import FusedMLP, add_input_noise
-from tuner.fused._optim import FAMILIES, FusedOptimizer, add_penalty_grad_, apply_max_norm_
+from tuner.fused._optim import (
+    FAMILIES,
+    FusedOptimizer,
+    MemberLossScale,
+    add_penalty_grad_,
+    apply_max_norm_,
+)
 from tuner.fused._schedule import FusedSchedule
 from tuner.metrics import Metric
 from tuner.optim import build_scheduler, step_scheduler
@@ -124,7 +130,11 @@ class Group:
                  "noise": column([c.input_noise for c in configs]),
                  "max_norm": column([math.inf if c.max_norm is None else c.max_norm
                                      for c in configs])}
-        return {"model": model, "optimizer": optimizer, "schedule": schedule, "knobs": knobs}
+        # float16 passes need loss scaling (bfloat16 has float32's range).
+        scaler = (MemberLossScale(len(configs), model.params.device)
+                  if self.compute == torch.float16 else None)
+        return {"model": model, "optimizer": optimizer, "schedule": schedule, "knobs": knobs,
+                "scaler": scaler}
 
     def _add(self, members: list[Member], data: Splits) -> None:
         parts = self._parts(members, data)
@@ -133,6 +143,7 @@ class Group:
             self.optimizer: FusedOptimizer = parts["optimizer"]
             self.schedule: FusedSchedule = parts["schedule"]
             self.knobs: dict[str, Tensor] = parts["knobs"]
+            self.scaler: MemberLossScale | None = parts["scaler"]
             self.best_params = self.model.params.clone()
             self.best_buffers = self.model.buffers.clone()
             self.best_batches = self.model.batches.clone()
@@ -141,6 +152,8 @@ class Group:
             self.optimizer.extend(parts["optimizer"])
             self.schedule.extend(parts["schedule"])
             self.knobs = {k: torch.cat([v, parts["knobs"][k]]) for k, v in self.knobs.items()}
+            if self.scaler is not None:
+                self.scaler.extend(parts["scaler"])
             self.best_params = torch.cat([self.best_params, parts["model"].params])
             self.best_buffers = torch.cat([self.best_buffers, parts["model"].buffers])
             self.best_batches = torch.cat([self.best_batches, parts["model"].batches])
@@ -160,6 +173,8 @@ class Group:
         self.optimizer.select(index)
         self.schedule.select(index)
         self.knobs = {k: v[index] for k, v in self.knobs.items()}
+        if self.scaler is not None:
+            self.scaler.select(index)
         self.best_params = self.best_params[index]
         self.best_buffers = self.best_buffers[index]
         self.best_batches = self.best_batches[index]
@@ -199,12 +214,18 @@ class Group:
                                     data.image_shape).view(k, -1, xb.shape[1])
             if self.noise is not None:
                 xb = add_input_noise(xb, self.noise, self.noise_generator)
-            losses = model.train_step(xb, yb, data.task, self.mask_source)
+            scaler = self.scaler
+            losses = model.train_step(xb, yb, data.task, self.mask_source,
+                                      None if scaler is None else scaler.scale)
             loss_sum.add_(losses, alpha=idx.shape[0])
+            ok = None if scaler is None else scaler.unscale_(model.grad)
             if self.l1 is not None or self.l2 is not None:
                 add_penalty_grad_(model.grad[:, :n_weights], model.params[:, :n_weights],
                                   self.l1, self.l2)
-            self.optimizer.step(model.params, model.grad, lr)
+            self.optimizer.step(model.params, model.grad, lr, ok)
+            if scaler is not None:
+                assert ok is not None
+                scaler.update(ok)
             if self.max_norm is not None:
                 apply_max_norm_(model.weights(), self.max_norm)
         model.batches += n_batches
@@ -266,7 +287,8 @@ class Group:
         result = member.result
         return Checkpoint(member.epoch, mlp.state_dict(), optimizer.state_dict(),
                           scheduler.state_dict(), result.best_epoch, result.best_metric,
-                          best, list(result.history), rng)
+                          best, list(result.history), rng,
+                          None if self.scaler is None else self.scaler.state(position))
 
     def export(self, position: int) -> dict[str, Tensor]:
         """A finished member's weights as an MLP state_dict: its best epoch's if it had one."""

@@ -174,7 +174,7 @@ class FusedMLP:
     (each member's rate). Build one with :meth:`from_members`; get a member back as an
     ordinary MLP with :meth:`member`, or its ``state_dict`` with :meth:`state_dict`.
 
-    With a ``compute`` dtype (``torch.bfloat16``: mixed precision) the forward and
+    With a ``compute`` dtype (``torch.bfloat16`` or ``float16``: mixed precision) the forward and
     backward passes run in it on a copy of the parameters made at each forward, while
     ``params``, the optimizer and the statistics stay in their own dtype (the master
     weights); the gradients :meth:`leaves` get are the copy's.
@@ -388,9 +388,12 @@ class FusedMLP:
     # -- training --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def train_step(self, x: Tensor, y: Tensor, task: str, generator: Source = None) -> Tensor:
+    def train_step(self, x: Tensor, y: Tensor, task: str, generator: Source = None,
+                   loss_scale: Tensor | None = None) -> Tensor:
         """One training batch for every member: returns the losses ``[K]`` and leaves
-        each member's gradient of its own loss in :attr:`grad`.
+        each member's gradient of its own loss in :attr:`grad` (times its
+        ``loss_scale``, ``[K]``, when one is given: float16's loss scaling, see
+        :class:`tuner.fused.MemberLossScale`).
 
         ``x`` is ``[B, F]`` (shared) or ``[K, B, F]``, ``y`` ``[B]``; the loss is
         :func:`tuner.fused.member_loss`'s (cross-entropy or squared error, the batch
@@ -398,9 +401,10 @@ class FusedMLP:
         ``generator``, exactly as :meth:`forward` in training does.
         """
         with self._products():
-            return self._train_step(x, y, task, generator)
+            return self._train_step(x, y, task, generator, loss_scale)
 
-    def _train_step(self, x: Tensor, y: Tensor, task: str, generator: Source) -> Tensor:
+    def _train_step(self, x: Tensor, y: Tensor, task: str, generator: Source,
+                    loss_scale: Tensor | None) -> Tensor:
         views, grads = self._param_views, self._grad_views
         h = self._inputs(x)
         saved: list[tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor] | None]] = []
@@ -420,6 +424,8 @@ class FusedMLP:
 
         logits = self._head(h)
         losses, grad = _loss_and_grad(task, logits, y)
+        if loss_scale is not None:
+            grad = grad.mul_(loss_scale.to(grad.dtype).view(-1, 1, 1))
         grad = grad.to(h.dtype)
         torch.bmm(grad, h, out=grads["head.weight"])
         torch.sum(grad, 2, out=grads["head.bias"])

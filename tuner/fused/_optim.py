@@ -156,12 +156,35 @@ class FusedOptimizer:
     # -- the update ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, params: Tensor, grad: Tensor, lr: Tensor) -> None:
-        """Update ``params`` in place from ``grad`` (which it may overwrite); ``lr`` is ``[K]``."""
+    def step(self, params: Tensor, grad: Tensor, lr: Tensor, ok: Tensor | None = None) -> None:
+        """Update ``params`` in place from ``grad`` (which it may overwrite); ``lr`` is ``[K]``.
+
+        ``ok`` (``[K]``, 1 or 0) skips the members at 0, as torch's ``GradScaler`` skips a
+        step whose gradients overflowed: their parameters, state and step count stay as
+        they were. Their rows of ``grad`` must be zero (:meth:`MemberLossScale.unscale_`
+        leaves them so). Skipping is by per-member factors, with no host sync.
+        """
+        self._ok = ok
+        if ok is not None:
+            lr = lr * ok.to(lr.dtype)
         if self._coupled_wd:  # torch's weight_decay: the gradient of (wd/2)*|p|^2, every tensor
-            grad.addcmul_(params, self._cols["weight_decay"])
-        self.steps += 1
+            grad.addcmul_(params, self._scaled("weight_decay"))
+        self.steps += 1 if ok is None else ok.to(self.steps.dtype)
         getattr(self, f"_{self.family}")(params, grad, lr)
+
+    def _scaled(self, name: str) -> Tensor:
+        """The ``[K, 1]`` column ``name``, at 0 for the members this step skips: for the
+        factors that move a state towards the gradient (a skipped member's gradient row
+        is zero, so a state times 1 plus 0 stays as it was)."""
+        return self._cols[name] if self._ok is None else self._cols[name] * _col(self._ok,
+                                                                                 self.dtype)
+
+    def _decay(self, name: str) -> Tensor:
+        """The ``[K, 1]`` column ``name`` of a factor a state is multiplied by, at 1 for
+        the members this step skips."""
+        if self._ok is None:
+            return self._cols[name]
+        return torch.where(_col(self._ok, self.dtype) > 0, self._cols[name], 1.0)
 
     def _sgd(self, p: Tensor, g: Tensor, lr: Tensor) -> None:
         if "momentum_buffer" in self.state:
@@ -169,9 +192,9 @@ class FusedOptimizer:
             # torch starts the buffer as a copy of the gradient; a zero buffer times
             # momentum plus the gradient is exactly that. Dampening is skipped on that
             # first step, and momentum 0 means no buffer at all in torch.
-            buf.mul_(self._cols["momentum"])
+            buf.mul_(self._decay("momentum"))
             if self._dampening:
-                plain = (self.steps == 1) | (self.hyper["momentum"] == 0)
+                plain = (self.steps <= 1) | (self.hyper["momentum"] == 0)
                 keep = torch.where(plain, 1.0, 1 - self.hyper["dampening"])
                 buf.addcmul_(g, _col(keep, self.dtype))
             else:
@@ -192,11 +215,11 @@ class FusedOptimizer:
         s, square_avg = self._scratch, self.state["square_avg"]
         # alpha*v + (1-alpha)*g^2, as a lerp: addcmul_ takes no per-member value.
         torch.mul(g, g, out=s)
-        square_avg.lerp_(s, self._cols["one_minus_alpha"])
+        square_avg.lerp_(s, self._scaled("one_minus_alpha"))
         torch.sqrt(square_avg, out=s).add_(self._cols["eps"])
         if "momentum_buffer" in self.state:
             buf = self.state["momentum_buffer"]
-            buf.mul_(self._cols["momentum"]).addcdiv_(g, s)
+            buf.mul_(self._decay("momentum")).addcdiv_(g, s)
             p.addcmul_(buf, _col(-lr, self.dtype))
         else:
             torch.div(g, s, out=s)
@@ -219,7 +242,10 @@ class FusedOptimizer:
             self._rows = (key, [t.unbind(0) for t in tensors])
         ps, gs, ms, vs, steps = self._rows[1]
         h = self._host
+        skip = [False] * len(ps) if self._ok is None else (self._ok == 0).tolist()
         for k, rate in enumerate(lr.tolist()):
+            if skip[k]:
+                continue
             decay = h["decoupled_wd"][k]
             update = torch._fused_adamw_ if decay else torch._fused_adam_
             update([ps[k]], [gs[k]], [ms[k]], [vs[k]], [], [steps[k]], lr=rate,
@@ -233,12 +259,14 @@ class FusedOptimizer:
         exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         if self._decoupled_wd:
             p.mul_(_col(1 - lr * h["decoupled_wd"], self.dtype))
-        exp_avg.lerp_(g, self._cols["one_minus_beta1"])
+        exp_avg.lerp_(g, self._scaled("one_minus_beta1"))
         torch.mul(g, g, out=s)
-        exp_avg_sq.lerp_(s, self._cols["one_minus_beta2"])
-        # The bias corrections are per member: a refilled member starts at step 1.
-        bias_correction1 = 1 - h["beta1"] ** self.steps
-        bias_correction2_sqrt = (1 - h["beta2"] ** self.steps).sqrt()
+        exp_avg_sq.lerp_(s, self._scaled("one_minus_beta2"))
+        # The bias corrections are per member: a refilled member starts at step 1. (A
+        # member whose first steps were skipped is at 0, with a learning rate of 0.)
+        steps = self.steps.clamp(min=1)
+        bias_correction1 = 1 - h["beta1"] ** steps
+        bias_correction2_sqrt = (1 - h["beta2"] ** steps).sqrt()
         # torch's lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with sqrt(bc2) multiplied
         # through: the same value up to rounding, one pass over the state fewer.
         coef = torch.stack([h["eps"] * bias_correction2_sqrt,
@@ -269,6 +297,55 @@ class FusedOptimizer:
             self.state[key] = torch.cat([mine, theirs])
         self._scratch = torch.cat([self._scratch, other._scratch])
         self._prepare(self.dtype)
+
+
+class MemberLossScale:
+    """Dynamic loss scaling for float16 passes, one scale per member, as torch's
+    ``GradScaler`` keeps one per model and with its defaults: the loss gradient is
+    multiplied by the scale before the float16 backward pass; a member whose gradients
+    overflowed skips its step and halves its scale; after ``growth_interval`` steps in a
+    row without overflow the scale doubles. All on the device, no host sync.
+    """
+
+    INIT, GROWTH, BACKOFF, INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
+
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.scale = torch.full((k,), self.INIT, dtype=torch.float32, device=device)
+        self.good = torch.zeros(k, dtype=torch.int32, device=device)  # GradScaler's tracker
+
+    @torch.no_grad()
+    def unscale_(self, grad: Tensor) -> Tensor:
+        """Divide each member's row of ``grad`` (``[K, P]``, scaled) by its scale; zero
+        the rows that hold an inf or a NaN. Returns ``ok``, ``[K]``: 1 where finite."""
+        # A row's sum is finite exactly when its values are (no finite float16 gradient
+        # sums to an overflow in float32): one read instead of an elementwise test.
+        ok = torch.isfinite(grad.sum(1))
+        factor = torch.where(ok, self.scale.reciprocal(), 0.0).to(grad.dtype)
+        grad.mul_(factor.unsqueeze(1)).nan_to_num_(0.0, 0.0, 0.0)
+        return ok.to(grad.dtype)
+
+    @torch.no_grad()
+    def update(self, ok: Tensor) -> None:
+        """After a step: back off where it overflowed, grow after a run of good steps."""
+        good = ok > 0
+        self.good = torch.where(good, self.good + 1, 0)
+        grow = self.good >= self.INTERVAL
+        self.scale = torch.where(good, torch.where(grow, self.scale * self.GROWTH, self.scale),
+                                 self.scale * self.BACKOFF)
+        self.good = torch.where(grow, 0, self.good)
+
+    def state(self, i: int) -> dict[str, Any]:
+        """Member ``i``'s scale as a ``torch.amp.GradScaler`` state_dict."""
+        return {"scale": float(self.scale[i]), "growth_factor": self.GROWTH,
+                "backoff_factor": self.BACKOFF, "growth_interval": self.INTERVAL,
+                "_growth_tracker": int(self.good[i])}
+
+    def select(self, index: Tensor) -> None:
+        self.scale, self.good = self.scale[index], self.good[index]
+
+    def extend(self, other: MemberLossScale) -> None:
+        self.scale = torch.cat([self.scale, other.scale])
+        self.good = torch.cat([self.good, other.good])
 
 
 # -- penalties and constraints (the tuner's techniques, per member) -----------------------

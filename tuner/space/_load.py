@@ -436,12 +436,12 @@ def _try_build(ctx: _Context, path: str, build: Any) -> None:
 
 
 def parse_engine(raw: Any, ctx: _Context | None = None) -> EngineSpec:
-    """``engine: fused``, or ``engine: {name: fused, population: 64, precision: bf16}``;
-    None: sequential, float32."""
+    """``engine: fused``, or ``engine: {name: fused, population: 64, precision: bf16,
+    compile: false}``; None: sequential, float32, not compiled."""
     ctx = ctx or _Context("--engine")
     if raw is None:
         return EngineSpec()
-    keys = ("name", "population", "precision")
+    keys = ("name", "population", "precision", "compile")
     spec = {"name": raw} if isinstance(raw, str) else ctx.mapping(raw, "engine", keys)
     name = spec.get("name", EngineSpec.name)
     if name not in ENGINES:
@@ -452,7 +452,10 @@ def parse_engine(raw: Any, ctx: _Context | None = None) -> EngineSpec:
     if precision not in PRECISIONS:
         ctx.fail("engine.precision", f"unknown precision {precision!r}; expected one of: "
                  f"{', '.join(PRECISIONS)}")
-    return EngineSpec(name, population, precision)
+    compiled = spec.get("compile", EngineSpec.compile)
+    if not isinstance(compiled, bool):
+        ctx.fail("engine.compile", f"must be true or false, but got {compiled!r}")
+    return EngineSpec(name, population, precision, compiled)
 
 
 def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:

@@ -64,14 +64,17 @@ class EarlyStopping:
 
 
 ENGINES = ("sequential", "fused")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     """How trials are trained: one at a time (``sequential``), or ``population`` at once
     as one batched model (``fused``, see :mod:`tuner.fused`); in float32, or with the
-    matrix products in bfloat16 (``precision: bf16``, mixed precision).
+    matrix products in bfloat16 or float16 (``precision: bf16`` or ``fp16``, mixed
+    precision; float16 with loss scaling). ``compile: true`` compiles the model of each
+    trial trained one at a time with ``torch.compile`` (the fused engine's step is its
+    own batched code and is not compiled).
 
     It is not part of the study's fingerprint: a study started with one engine may be
     resumed, or joined by workers, with the other.
@@ -80,6 +83,7 @@ class EngineSpec:
     name: str = "sequential"
     population: int = 32
     precision: str = "fp32"
+    compile: bool = False
 
 
 @dataclass(frozen=True)
