@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any
 
@@ -423,8 +424,14 @@ def test_a_compiled_model_trains_as_the_uncompiled_one(iris: Splits) -> None:
         torch.testing.assert_close(compiled_model.state_dict()[name], tensor, rtol=1e-4,
                                    atol=1e-5)
     from torch._dynamo import config as dynamo_config
+    from torch._dynamo.utils import counters
 
     assert dynamo_config.recompile_limit >= RECOMPILE_LIMIT
+    # Another trial, another dropout rate and model: the graphs compiled are reused.
+    graphs = counters["stats"]["unique_graphs"]
+    other = dataclasses.replace(config, dropout=0.4)
+    train(compile_model(_model(other, iris, seed=1)), iris, other, metric=METRICS["accuracy"])
+    assert counters["stats"]["unique_graphs"] == graphs > 0
 
 
 def _without_seconds(history: list[EpochMetrics]) -> list[tuple[float, ...]]:
