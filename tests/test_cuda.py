@@ -104,7 +104,7 @@ def test_half_precision_follows_float32_in_both_engines(digits: Splits, precisio
         model = build_for(configs[0], digits)
         torch.manual_seed(1)
         runs.append((model, train(model, digits, configs[0], metric=ACCURACY, precision=p)))
-    (exact_model, exact_run), (mixed_model, mixed_run) = runs
+    (_, exact_run), (mixed_model, mixed_run) = runs
     np.testing.assert_allclose([h.train_loss for h in mixed_run.history],
                                [h.train_loss for h in exact_run.history], rtol=0.05)
     assert all(p.dtype == torch.float32 for p in mixed_model.parameters())
