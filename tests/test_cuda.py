@@ -95,6 +95,7 @@ def test_half_precision_follows_float32_in_both_engines(digits: Splits, precisio
     exact = train_population(configs, digits, metric=ACCURACY, seed=1)
     mixed = train_population(configs, digits, metric=ACCURACY, seed=1, precision=precision)
     for e, m in zip(exact, mixed, strict=True):
+        assert m.history[-1].train_loss != e.history[-1].train_loss  # it ran in half
         assert m.history[-1].train_loss == pytest.approx(e.history[-1].train_loss, rel=0.1)
         assert m.best_metric == pytest.approx(e.best_metric, abs=0.03)
         assert m.history[-1].train_loss < m.history[0].train_loss
@@ -105,12 +106,15 @@ def test_half_precision_follows_float32_in_both_engines(digits: Splits, precisio
         torch.manual_seed(1)
         runs.append((model, train(model, digits, configs[0], metric=ACCURACY, precision=p)))
     (_, exact_run), (mixed_model, mixed_run) = runs
+    assert mixed_run.history != exact_run.history
     np.testing.assert_allclose([h.train_loss for h in mixed_run.history],
                                [h.train_loss for h in exact_run.history], rtol=0.05)
     assert all(p.dtype == torch.float32 for p in mixed_model.parameters())
 
 
 def test_a_compiled_model_trains_as_the_uncompiled_one(digits: Splits) -> None:
+    from torch._dynamo.utils import counters
+
     config = TrialConfig.from_values({"hidden": 64, "layers": 2, "optimizer": "adam",
                                       "lr": 1e-3, "dropout": 0.1}, epochs=3, seed=0)
     runs = []
@@ -121,6 +125,7 @@ def test_a_compiled_model_trains_as_the_uncompiled_one(digits: Splits) -> None:
             compile_model(model)
         torch.manual_seed(1)
         runs.append(train(model, digits, config, metric=ACCURACY))
+    assert counters["stats"]["unique_graphs"] > 0  # it was compiled
     np.testing.assert_allclose([h.train_loss for h in runs[1].history],
                                [h.train_loss for h in runs[0].history], rtol=1e-4)
 

@@ -360,6 +360,35 @@ def test_fp16_members_that_overflow_skip_their_steps_and_back_off() -> None:
     assert checkpoint.scaler["_growth_tracker"] == n_batches
 
 
+@pytest.mark.parametrize("optimizer", ["momentum", "adagrad", "rmsprop", "adamw"])
+def test_a_skipped_fp16_step_leaves_state_alone_with_penalties_on(optimizer: str) -> None:
+    """L1/L2's gradients are added after unscaling: a member that skips its step must
+    not get them either, or its momentum or accumulators would move (torch's GradScaler
+    skips the whole step). A member that never stepped checkpoints as torch's optimizer
+    before its first step (SGD: no momentum buffer yet)."""
+    data = load_splits("digits", seed=0)
+    values = {"hidden": 32, "layers": 1, "optimizer": optimizer, "lr": 1e-2, "l1": 1e-4,
+              "l2": 1e-2}
+    if optimizer == "rmsprop":
+        values["momentum"] = 0.5
+    configs = [TrialConfig.from_values(values, epochs=4, seed=s) for s in range(2)]
+    group = Group([Member(i, c) for i, c in enumerate(configs)], data, seed=0,
+                  compute=torch.float16)
+    assert group.scaler is not None and group.l2 is not None
+    group.scaler.scale[0] = 2.0 ** 50
+    before = {k: v.clone() for k, v in group.optimizer.state.items()}
+    params = group.model.params.clone()
+    group.train_epoch(data, METRICS["accuracy"])
+    assert torch.equal(group.model.params[0], params[0])
+    for key, value in group.optimizer.state.items():
+        assert torch.equal(value[0], before[key][0]), key
+        assert not torch.equal(value[1], before[key][1]), key  # the other member trained
+    assert group.optimizer.steps[0].item() == 0
+    if optimizer == "momentum":
+        state = group.checkpoint(0).optimizer["state"]
+        assert state and all("momentum_buffer" not in s for s in state.values())
+
+
 # -- checkpoints: a member resumed by the sequential engine continues its fused run ---------
 
 def test_a_member_resumed_from_its_checkpoint_continues_as_if_uninterrupted(

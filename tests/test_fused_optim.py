@@ -68,8 +68,9 @@ CASES: dict[str, tuple[list[str], list[dict[str, Any]]]] = {
                   {"lr": 0.03, "momentum": 0.0, "dampening": 0.5, "weight_decay": 0.01}]),
     "sgd_and_momentum": (["sgd", "momentum", "sgd"],
                          [{"lr": 0.1}, {"lr": 0.05, "momentum": 0.7}, {"lr": 0.2}]),
-    "adagrad": (["adagrad"] * 4,
-                [{"lr": 0.1}, {"lr": 0.05, "lr_decay": 0.1},
+    # (Member 1 skips its first step in the skip test: at step 0, lr_decay 1 divides 0/0.)
+    "adagrad": (["adagrad"] * 5,
+                [{"lr": 0.1}, {"lr": 0.05, "lr_decay": 1.0}, {"lr": 0.05, "lr_decay": 0.1},
                  {"lr": 0.3, "initial_accumulator_value": 0.5, "eps": 1e-6},
                  {"lr": 0.01, "weight_decay": 0.2}]),
     "rmsprop": (["rmsprop"] * 4,
@@ -161,8 +162,9 @@ def test_a_skipped_step_leaves_the_member_as_torch_leaves_it(
 
 def test_member_loss_scales_follow_torchs_grad_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each member's scale moves as a ``torch.amp.GradScaler``'s fed that member's
-    overflows (backoff on an overflow, growth after a run of good steps), and unscaling
-    divides a finite row by its scale and zeroes a row with an inf or a NaN."""
+    overflows (backoff on an overflow, growth after a run of good steps, none past
+    float32's range), and unscaling divides a finite row by its scale and zeroes a row
+    with an inf or a NaN."""
     monkeypatch.setattr(MemberLossScale, "INTERVAL", 3)
     k, steps = 3, 12
     overflow = [[s in (0, 1, 7) for s in range(steps)], [False] * steps,
@@ -188,6 +190,23 @@ def test_member_loss_scales_follow_torchs_grad_scaler(monkeypatch: pytest.Monkey
             reference.step(optimizer)
             reference.update()
             assert scaler.state(i) == reference.state_dict(), (s, i)
+
+    # At the top of float32's range the scale stops growing, as GradScaler's does; a
+    # scale that underflowed to 0 counts as an overflow.
+    top = MemberLossScale(2, torch.device("cpu"))
+    top.scale = torch.tensor([2.0 ** 127, 0.0])
+    top.good.fill_(2)
+    ok = top.unscale_(torch.ones(2, 3))
+    assert ok.tolist() == [1.0, 0.0]
+    top.update(ok)
+    reference = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, growth_interval=3)
+    reference.load_state_dict({**reference.state_dict(), "_growth_tracker": 2})
+    p = torch.nn.Parameter(torch.ones(1))
+    reference.scale(p.sum()).backward()
+    reference.step(torch.optim.SGD([p], lr=0.0))
+    reference.update()
+    assert top.state(0) == reference.state_dict()
+    assert top.scale[0].item() == 2.0 ** 127
 
 
 def test_select_and_extend_keep_each_members_state() -> None:

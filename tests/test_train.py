@@ -485,4 +485,6 @@ def test_mixed_precision_follows_float32_and_keeps_float32_weights(iris: Splits,
     np.testing.assert_allclose([h.train_loss for h in mixed.history],
                                [h.train_loss for h in exact.history], rtol=0.05)
     assert mixed.history[-1].train_loss < mixed.history[0].train_loss
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        train(_model(config, iris), iris, config, metric=METRICS["accuracy"], precision="fp8")
     assert not torch.equal(mixed_model.head.weight, exact_model.head.weight)

@@ -160,11 +160,6 @@ class Dropout(nn.Dropout):
         super().__init__(p)
         self._plan = _Plan()
 
-    # Under torch.compile this runs as it is, between compiled graphs: the plan is Python
-    # state that changes at every batch and the rate changes with every trial, and a
-    # graph guarded on either would be recompiled for each; the masks come from the same
-    # stream as without compiling.
-    @torch.compiler.disable
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x

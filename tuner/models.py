@@ -30,8 +30,6 @@ class GaussianDropout(nn.Module):
         self.p = p
         self.std = math.sqrt(p / (1 - p))
 
-    # Not compiled, as tuner.dropout.Dropout: no graph per rate, eager's noise stream.
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x

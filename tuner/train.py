@@ -2,7 +2,9 @@
 
 It takes a config, data already on the device and a ``report(metrics) -> bool``
 callback (return True to stop: the trial is pruned). Batches are drawn by an
-on-device permutation; the only host syncs are one per epoch, to read the metrics.
+on-device permutation; the only host syncs are one per epoch, to read the metrics
+(and, in float16, one per batch where the optimizer has no fused kernel to take
+``GradScaler``'s overflow flag: torch's ``GradScaler.step`` reads it on the host).
 
 >>> from tuner.config import TrialConfig
 >>> from tuner.data import load_splits
@@ -30,10 +32,10 @@ from torch import nn
 from tuner.config import TrialConfig
 from tuner.data import Splits
 from tuner.device import flush_denormals
-from tuner.dropout import epoch_masks
+from tuner.dropout import Dropout, epoch_masks
 from tuner.errors import UsageError
 from tuner.metrics import METRICS, Metric, is_better, loss_fn, metric_value
-from tuner.models import build_model
+from tuner.models import GaussianDropout, build_model
 from tuner.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
 from tuner.regularizers import (
     add_input_noise,
@@ -42,6 +44,7 @@ from tuner.regularizers import (
     penalized_weights,
     penalty,
 )
+from tuner.space._schema import PRECISIONS
 
 __all__ = ["METRICS", "Checkpoint", "EpochMetrics", "TrainResult", "build_for", "evaluate",
            "train"]
@@ -136,7 +139,8 @@ def build_for(config: TrialConfig, data: Splits) -> nn.Module:
 
 
 # Graphs torch.compile keeps per function before it falls back to running it uncompiled:
-# every architecture and batch size a study tries costs one (torch's default is 8).
+# each architecture a study tries costs one or two (a second batch size makes a graph
+# with a dynamic batch axis); torch's default is 8.
 RECOMPILE_LIMIT = 64
 
 
@@ -144,11 +148,22 @@ def compile_model(model: nn.Module) -> nn.Module:
     """Compile ``model``'s forward with ``torch.compile``, in place: its ``state_dict``,
     checkpoints and exports are the uncompiled model's. Training computes what it does
     uncompiled (to float rounding); the first batches of each new shape pay for the
-    compilation."""
+    compilation.
+
+    Dropout layers run as they are, between compiled graphs: their epoch plan is Python
+    state that changes at every batch and their rate changes with every trial, and a
+    graph guarded on either would be recompiled for each; so the masks come from the
+    same stream as without compiling.
+    """
     import torch._dynamo
 
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    # torch before 2.7 calls it cache_size_limit.
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    for module in model.modules():
+        if isinstance(module, (Dropout, GaussianDropout)):
+            module.forward = torch.compiler.disable(module.forward)  # type: ignore[method-assign]
     model.compile()
     return model
 
@@ -210,6 +225,9 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     optimizer stay in float32); float16 scales the loss with a ``torch.amp.GradScaler``
     (a step whose gradients overflowed is skipped), whose state checkpoints carry.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of: "
+                         f"{', '.join(PRECISIONS)}")
     weights = penalized_weights(model)
     optimizer = optimizer_for(model, config)
     scheduler = build_scheduler(optimizer, config.schedule, **dict(config.schedule_hyper))

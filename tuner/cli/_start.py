@@ -127,7 +127,9 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         where = ", ".join(sorted(set(placed)))
         fused = f" · fused, {how.population} at once" if how.name == "fused" else ""
         fused += f" · {how.precision}" if how.precision != "fp32" else ""
-        fused += " · compiled" if how.compile else ""
+        if how.compile:
+            fused += " · compiled" if how.name == "sequential" else (
+                " · compiled (trials trained one at a time)")
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
                       f"/ {parsed.task.model} · {workers} worker(s) on {where}{fused} · "
                       f"{display_url(db.url)}")

@@ -220,8 +220,11 @@ class Group:
             loss_sum.add_(losses, alpha=idx.shape[0])
             ok = None if scaler is None else scaler.unscale_(model.grad)
             if self.l1 is not None or self.l2 is not None:
+                # A member that skips this step (ok 0) must hand the optimizer a zero row.
+                l1, l2 = ((self.l1, self.l2) if ok is None else
+                          (None if p is None else p * ok.to(p.dtype) for p in (self.l1, self.l2)))
                 add_penalty_grad_(model.grad[:, :n_weights], model.params[:, :n_weights],
-                                  self.l1, self.l2)
+                                  l1, l2)
             self.optimizer.step(model.params, model.grad, lr, ok)
             if scaler is not None:
                 assert ok is not None
@@ -268,8 +271,12 @@ class Group:
             state: dict[str, Any] = {
                 key: rows[position, slot.start:slot.end].view(slot.shape).clone()
                 for key, rows in fused.state.items()}
-            if "momentum_buffer" in state and fused.hyper["momentum"][position] == 0:
-                del state["momentum_buffer"]  # torch keeps none without momentum
+            if "momentum_buffer" in state and (fused.hyper["momentum"][position] == 0
+                                               or (fused.family == "sgd" and step == 0)):
+                # torch's SGD keeps none without momentum, nor before its first step
+                # (which starts it as a copy of the gradient; float16's skips can leave a
+                # member at step 0).
+                del state["momentum_buffer"]
             if fused.family != "sgd":
                 state["step"] = torch.tensor(step, dtype=torch.float32)
             optimizer.state[param] = state

@@ -162,7 +162,8 @@ class FusedOptimizer:
         ``ok`` (``[K]``, 1 or 0) skips the members at 0, as torch's ``GradScaler`` skips a
         step whose gradients overflowed: their parameters, state and step count stay as
         they were. Their rows of ``grad`` must be zero (:meth:`MemberLossScale.unscale_`
-        leaves them so). Skipping is by per-member factors, with no host sync.
+        leaves them so). Skipping is by per-member factors, with no host sync (the CPU's
+        member-by-member Adam reads the rates on the host anyway).
         """
         self._ok = ok
         if ok is not None:
@@ -204,7 +205,8 @@ class FusedOptimizer:
 
     def _adagrad(self, p: Tensor, g: Tensor, lr: Tensor) -> None:
         h, s = self.hyper, self._scratch
-        clr = lr / (1 + (self.steps - 1) * h["lr_decay"])
+        # (A member whose first steps were skipped is at step 0, with a rate of 0.)
+        clr = lr / (1 + (self.steps - 1).clamp(min=0) * h["lr_decay"])
         state_sum = self.state["sum"]
         state_sum.addcmul_(g, g)
         torch.sqrt(state_sum, out=s).add_(self._cols["eps"])
@@ -319,7 +321,8 @@ class MemberLossScale:
         the rows that hold an inf or a NaN. Returns ``ok``, ``[K]``: 1 where finite."""
         # A row's sum is finite exactly when its values are (no finite float16 gradient
         # sums to an overflow in float32): one read instead of an elementwise test.
-        ok = torch.isfinite(grad.sum(1))
+        # A scale that underflowed to 0 is an overflow too, as GradScaler's 1/0 makes it.
+        ok = torch.isfinite(grad.sum(1)) & (self.scale > 0)
         factor = torch.where(ok, self.scale.reciprocal(), 0.0).to(grad.dtype)
         grad.mul_(factor.unsqueeze(1)).nan_to_num_(0.0, 0.0, 0.0)
         return ok.to(grad.dtype)
@@ -330,7 +333,10 @@ class MemberLossScale:
         good = ok > 0
         self.good = torch.where(good, self.good + 1, 0)
         grow = self.good >= self.INTERVAL
-        self.scale = torch.where(good, torch.where(grow, self.scale * self.GROWTH, self.scale),
+        grown = self.scale * self.GROWTH
+        # As GradScaler: the tracker restarts at the interval; the scale grows if finite.
+        grown = torch.where(torch.isfinite(grown), grown, self.scale)
+        self.scale = torch.where(good, torch.where(grow, grown, self.scale),
                                  self.scale * self.BACKOFF)
         self.good = torch.where(grow, 0, self.good)
 
