@@ -163,12 +163,9 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        return x * self._mask(x)
-
-    def _mask(self, x: Tensor) -> Tensor:
         plan, rows = self._plan, x.shape[0]
         if plan.rows_left is None or rows > plan.rows_left:
-            return dropout_mask(tuple(x.shape), self.p, x.dtype, x.device)
+            return x * dropout_mask(tuple(x.shape), self.p, x.dtype, x.device)
         pool = plan.pool
         if pool is None or plan.used + rows > pool.shape[0] or pool.shape[1:] != x.shape[1:]:
             drawn = min(plan.rows_left, max(rows, POOL_VALUES // max(1, x[0].numel())))
@@ -177,7 +174,7 @@ class Dropout(nn.Dropout):
         mask = pool[plan.used:plan.used + rows]
         plan.used += rows
         plan.rows_left -= rows
-        return mask
+        return x * mask
 
     def plan(self, rows: int | None) -> None:
         """Expect ``rows`` training rows before the plan ends (None: no plan)."""

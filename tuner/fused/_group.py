@@ -220,14 +220,14 @@ class Group:
             loss_sum.add_(losses, alpha=idx.shape[0])
             ok = None if scaler is None else scaler.unscale_(model.grad)
             if self.l1 is not None or self.l2 is not None:
-                # A member that skips this step (ok 0) must hand the optimizer a zero row.
-                l1, l2 = ((self.l1, self.l2) if ok is None else
-                          (None if p is None else p * ok.to(p.dtype) for p in (self.l1, self.l2)))
+                l1, l2 = self.l1, self.l2
+                if ok is not None:  # a member skipping this step must hand on a zero row
+                    l1 = None if l1 is None else l1 * ok.to(l1.dtype)
+                    l2 = None if l2 is None else l2 * ok.to(l2.dtype)
                 add_penalty_grad_(model.grad[:, :n_weights], model.params[:, :n_weights],
                                   l1, l2)
             self.optimizer.step(model.params, model.grad, lr, ok)
-            if scaler is not None:
-                assert ok is not None
+            if scaler is not None and ok is not None:
                 scaler.update(ok)
             if self.max_norm is not None:
                 apply_max_norm_(model.weights(), self.max_norm)

@@ -174,10 +174,10 @@ class FusedMLP:
     (each member's rate). Build one with :meth:`from_members`; get a member back as an
     ordinary MLP with :meth:`member`, or its ``state_dict`` with :meth:`state_dict`.
 
-    With a ``compute`` dtype (``torch.bfloat16`` or ``float16``: mixed precision) the forward and
-    backward passes run in it on a copy of the parameters made at each forward, while
-    ``params``, the optimizer and the statistics stay in their own dtype (the master
-    weights); the gradients :meth:`leaves` get are the copy's.
+    With a ``compute`` dtype (``torch.bfloat16`` or ``float16``: mixed precision) the
+    forward and backward passes run in it on a copy of the parameters made at each
+    forward, while ``params``, the optimizer and the statistics stay in their own dtype
+    (the master weights); the gradients :meth:`leaves` get are the copy's.
 
     In float32 on a CPU where oneDNN's batched products are exact and faster than the
     default BLAS's (:func:`tuner.device.onednn_fp32_preferred`), the products run in

@@ -177,8 +177,9 @@ class FusedOptimizer:
         """The ``[K, 1]`` column ``name``, at 0 for the members this step skips: for the
         factors that move a state towards the gradient (a skipped member's gradient row
         is zero, so a state times 1 plus 0 stays as it was)."""
-        return self._cols[name] if self._ok is None else self._cols[name] * _col(self._ok,
-                                                                                 self.dtype)
+        if self._ok is None:
+            return self._cols[name]
+        return self._cols[name] * _col(self._ok, self.dtype)
 
     def _decay(self, name: str) -> Tensor:
         """The ``[K, 1]`` column ``name`` of a factor a state is multiplied by, at 1 for
