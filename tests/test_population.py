@@ -417,6 +417,9 @@ def test_cli_compile_reaches_each_sequential_trial(runner: CliRunner, write_spac
     assert result.exit_code == 0, result.output
     assert "· compiled" in result.output
     assert compiled == ["MLP", "MLP"]
+    db = TunerStorage(storage_url, create=False, heartbeat=False).open()
+    trials = db.optuna.get_all_trials(db.optuna.get_study_id_from_name("c"))
+    assert [t.user_attrs.get("compiled") for t in trials] == [True, True]  # for tuner rerun
     raw = copy.deepcopy(SPACE)
     raw["engine"] = {"compile": True}
     path = write_space(raw)

@@ -62,6 +62,41 @@ def test_rerun_of_a_pruned_trial_replays_up_to_where_it_was_pruned(
     assert replay.matches
 
 
+def test_a_mixed_precision_trial_replays_in_its_precision(
+        runner: CliRunner, write_space: Any, tiny_space: dict[str, Any],
+        storage_url: str) -> None:
+    """The precision is recorded with the trial, and the replay trains in it (a bf16
+    curve is not float32's, so a replay in float32 would not match)."""
+    tiny_space["trials"] = 1
+    tiny_space["task"]["epochs"] = 3
+    tiny_space["engine"] = {"precision": "bf16"}
+    db = _study(runner, write_space, tiny_space, storage_url)
+    trial = _trials(db, TrialState.COMPLETE)[0]
+    assert trial.user_attrs["precision"] == "bf16"
+    assert "compiled" not in trial.user_attrs and "engine" not in trial.user_attrs
+    replay = rerun_trial(db, "r", trial.number)
+    assert replay.precision == "bf16" and replay.caveats == []
+    assert replay.matches, replay.rows()
+
+
+def test_a_fused_trial_does_not_replay_and_the_error_says_why(
+        runner: CliRunner, write_space: Any, tiny_space: dict[str, Any],
+        storage_url: str) -> None:
+    tiny_space["trials"] = 3
+    tiny_space["task"]["epochs"] = 3
+    tiny_space["engine"] = {"name": "fused", "population": 3}
+    db = _study(runner, write_space, tiny_space, storage_url)
+    replay = rerun_trial(db, "r", 0)
+    assert replay.engine == "fused"
+    assert any("fused population" in c for c in replay.caveats)
+    with db.session() as conn:  # a curve the sequential replay cannot meet, whatever it is
+        conn.exec_driver_sql("UPDATE tuner_epochs SET val_metric = val_metric + 0.5")
+    result = _invoke(runner, "rerun", "--study", "r", "--trial", "0", "--storage", storage_url)
+    assert result.exit_code == 1
+    assert "(it trained in a fused population (its batch order" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_changed_curve_fails_with_one_line(runner: CliRunner, write_space: Any,
                                              tiny_space: dict[str, Any],
                                              storage_url: str) -> None:
@@ -74,6 +109,7 @@ def test_a_changed_curve_fails_with_one_line(runner: CliRunner, write_space: Any
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: trial 0 of study 'r' did "
                                                              "not reproduce: 1 of 2 epochs")
+    assert "(it ran on the CPU, one at a time, uncompiled;" in result.output
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

@@ -133,6 +133,15 @@ class Objective:
         # good or better, so a trial that does not beat it needs no query.
         self._known_best: dict[int, float] = {}
 
+    def record_how(self, writer: TrialWriter, compiled: bool | None = None) -> None:
+        """A trial's precision and compilation, where not the defaults (fp32, eager):
+        ``tuner rerun`` replays in that precision and knows what will not replay."""
+        if self.precision != "fp32":
+            writer.set_user_attr("precision", self.precision)
+        compiled = self.compile if compiled is None else compiled
+        if compiled:
+            writer.set_user_attr("compiled", True)
+
     def data(self) -> Splits:
         task = self.space.task
         return load_task_data(task, self.space.seed, str(self.device))
@@ -160,6 +169,7 @@ class Objective:
         writer = TrialWriter(trial, self.storage, self.report_every)
         writer.set_user_attr("seed", config.seed)
         writer.set_user_attr("worker", worker_id())
+        self.record_how(writer)
         model = build_for(config, data)
         if self.compile:
             compile_model(model)

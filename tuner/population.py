@@ -234,6 +234,7 @@ class PopulationRun:
             writer.set_user_attr("seed", config.seed)
             writer.set_user_attr("engine", "fused")
             writer.set_user_attr("worker", worker_id())
+            self.objective.record_how(writer, compiled=False)  # the fused step is not
             self.members.append(_Member(trial, config, writer))
             configs.append(config)
         return configs

@@ -1,5 +1,7 @@
-"""Replaying a recorded trial: same config, seed and data split, on the CPU, to check
-that its validation curve is reproduced exactly (``tuner rerun``).
+"""Replaying a recorded trial: same config, seed, data split and precision, on the CPU,
+to check that its validation curve is reproduced exactly (``tuner rerun``). A trial
+trained on a GPU, in a fused population or compiled is replayed too, but is not expected
+to match bit for bit (:attr:`Replay.caveats` says why).
 
 >>> replay = rerun_trial(storage, "demo", 3)   # doctest: +SKIP
 >>> replay.matches                            # doctest: +SKIP
@@ -30,6 +32,22 @@ class Replay:
     recorded: list[float | None]  # val_metric per epoch, as stored (None: not finite)
     rerun: list[float]
     device: str  # where the trial originally ran
+    engine: str = "sequential"  # how: one at a time, or in a fused population
+    precision: str = "fp32"
+    compiled: bool = False
+
+    @property
+    def caveats(self) -> list[str]:
+        """Why this trial's replay may differ from its record (empty: it should not)."""
+        out = []
+        if not self.device.startswith("cpu"):
+            out.append(f"it ran on {self.device}")
+        if self.engine == "fused":
+            out.append("it trained in a fused population (its batch order and dropout "
+                       "masks were the population's)")
+        if self.compiled:
+            out.append("its model was compiled (torch.compile rounds differently)")
+        return out
 
     @property
     def matches(self) -> bool:
@@ -68,9 +86,13 @@ def rerun_trial(storage: TunerStorage, study: str, number: int) -> Replay:
     data = load_task_data(space.task, space.seed, str(cpu))
     seed_everything(config.seed)
     model = build_for(config, data)
-    result = train(model, data, config, metric=METRICS[space.task.metric], report=None)
+    attrs = stored.trial.user_attrs
+    precision = str(attrs.get("precision", "fp32"))
+    result = train(model, data, config, metric=METRICS[space.task.metric], report=None,
+                   precision=precision)
     return Replay(study, number, recorded, [m.val_metric for m in result.history],
-                  device or "unknown")
+                  device or "unknown", engine=str(attrs.get("engine", "sequential")),
+                  precision=precision, compiled=bool(attrs.get("compiled", False)))
 
 
 def _same(a: float | None, b: float | None) -> bool:

@@ -94,10 +94,12 @@ def predict(model_path: str, data: str, out: str | None, features: str | None) -
               help="The trial's number.")
 @storage_option
 def rerun(study: str, number: int, storage: str) -> None:
-    """Train a trial again on the CPU (same config, seed and split, no pruning) and check
-    that every epoch's validation metric equals the recorded one.
+    """Train a trial again on the CPU (same config, seed, split and precision, no
+    pruning) and check that every epoch's validation metric equals the recorded one.
 
-    Exits 0 when the curves are identical, 1 when they differ.
+    Exits 0 when the curves are identical, 1 when they differ. Trials trained one at a
+    time on a CPU, uncompiled, replay exactly; for a trial trained on a GPU, in a fused
+    population or compiled, the error says so.
 
     \b
     Example:
@@ -114,9 +116,10 @@ def rerun(study: str, number: int, storage: str) -> None:
                    f"{'yes' if equal else 'NO'}")
     if not replay.matches:
         differ = sum(not row[3] for row in replay.rows())
+        why = "; ".join(replay.caveats) or "it ran on the CPU, one at a time, uncompiled"
         raise TunerError(f"trial {number} of study {study!r} did not reproduce: {differ} of "
-                         f"{len(replay.rows())} epochs differ (the original ran on "
-                         f"{replay.device}; only CPU trials replay exactly)")
+                         f"{len(replay.rows())} epochs differ ({why}; only trials trained "
+                         f"one at a time on a CPU, uncompiled, replay exactly)")
     click.echo(f"Trial {number} reproduced exactly ({len(replay.rerun)} epochs).")
 
 
