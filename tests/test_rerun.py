@@ -66,9 +66,10 @@ def test_a_mixed_precision_trial_replays_in_its_precision(
         runner: CliRunner, write_space: Any, tiny_space: dict[str, Any],
         storage_url: str) -> None:
     """The precision is recorded with the trial, and the replay trains in it (a bf16
-    curve is not float32's, so a replay in float32 would not match)."""
+    curve is not float32's: on a regression's RMSE, a replay in float32 would not match)."""
     tiny_space["trials"] = 1
-    tiny_space["task"]["epochs"] = 3
+    tiny_space["task"] = {"dataset": "diabetes", "model": "mlp", "epochs": 3,
+                          "metric": "rmse"}
     tiny_space["engine"] = {"precision": "bf16"}
     db = _study(runner, write_space, tiny_space, storage_url)
     trial = _trials(db, TrialState.COMPLETE)[0]
