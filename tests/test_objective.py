@@ -119,3 +119,22 @@ def test_only_a_trial_that_equals_or_beats_every_earlier_one_gets_a_test_metric(
         best = trial.value if best is None else max(best, trial.value)
     # Whichever of tied trials Optuna calls the best has a test metric.
     assert recorder.trials[study.best_trial._trial_id].test_metric is not None
+
+
+def test_between_gpu_trials_only_young_objects_are_collected(
+        tiny_space_template: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full garbage collection walks every object of the worker (a few hundred
+    milliseconds with torch and Optuna loaded); between trials on a GPU the tuner
+    collects the young generations only, then empties torch's cache."""
+    import gc
+
+    calls: list[tuple[Any, ...]] = []
+    emptied: list[bool] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: calls.append(args) or 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    objective = Objective(_space(tiny_space_template), CountingRecorder(),
+                          torch.device("cuda"))
+    objective._release()
+    assert calls == [(1,)] and emptied == [True]
+    Objective(_space(tiny_space_template), CountingRecorder(), CPU)._release()
+    assert calls == [(1,)] and emptied == [True]  # nothing to give back on the CPU
