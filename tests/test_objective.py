@@ -138,3 +138,42 @@ def test_between_gpu_trials_only_young_objects_are_collected(
     assert calls == [(1,)] and emptied == [True]
     Objective(_space(tiny_space_template), CountingRecorder(), CPU)._release()
     assert calls == [(1,)] and emptied == [True]  # nothing to give back on the CPU
+
+
+def test_a_compiled_trials_model_is_freed_without_a_full_collection(
+        tiny_space_template: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile leaves a reference cycle through the model (its compiled forward is
+    a bound method of it): the objective drops it when the trial ends, so the young
+    collection between trials frees the model and its device memory."""
+    import gc
+    import weakref
+
+    from tuner import train as train_module
+
+    models: list[weakref.ref[torch.nn.Module]] = []
+
+    def compile_and_track(model: torch.nn.Module) -> torch.nn.Module:
+        models.append(weakref.ref(model))
+        return train_module.compile_model(model)
+
+    monkeypatch.setattr("tuner.objective.compile_model", compile_and_track)
+    study = _run(_space(tiny_space_template), CountingRecorder(), 1, compile=True)
+    assert study.trials[0].user_attrs["compiled"] is True
+    gc.collect(1)
+    assert len(models) == 1 and models[0]() is None
+
+
+def test_a_retry_records_how_it_ran_not_what_it_inherited(
+        tiny_space_template: Mapping[str, Any]) -> None:
+    """A retried trial starts with its failed original's user attributes (Optuna copies
+    them, as enqueue_trial does here): run in float32, uncompiled, it must say so, or
+    `tuner rerun` would replay it in the original's precision."""
+    space = _space(tiny_space_template)
+    study = optuna.create_study(direction="maximize", sampler=build_sampler(space),
+                                pruner=build_pruner(space.pruner, space.task.epochs))
+    study.enqueue_trial({}, user_attrs={"precision": "bf16", "compiled": True})
+    study.enqueue_trial({})
+    study.optimize(Objective(space, CountingRecorder(), CPU), n_trials=2)
+    retried, fresh = study.trials
+    assert (retried.user_attrs["precision"], retried.user_attrs["compiled"]) == ("fp32", False)
+    assert "precision" not in fresh.user_attrs and "compiled" not in fresh.user_attrs

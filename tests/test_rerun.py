@@ -110,7 +110,7 @@ def test_a_changed_curve_fails_with_one_line(runner: CliRunner, write_space: Any
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: trial 0 of study 'r' did "
                                                              "not reproduce: 1 of 2 epochs")
-    assert "(it ran on the CPU, one at a time, uncompiled;" in result.output
+    assert "(it ran on the CPU, one at a time, uncompiled, so it should have:" in result.output
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

@@ -402,11 +402,10 @@ def test_fp16_skips_overflowing_steps_and_its_loss_scale_survives_a_checkpoint(
 
 
 def test_a_compiled_model_trains_as_the_uncompiled_one(iris: Splits) -> None:
-    """torch.compile'd, with dropout (its masks drawn outside the graph, from the same
-    stream) and a last batch of another size: the same curve to float rounding, and the
-    state_dict keys of the plain model (checkpoints and exports stay loadable)."""
-    config = _config({"optimizer": "adam", "lr": 0.01, "dropout": 0.2, "batch_size": 32},
-                     epochs=3)
+    """torch.compile'd, without dropout and with a last batch of another size: the same
+    curve to float rounding, and the state_dict keys of the plain model (checkpoints and
+    exports stay loadable)."""
+    config = _config({"optimizer": "adam", "lr": 0.01, "batch_size": 32}, epochs=3)
     runs = []
     for compiled in (False, True):
         model = _model(config, iris)
@@ -424,14 +423,42 @@ def test_a_compiled_model_trains_as_the_uncompiled_one(iris: Splits) -> None:
         torch.testing.assert_close(compiled_model.state_dict()[name], tensor, rtol=1e-4,
                                    atol=1e-5)
     from torch._dynamo import config as dynamo_config
-    from torch._dynamo.utils import counters
 
     assert dynamo_config.recompile_limit >= RECOMPILE_LIMIT
-    # Another trial, another dropout rate and model: the graphs compiled are reused.
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_compiled_dropout_is_one_graph_for_every_rate(iris: Splits, kind: str) -> None:
+    """With dropout the whole forward pass is one graph (no break at the dropout layers,
+    which would leave all but the head uncompiled), every trial's rate reuses it, the
+    state_dict is the plain model's, and the masks drop at the rate."""
+    from torch._dynamo.utils import counters
+
+    config = _config({"optimizer": "adam", "lr": 0.01, "dropout": 0.2, "dropout_kind": kind,
+                      "batch_size": 32}, epochs=2)
+    counters.clear()
+    model = compile_model(_model(config, iris))
+    result = train(model, iris, config, metric=METRICS["accuracy"])
+    assert dict(counters["graph_break"]) == {}
     graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    assert model.state_dict().keys() == _model(config, iris).state_dict().keys()
+    assert all(math.isfinite(h.train_loss) for h in result.history)
     other = dataclasses.replace(config, dropout=0.4)
     train(compile_model(_model(other, iris, seed=1)), iris, other, metric=METRICS["accuracy"])
-    assert counters["stats"]["unique_graphs"] == graphs > 0
+    assert counters["stats"]["unique_graphs"] == graphs  # the same graphs
+    # The compiled layer itself: a unit is kept with probability 1 - p (Bernoulli:
+    # scaled by 1/(1-p)) or multiplied by N(1, p/(1-p)) (Gaussian).
+    layer = next(m for m in model.modules() if type(m).__name__ in ("Dropout",
+                                                                     "GaussianDropout"))
+    out = torch.compile(layer)(torch.ones(200_000))
+    if kind == "bernoulli":
+        kept = out[out != 0]
+        assert abs(kept.numel() / out.numel() - 0.8) < 0.005
+        torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.8))
+    else:
+        assert abs(out.mean().item() - 1) < 0.005
+        assert abs(out.std().item() - math.sqrt(0.2 / 0.8)) < 0.005
 
 
 def _without_seconds(history: list[EpochMetrics]) -> list[tuple[float, ...]]:

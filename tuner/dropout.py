@@ -25,6 +25,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -152,15 +153,32 @@ class _Plan:
     used: int = 0  # rows of the pool used
 
 
+def in_graph_dropout(x: Tensor, rate: Tensor, training: bool) -> Tensor:
+    """Inverted dropout for a compiled graph: the mask drawn in the graph (the compiler's
+    random stream, seeded by torch's), the rate a tensor, so that one graph serves every
+    trial's rate (a Python float would be a constant of the graph, one graph per rate)."""
+    if not training:
+        return x
+    keep = torch.rand(x.shape, device=x.device) >= rate
+    return x * (keep / (1 - rate)).to(x.dtype)
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (inverted: kept units scaled by 1/(1-p); identity in eval) with the
-    cheaper masks of this module, and whole-epoch draws inside :func:`epoch_masks`."""
+    cheaper masks of this module, and whole-epoch draws inside :func:`epoch_masks`.
+
+    Under ``torch.compile`` with a ``rate`` buffer (:func:`tuner.train.compile_model`
+    adds it), the mask is drawn in the graph instead (:func:`in_graph_dropout`): the
+    epoch plan is Python state that changes at every batch, which a graph cannot hold.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__(p)
         self._plan = _Plan()
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() and hasattr(self, "rate"):
+            return in_graph_dropout(x, cast(Tensor, self.rate), self.training)
         if not self.training or self.p == 0:
             return x
         plan, rows = self._plan, x.shape[0]

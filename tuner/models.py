@@ -8,6 +8,7 @@ training and evaluation.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -31,6 +32,13 @@ class GaussianDropout(nn.Module):
         self.std = math.sqrt(p / (1 - p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under torch.compile with a ``noise_std`` tensor buffer (tuner.train.compile_model
+        # adds it), one graph serves every rate (a float would be a constant of the graph).
+        if torch.compiler.is_compiling() and hasattr(self, "noise_std"):
+            if not self.training:
+                return x
+            noise = torch.randn(x.shape, device=x.device) * cast(torch.Tensor, self.noise_std)
+            return x * (1 + noise).to(x.dtype)
         if not self.training or self.p == 0:
             return x
         return x * (1 + self.std * torch.randn_like(x))

@@ -28,6 +28,7 @@ from tuner.train import (
     compile_model,
     evaluate,
     train,
+    uncompile_model,
 )
 
 # Without a pruner, per-epoch reports are written at most this often (seconds).
@@ -134,13 +135,16 @@ class Objective:
         self._known_best: dict[int, float] = {}
 
     def record_how(self, writer: TrialWriter, compiled: bool | None = None) -> None:
-        """A trial's precision and compilation, where not the defaults (fp32, eager):
-        ``tuner rerun`` replays in that precision and knows what will not replay."""
-        if self.precision != "fp32":
-            writer.set_user_attr("precision", self.precision)
+        """A trial's precision and compilation, where not the defaults (fp32, eager) or
+        where the trial already carries them (a retry inherits its failed original's
+        attributes): ``tuner rerun`` replays in that precision and knows what will not
+        replay."""
         compiled = self.compile if compiled is None else compiled
-        if compiled:
-            writer.set_user_attr("compiled", True)
+        inherited = writer.trial.user_attrs
+        if self.precision != "fp32" or "precision" in inherited:
+            writer.set_user_attr("precision", self.precision)
+        if compiled or "compiled" in inherited:
+            writer.set_user_attr("compiled", compiled)
 
     def data(self) -> Splits:
         task = self.space.task
@@ -184,17 +188,22 @@ class Objective:
             saved = True
 
         try:
-            result = train(model, data, config, metric=self.metric, report=writer,
-                           resume=resume, checkpoint=save, checkpoint_every=self.checkpoint_every,
-                           precision=self.precision)
-        except BaseException as exc:
-            # Keep the epochs that were trained; the original error is the one to raise.
-            with contextlib.suppress(Exception):
-                writer.flush()
-            if isinstance(exc, RuntimeError):  # e.g. out of memory: the trial fails
-                trial.set_user_attr("error", str(exc).strip().splitlines()[0][:500])
-            raise
-        return self.conclude(trial, config, result, lambda: model, writer, checkpointed=saved)
+            try:
+                result = train(model, data, config, metric=self.metric, report=writer,
+                               resume=resume, checkpoint=save,
+                               checkpoint_every=self.checkpoint_every, precision=self.precision)
+            except BaseException as exc:
+                # Keep the epochs that were trained; the original error is the one to raise.
+                with contextlib.suppress(Exception):
+                    writer.flush()
+                if isinstance(exc, RuntimeError):  # e.g. out of memory: the trial fails
+                    trial.set_user_attr("error", str(exc).strip().splitlines()[0][:500])
+                raise
+            return self.conclude(trial, config, result, lambda: model, writer,
+                                 checkpointed=saved)
+        finally:
+            if self.compile:
+                uncompile_model(model)
 
     def conclude(self, trial: optuna.Trial, config: TrialConfig, result: TrainResult,
                  trained: Callable[[], torch.nn.Module], writer: TrialWriter, *,

@@ -150,10 +150,11 @@ def compile_model(model: nn.Module) -> nn.Module:
     uncompiled (to float rounding); the first batches of each new shape pay for the
     compilation.
 
-    Dropout layers run as they are, between compiled graphs: their epoch plan is Python
-    state that changes at every batch and their rate changes with every trial, and a
-    graph guarded on either would be recompiled for each; so the masks come from the
-    same stream as without compiling.
+    The tuner's dropout layers draw their masks inside the graph, from the compiler's
+    random stream, with their rate as a tensor buffer (not in the ``state_dict``), so
+    that the whole forward pass is one graph and every trial's rate reuses it. Without
+    dropout, a compiled trial trains the uncompiled curve to float rounding; with it,
+    the masks are other draws of the same rates.
     """
     import torch._dynamo
 
@@ -161,11 +162,25 @@ def compile_model(model: nn.Module) -> nn.Module:
     # torch before 2.7 calls it cache_size_limit.
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     for module in model.modules():
-        if isinstance(module, (Dropout, GaussianDropout)):
-            module.forward = torch.compiler.disable(module.forward)  # type: ignore[method-assign]
+        if isinstance(module, Dropout):
+            module.register_buffer("rate", torch.tensor(float(module.p), device=device),
+                                   persistent=False)
+        elif isinstance(module, GaussianDropout):
+            module.register_buffer("noise_std", torch.tensor(module.std, device=device),
+                                   persistent=False)
     model.compile()
     return model
+
+
+def uncompile_model(model: nn.Module) -> None:
+    """Drop what :func:`compile_model` attached: the compiled forward holds a bound method
+    of the model, a reference cycle that only a full garbage collection frees (and with
+    it the model's device memory); without it the model goes when its last reference
+    does."""
+    model._compiled_call_impl = None
 
 
 @torch.inference_mode()

@@ -116,10 +116,12 @@ def rerun(study: str, number: int, storage: str) -> None:
                    f"{'yes' if equal else 'NO'}")
     if not replay.matches:
         differ = sum(not row[3] for row in replay.rows())
-        why = "; ".join(replay.caveats) or "it ran on the CPU, one at a time, uncompiled"
+        why = ("; ".join(replay.caveats) + "; only trials trained one at a time on a CPU, "
+               "uncompiled, replay exactly" if replay.caveats else
+               "it ran on the CPU, one at a time, uncompiled, so it should have: another "
+               "torch version or CPU may round differently")
         raise TunerError(f"trial {number} of study {study!r} did not reproduce: {differ} of "
-                         f"{len(replay.rows())} epochs differ ({why}; only trials trained "
-                         f"one at a time on a CPU, uncompiled, replay exactly)")
+                         f"{len(replay.rows())} epochs differ ({why})")
     click.echo(f"Trial {number} reproduced exactly ({len(replay.rerun)} epochs).")
 
 
