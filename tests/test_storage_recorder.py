@@ -68,3 +68,52 @@ def test_checkpoints_round_trip(study_and_recorder: tuple[optuna.Study, TrialRec
     recorder.delete_checkpoint(1, 0)
     assert recorder.load_checkpoint(1, 0) is None
     assert recorder.load_checkpoint(1, 1) == b"other"
+
+
+def test_record_trials_writes_what_record_trial_does_in_one_transaction(
+        tmp_path: Path) -> None:
+    """The fused engine's batch: the same rows in every table as one record_trial per
+    trial (read back from both databases), a trial finished elsewhere skipped and named,
+    and one transaction for all."""
+    from sqlalchemy import event
+
+    from tuner.train import EpochMetrics
+
+    def history(seed: int) -> list[EpochMetrics]:
+        return [EpochMetrics(e, 1.0 / (e + seed), 0.5 + seed, float("nan") if e == 2 else 0.1 * e,
+                             0.01, 0.2) for e in (1, 2, 3)]
+
+    def fill(name: str, batch: bool) -> TunerStorage:
+        storage = TunerStorage(f"sqlite:///{tmp_path / name}", heartbeat=False).open()
+        study = optuna.create_study(storage=storage.optuna, direction="maximize")
+        trials = [study.ask() for _ in range(4)]
+        study.tell(trials[2], state=optuna.trial.TrialState.FAIL)  # failed as stale
+        entries = [dict(trial_id=t._trial_id, study_id=study._study_id, seed=i,
+                        best_epoch=3 if i else None, outcome="completed", device="cpu",
+                        history=history(i), trial=t, values=[(1, 0.1), (3, 0.3 + i)],
+                        user_attrs={"seed": i, "engine": "fused"} if i != 1 else {})
+                   for i, t in enumerate(trials)]
+        if batch:
+            commits: list[int] = []
+            event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+            assert storage.record_trials(entries) == {trials[2]._trial_id}
+            assert len(commits) == 1
+        else:
+            for i, entry in enumerate(entries):
+                if i != 2:
+                    storage.record_trial(**entry)
+        return storage
+
+    def dump(storage: TunerStorage) -> dict[str, list[tuple[object, ...]]]:
+        tables = ("tuner_epochs", "tuner_trials", "trial_intermediate_values",
+                  "trial_user_attributes")
+        with storage.session() as conn:
+                # Without the row ids of Optuna's tables (their order of insertion differs).
+            cut = {"trial_intermediate_values": 1, "trial_user_attributes": 1}
+            return {t: sorted(tuple(r)[cut.get(t, 0):] for r in conn.exec_driver_sql(
+                f"SELECT * FROM {t}").all()) for t in tables}
+
+    one, batch = dump(fill("one.db", False)), dump(fill("batch.db", True))
+    for table, rows in one.items():
+        assert batch[table] == rows, table
+    assert len(one["tuner_trials"]) == 3 and len(one["tuner_epochs"]) == 9

@@ -57,6 +57,11 @@ def root_number(trial: optuna.Trial) -> int:
     return int(frozen.system_attrs.get("failed_trial", trial.number))
 
 
+def _outcome(result: TrainResult) -> str:
+    return ("diverged" if result.diverged else "pruned" if result.pruned
+            else "early_stopped" if result.stopped_early else "completed")
+
+
 class TrialWriter:
     """What a running trial adds to its Optuna trial: the validation metric of every
     epoch (this is the training loop's ``report`` callback) and user attributes.
@@ -213,20 +218,30 @@ class Objective:
         What ``writer`` still holds is written with the trial's own rows, in one write.
         ``trained()`` gives the model holding the best epoch's weights; it is called only
         when the trial becomes (or ties) the study's best (to evaluate the test split and
-        keep the weights). The fused engine calls this for each member it finishes.
+        keep the weights). The fused engine writes the rows of the members it finishes
+        together (:meth:`trial_rows`, ``TunerStorage.record_trials``), then settles each.
         """
-        study_id = trial.study._study_id
-        outcome = ("diverged" if result.diverged else "pruned" if result.pruned
-                   else "early_stopped" if result.stopped_early else "completed")
+        self.storage.record_trial(**self.trial_rows(trial, config, result, writer))
+        return self.settle(trial, result, trained, checkpointed=checkpointed)
+
+    def trial_rows(self, trial: optuna.Trial, config: TrialConfig, result: TrainResult,
+                   writer: TrialWriter) -> dict[str, Any]:
+        """``record_trial``'s arguments for a trained trial: its rows, and what ``writer``
+        still holds (handed over)."""
         values, attrs = writer.take()
-        self.storage.record_trial(
-            trial_id=trial._trial_id, study_id=study_id, seed=config.seed,
-            best_epoch=result.best_epoch or None, outcome=outcome, device=str(self.device),
-            history=result.history, trial=trial, values=values, user_attrs=attrs)
+        return dict(trial_id=trial._trial_id, study_id=trial.study._study_id, seed=config.seed,
+                    best_epoch=result.best_epoch or None, outcome=_outcome(result),
+                    device=str(self.device), history=result.history, trial=trial,
+                    values=values, user_attrs=attrs)
+
+    def settle(self, trial: optuna.Trial, result: TrainResult,
+               trained: Callable[[], torch.nn.Module], *, checkpointed: bool = False) -> float:
+        """What follows a recorded trial (see :meth:`conclude`): its checkpoint goes, a
+        new best gets its test metric and weights; its value, or ``TrialPruned``."""
         if checkpointed:
-            self.storage.delete_checkpoint(study_id, root_number(trial))
+            self.storage.delete_checkpoint(trial.study._study_id, root_number(trial))
         if result.pruned or result.diverged or not result.best_epoch:
-            raise optuna.TrialPruned(f"{outcome} at epoch {len(result.history)}")
+            raise optuna.TrialPruned(f"{_outcome(result)} at epoch {len(result.history)}")
         if self._is_new_best(trial.study, result.best_metric):
             model = trained()
             data = self.data()

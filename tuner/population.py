@@ -160,7 +160,7 @@ class PopulationRun:
         first = self.members[0].trial.number
         try:
             train_population(configs, data, metric=self.objective.metric,
-                             report_epoch=self._report, on_finish=self._finish,
+                             report_epoch=self._report, on_finish_all=self._finish_all,
                              refill=self._refill, population=self.population,
                              seed=trial_seed(self.objective.space.seed, first),
                              precision=self.objective.precision, checkpoint=self._checkpoint,
@@ -313,18 +313,29 @@ class PopulationRun:
                                      checkpoint.epoch, checkpoint.to_bytes())
         member.checkpointed = True
 
-    def _finish(self, member_id: int, result: MemberResult) -> None:
-        member = self.members[member_id]
-        member.done = True
-        if not member.lost:
-            def conclude() -> float:
-                return self.objective.conclude(member.trial, member.config, result,
-                                               lambda: self._model(member.config, result),
-                                               member.writer, checkpointed=member.checkpointed)
+    def _finish_all(self, finished: Sequence[tuple[int, MemberResult]]) -> None:
+        """The members a group finished at one epoch: their rows in one transaction
+        (``record_trials``: a transaction per member cost 0.55 ms of a trial's ~4 ms of
+        protocol), then each is settled and told as the sequential objective's trials."""
+        members = [(self.members[i], result) for i, result in finished]
+        for member, _ in members:
+            member.done = True
+        live = [(m, r) for m, r in members if not m.lost]
+        lost = self.storage.record_trials([
+            self.objective.trial_rows(m.trial, m.config, r, m.writer) for m, r in live])
+        for member, result in live:
+            def settle(member: _Member = member, result: MemberResult = result) -> float:
+                if member.trial._trial_id in lost:  # failed as stale elsewhere meanwhile
+                    raise optuna.exceptions.UpdateFinishedTrialError(
+                        f"trial #{member.trial.number} has already finished")
+                return self.objective.settle(member.trial, result,
+                                             lambda: self._model(member.config, result),
+                                             checkpointed=member.checkpointed)
 
-            self._record(runner.tell_outcome(self.study, member.trial, conclude))
-        # Beating stops once the trial is told (or dropped).
-        self.heartbeat.discard(member.trial._trial_id)
+            self._record(runner.tell_outcome(self.study, member.trial, settle))
+        # Beating stops once the trials are told (or dropped).
+        for member, _ in members:
+            self.heartbeat.discard(member.trial._trial_id)
 
     def _model(self, config: TrialConfig, result: MemberResult) -> nn.Module:
         model = build_for(config, self.objective.data())

@@ -54,6 +54,8 @@ MemberReport = Callable[[int, EpochMetrics], bool]  # (member id, metrics) -> pr
 EpochReport = Callable[[Sequence[tuple[int, EpochMetrics]]], Collection[int]]
 Refill = Callable[[int], Sequence[TrialConfig]]  # (free slots) -> new configs
 OnFinish = Callable[[int, MemberResult], None]
+# The members a group finishes at one epoch, at once: [(member id, result)].
+OnFinishAll = Callable[[Sequence[tuple[int, MemberResult]]], None]
 Checkpointer = Callable[[int, Checkpoint], None]  # (member id, its checkpoint)
 
 
@@ -97,14 +99,16 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
                      refill: Refill | None = None, population: int | None = None,
                      seed: int = 0, precision: str = "fp32",
                      checkpoint: Checkpointer | None = None,
-                     checkpoint_every: float = 30.0) -> list[MemberResult]:
+                     checkpoint_every: float = 30.0,
+                     on_finish_all: OnFinishAll | None = None) -> list[MemberResult]:
     """Train every config as a member of a fused population; return results by member id.
 
     Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
     trials. After each epoch of a member, ``report(id, metrics)`` is called (True prunes
     it); early stopping and divergence follow :func:`tuner.train.train`. When a member
     finishes, ``on_finish(id, result)`` is called (the returned result then keeps its
-    history, not its weights) and its slot freed; then, with
+    history, not its weights) and its slot freed, or, with ``on_finish_all``, that is
+    called once with every member a group finished at that epoch; then, with
     ``refill``, ``refill(free)`` may return up to ``free`` new configs, which join a
     group of their shape or start a new one. ``population`` is the most members trained
     at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
@@ -151,7 +155,8 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     admit(configs)
     while groups:
         for group in list(groups):
-            _finish_epoch(group, group.train_epoch(data, metric), metric, decide, on_finish)
+            _finish_epoch(group, group.train_epoch(data, metric), metric, decide, on_finish,
+                          on_finish_all)
             if not group.members:
                 groups.remove(group)
             elif checkpoint is not None and (
@@ -168,7 +173,8 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
 
 
 def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
-                  decide: EpochReport | None, on_finish: OnFinish | None) -> None:
+                  decide: EpochReport | None, on_finish: OnFinish | None,
+                  on_finish_all: OnFinishAll | None = None) -> None:
     """Per-member bookkeeping after an epoch, in :func:`tuner.train.train`'s order: a
     diverged member stops unreported; the others are reported (all at once), then pruned,
     stopped early or finished."""
@@ -201,11 +207,16 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
         finished.append(position)
     if improved:
         group.snapshot(improved)
-    for position in sorted(finished):
-        member = group.members[position]
+    done = [group.members[position] for position in sorted(finished)]
+    for position, member in zip(sorted(finished), done, strict=True):
         member.result.state_dict = group.export(position)
-        if on_finish is not None:
+    if on_finish_all is not None and done:
+        on_finish_all([(member.id, member.result) for member in done])
+    elif on_finish is not None:
+        for member in done:
             on_finish(member.id, member.result)
+    if on_finish_all is not None or on_finish is not None:
+        for member in done:
             # Handed over: a long run that refills its slots would otherwise hold the
             # weights of every member it ever trained.
             member.result.state_dict = {}

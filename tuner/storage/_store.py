@@ -23,7 +23,7 @@ from optuna.storages._rdb.models import (
     TrialUserAttributeModel,
 )
 from optuna.trial import Trial
-from sqlalchemy import Connection, create_engine, event, inspect, make_url, select
+from sqlalchemy import Connection, bindparam, create_engine, event, inspect, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
@@ -272,17 +272,48 @@ class TunerStorage:
                      user_attrs: Mapping[str, Any] | None = None) -> None:
         """One transaction per trial: its per-epoch rows and its summary row, and, with
         ``trial``, what :meth:`write_trial` would still write for it."""
-        rows = [dict(trial_id=trial_id, epoch=m.epoch, train_loss=_finite(m.train_loss),
-                     val_loss=_finite(m.val_loss), val_metric=_finite(m.val_metric),
-                     lr=m.lr, seconds=m.seconds) for m in history]
+        rows = _epoch_rows(trial_id, history)
         with self.session() as conn:
             if trial is not None and (values or user_attrs):
                 _write_optuna_rows(conn, trial, values, user_attrs or {})
             if rows:
                 conn.execute(epochs.insert(), rows)
-            conn.execute(trial_info.insert(), dict(
-                trial_id=trial_id, study_id=study_id, seed=seed, best_epoch=best_epoch,
-                epochs_run=len(rows), outcome=outcome, device=device))
+            conn.execute(trial_info.insert(), _info_row(trial_id, study_id, seed, best_epoch,
+                                                        outcome, device, len(rows)))
+
+    def record_trials(self, entries: Sequence[Mapping[str, Any]]) -> set[int]:
+        """:meth:`record_trial` for several running trials (each entry its keyword
+        arguments, ``trial`` included), in one transaction with one statement per table:
+        the members a fused population finishes at one epoch. Returns the ids of the
+        trials that had finished (failed as stale elsewhere), which are not written."""
+        if not entries:
+            return set()
+        user = TrialUserAttributeModel.__table__
+        with self.session() as conn:
+            ids = [e["trial_id"] for e in entries]
+            states = dict(conn.execute(select(TrialModel.trial_id, TrialModel.state)
+                                       .where(TrialModel.trial_id.in_(ids))).all())
+            finished = {t for t in ids if states.get(t) is None or states[t].is_finished()}
+            live = [e for e in entries if e["trial_id"] not in finished]
+            values = [row for e in live for row in _value_rows(e["trial_id"], e["values"])]
+            attrs = [(e["trial_id"], key, v) for e in live
+                     for key, v in (e["user_attrs"] or {}).items()]
+            rows = [row for e in live for row in _epoch_rows(e["trial_id"], e["history"])]
+            if values:
+                conn.execute(TrialIntermediateValueModel.__table__.insert(), values)
+            if attrs:
+                conn.execute(user.delete().where((user.c.trial_id == bindparam("t_id"))
+                                                 & (user.c.key == bindparam("t_key"))),
+                             [{"t_id": t, "t_key": key} for t, key, _ in attrs])
+                conn.execute(user.insert(), [dict(trial_id=t, key=key, value_json=json.dumps(v))
+                                             for t, key, v in attrs])
+            if rows:
+                conn.execute(epochs.insert(), rows)
+            if live:
+                conn.execute(trial_info.insert(), [
+                    _info_row(e["trial_id"], e["study_id"], e["seed"], e["best_epoch"],
+                              e["outcome"], e["device"], len(e["history"])) for e in live])
+        return finished
 
     def save_checkpoint(self, study_id: int, number: int, epoch: int, state: bytes) -> None:
         key = (checkpoints.c.study_id == study_id) & (checkpoints.c.number == number)
@@ -320,6 +351,20 @@ class TunerStorage:
         with self.session() as conn:
             return conn.execute(models.select().with_only_columns(models.c.state)
                                 .where(models.c.trial_id == trial_id)).scalar()
+
+
+def _epoch_rows(trial_id: int, history: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows of ``tuner_epochs`` for a trial's :class:`~tuner.train.EpochMetrics`."""
+    return [dict(trial_id=trial_id, epoch=m.epoch, train_loss=_finite(m.train_loss),
+                 val_loss=_finite(m.val_loss), val_metric=_finite(m.val_metric),
+                 lr=m.lr, seconds=m.seconds) for m in history]
+
+
+def _info_row(trial_id: int, study_id: int, seed: int, best_epoch: int | None, outcome: str,
+              device: str, epochs_run: int) -> dict[str, Any]:
+    """The trial's ``tuner_trials`` row."""
+    return dict(trial_id=trial_id, study_id=study_id, seed=seed, best_epoch=best_epoch,
+                epochs_run=epochs_run, outcome=outcome, device=device)
 
 
 def _value_rows(trial_id: int, values: Sequence[tuple[int, float]]) -> list[dict[str, Any]]:
