@@ -318,11 +318,13 @@ class PopulationRun:
         (``record_trials``: a transaction per member cost 0.55 ms of a trial's ~4 ms of
         protocol), then each is settled and told as the sequential objective's trials."""
         members = [(self.members[i], result) for i, result in finished]
-        for member, _ in members:
-            member.done = True
         live = [(m, r) for m, r in members if not m.lost]
+        # Done once written: if the write fails (Ctrl-C, the database away), they are
+        # still members in training, which _abandon tells FAIL (retried on resume).
         lost = self.storage.record_trials([
             self.objective.trial_rows(m.trial, m.config, r, m.writer) for m, r in live])
+        for member, _ in members:
+            member.done = True
         for member, result in live:
             def settle(member: _Member = member, result: MemberResult = result) -> float:
                 if member.trial._trial_id in lost:  # failed as stale elsewhere meanwhile
