@@ -144,6 +144,17 @@ def build_for(config: TrialConfig, data: Splits) -> nn.Module:
 RECOMPILE_LIMIT = 64
 
 
+def half_dtype(precision: str) -> torch.dtype | None:
+    """The reduced dtype of a mixed ``precision`` (``bf16``, ``fp16``); None for fp32.
+
+    Raises ``ValueError`` for a precision the tuner does not know.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of: "
+                         f"{', '.join(PRECISIONS)}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def compile_model(model: nn.Module) -> nn.Module:
     """Compile ``model``'s forward with ``torch.compile``, in place: its ``state_dict``,
     checkpoints and exports are the uncompiled model's. Training computes what it does
@@ -240,9 +251,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     optimizer stay in float32); float16 scales the loss with a ``torch.amp.GradScaler``
     (a step whose gradients overflowed is skipped), whose state checkpoints carry.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of: "
-                         f"{', '.join(PRECISIONS)}")
+    half = half_dtype(precision)
     weights = penalized_weights(model)
     optimizer = optimizer_for(model, config)
     scheduler = build_scheduler(optimizer, config.schedule, **dict(config.schedule_hyper))
@@ -259,7 +268,6 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
                          "mlp has one; a model of your own would need forward_with_aux)")
     aux, aux_task = data.aux_train, data.aux_task or "regression"
     # Mixed precision: the forward pass and the loss under autocast.
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
         (lambda: torch.autocast(x.device.type, half)) if half is not None
         else contextlib.nullcontext)

@@ -44,8 +44,7 @@ from tuner.fused._group import Group, Member, MemberResult, fits, group_key, joi
 from tuner.fused._optim import resolve_hyper
 from tuner.fused._schedule import resolve_schedule
 from tuner.metrics import Metric, is_better
-from tuner.space._schema import PRECISIONS
-from tuner.train import Checkpoint, EpochMetrics
+from tuner.train import Checkpoint, EpochMetrics, half_dtype
 
 __all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
 
@@ -61,10 +60,7 @@ Checkpointer = Callable[[int, Checkpoint], None]  # (member id, its checkpoint)
 
 def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype of the passes for ``precision``; None: the data's own (``fp32``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of: "
-                         f"{', '.join(PRECISIONS)}")
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    compute = half_dtype(precision)
     return compute if compute not in (None, dtype) else None
 
 
@@ -129,6 +125,13 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
 
         def decide(rows: Sequence[tuple[int, EpochMetrics]]) -> Collection[int]:
             return [i for i, metrics in rows if per_member(i, metrics)]
+    finish = on_finish_all
+    if finish is None and on_finish is not None:
+        one_by_one = on_finish
+
+        def finish(done: Sequence[tuple[int, MemberResult]]) -> None:
+            for i, result in done:
+                one_by_one(i, result)
     compute = compute_dtype(precision, data.x_train.dtype)
     results: list[MemberResult] = []
     groups: list[Group] = []
@@ -155,8 +158,7 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     admit(configs)
     while groups:
         for group in list(groups):
-            _finish_epoch(group, group.train_epoch(data, metric), metric, decide, on_finish,
-                          on_finish_all)
+            _finish_epoch(group, group.train_epoch(data, metric), metric, decide, finish)
             if not group.members:
                 groups.remove(group)
             elif checkpoint is not None and (
@@ -173,8 +175,7 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
 
 
 def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
-                  decide: EpochReport | None, on_finish: OnFinish | None,
-                  on_finish_all: OnFinishAll | None = None) -> None:
+                  decide: EpochReport | None, on_finish_all: OnFinishAll | None) -> None:
     """Per-member bookkeeping after an epoch, in :func:`tuner.train.train`'s order: a
     diverged member stops unreported; the others are reported (all at once), then pruned,
     stopped early or finished."""
@@ -212,10 +213,6 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
         member.result.state_dict = group.export(position)
     if on_finish_all is not None and done:
         on_finish_all([(member.id, member.result) for member in done])
-    elif on_finish is not None:
-        for member in done:
-            on_finish(member.id, member.result)
-    if on_finish_all is not None or on_finish is not None:
         for member in done:
             # Handed over: a long run that refills its slots would otherwise hold the
             # weights of every member it ever trained.

@@ -203,6 +203,7 @@ class Group:
         lr_host = self.schedule.lr
         lr = lr_host.to(x.device)
         n_weights = model.layout.n_weights
+        scaler = self.scaler  # float16's loss scales, else None
         order = torch.randperm(n, generator=self.order_generator, device=x.device)
         loss_sum = torch.zeros(k, dtype=x.dtype, device=x.device)
         for i in range(n_batches):
@@ -214,7 +215,6 @@ class Group:
                                     data.image_shape).view(k, -1, xb.shape[1])
             if self.noise is not None:
                 xb = add_input_noise(xb, self.noise, self.noise_generator)
-            scaler = self.scaler
             losses = model.train_step(xb, yb, data.task, self.mask_source,
                                       None if scaler is None else scaler.scale)
             loss_sum.add_(losses, alpha=idx.shape[0])

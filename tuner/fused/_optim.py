@@ -165,7 +165,7 @@ class FusedOptimizer:
         leaves them so). Skipping is by per-member factors, with no host sync (the CPU's
         member-by-member Adam reads the rates on the host anyway).
         """
-        self._ok = ok
+        self._ok = None if ok is None else _col(ok, self.dtype)  # [K, 1]
         if ok is not None:
             lr = lr * ok.to(lr.dtype)
         if self._coupled_wd:  # torch's weight_decay: the gradient of (wd/2)*|p|^2, every tensor
@@ -179,14 +179,14 @@ class FusedOptimizer:
         is zero, so a state times 1 plus 0 stays as it was)."""
         if self._ok is None:
             return self._cols[name]
-        return self._cols[name] * _col(self._ok, self.dtype)
+        return self._cols[name] * self._ok
 
     def _decay(self, name: str) -> Tensor:
         """The ``[K, 1]`` column ``name`` of a factor a state is multiplied by, at 1 for
         the members this step skips."""
         if self._ok is None:
             return self._cols[name]
-        return torch.where(_col(self._ok, self.dtype) > 0, self._cols[name], 1.0)
+        return torch.where(self._ok > 0, self._cols[name], 1.0)
 
     def _sgd(self, p: Tensor, g: Tensor, lr: Tensor) -> None:
         if "momentum_buffer" in self.state:
@@ -245,7 +245,7 @@ class FusedOptimizer:
             self._rows = (key, [t.unbind(0) for t in tensors])
         ps, gs, ms, vs, steps = self._rows[1]
         h = self._host
-        skip = [False] * len(ps) if self._ok is None else (self._ok == 0).tolist()
+        skip = [False] * len(ps) if self._ok is None else (self._ok[:, 0] == 0).tolist()
         for k, rate in enumerate(lr.tolist()):
             if skip[k]:
                 continue

@@ -257,9 +257,7 @@ class TunerStorage:
         if not values:
             return set()
         with self.session() as conn:
-            states = dict(conn.execute(select(TrialModel.trial_id, TrialModel.state)
-                                       .where(TrialModel.trial_id.in_(list(values)))).all())
-            finished = {t for t in values if states.get(t) is None or states[t].is_finished()}
+            finished = _finished_ids(conn, list(values))
             rows = [row for trial_id, value in values.items() if trial_id not in finished
                     for row in _value_rows(trial_id, [value])]
             if rows:
@@ -290,10 +288,7 @@ class TunerStorage:
             return set()
         user = TrialUserAttributeModel.__table__
         with self.session() as conn:
-            ids = [e["trial_id"] for e in entries]
-            states = dict(conn.execute(select(TrialModel.trial_id, TrialModel.state)
-                                       .where(TrialModel.trial_id.in_(ids))).all())
-            finished = {t for t in ids if states.get(t) is None or states[t].is_finished()}
+            finished = _finished_ids(conn, [e["trial_id"] for e in entries])
             live = [e for e in entries if e["trial_id"] not in finished]
             values = [row for e in live for row in _value_rows(e["trial_id"], e["values"])]
             attrs = [(e["trial_id"], key, v) for e in live
@@ -351,6 +346,13 @@ class TunerStorage:
         with self.session() as conn:
             return conn.execute(models.select().with_only_columns(models.c.state)
                                 .where(models.c.trial_id == trial_id)).scalar()
+
+
+def _finished_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Those of the trials ``ids`` that have finished (or are gone): not to be written."""
+    states = dict(conn.execute(select(TrialModel.trial_id, TrialModel.state)
+                               .where(TrialModel.trial_id.in_(list(ids)))).all())
+    return {t for t in ids if states.get(t) is None or states[t].is_finished()}
 
 
 def _epoch_rows(trial_id: int, history: Sequence[Any]) -> list[dict[str, Any]]:
