@@ -20,6 +20,7 @@ from types import FrameType
 
 import optuna
 
+from tuner import heap
 from tuner.device import CPU_THREADS, reuse_freed_memory
 from tuner.errors import TunerError
 from tuner.runner import RunSummary, Snapshot, ignore_signal, snapshot, summarize
@@ -58,6 +59,7 @@ def _stop_once(signum: int, frame: FrameType | None) -> None:
 
 def worker_main(args: WorkerArgs) -> None:
     """A worker process: join the study and work until its budget is reached."""
+    heap.defer_full_collections()  # until its first trial is done (tuner.heap)
     signal.signal(signal.SIGINT, _stop_once)
     signal.signal(signal.SIGTERM, _stop_once)
     try:
@@ -105,6 +107,7 @@ def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: l
     try:
         for process in processes:
             process.start()
+        heap.settle()  # this process's start-up is done: it only watches (tuner.heap)
         while any(p.is_alive() for p in processes):
             time.sleep(poll)
             if on_progress is not None:

@@ -24,6 +24,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from tuner import heap
 from tuner.claims import budget_lock
 from tuner.errors import StorageError, TunerError
 from tuner.heartbeat import Heartbeat
@@ -104,6 +105,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
         from tuner.population import PopulationRun
 
         def progress(frozen: FrozenTrial) -> None:
+            heap.settle()  # the first trial is done: so is the start-up (tuner.heap)
             if on_progress is not None:
                 on_progress(snapshot(storage, study, budget, frozen))
 
@@ -149,6 +151,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
             backoff.failed(exc)
             continue
         backoff.reset()
+        heap.settle()  # the first trial is done: so is the start-up (tuner.heap)
         ran += 1
         failures = failures + 1 if frozen.state == TrialState.FAIL else 0
         if on_progress is not None:

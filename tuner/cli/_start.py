@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from tuner import heap
 from tuner.cli import cli
 from tuner.cli._options import (
     GpuList,
@@ -90,6 +91,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space quick --trials 256 --engine fused --population 64
       tuner start --space quick --data my.csv --target label --model my_net.py:build
     """
+    heap.defer_full_collections()  # until the first trial is done (tuner.heap)
     import torch
     from rich.console import Console
 

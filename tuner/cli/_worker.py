@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tuner import heap
 from tuner.cli import cli
 from tuner.cli._options import (
     checkpoint_option,
@@ -48,6 +49,7 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
       tuner worker --study reg --storage postgresql://user@dbhost/tuner
       tuner worker --study reg --storage postgresql://user@dbhost/tuner --engine fused
     """
+    heap.defer_full_collections()  # until the first trial is done (tuner.heap)
     from rich.console import Console
 
     from tuner.cli._display import RunProgress, summary_text
