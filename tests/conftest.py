@@ -14,8 +14,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tuner import heap
-
 # Small enough that a trial takes a fraction of a second on a CPU: iris, one hidden
 # layer of 16 units, 2 epochs. The optimizer is a choice with a conditional
 # hyper-parameter, so the tiny study exercises the conditional path too.
@@ -48,7 +46,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.delenv("TUNER_DEVICE", raising=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     yield
-    heap.restore()  # a `tuner start` run in-process defers and freezes (tuner.heap)
 
 
 @pytest.fixture

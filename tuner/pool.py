@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
 
 import optuna
@@ -25,23 +24,11 @@ from tuner.device import CPU_THREADS, reuse_freed_memory
 from tuner.errors import TunerError
 from tuner.runner import RunSummary, Snapshot, ignore_signal, snapshot, summarize
 from tuner.space import EngineSpec
+from tuner.spawn import WorkerArgs, worker_process
 from tuner.storage import TunerStorage
 from tuner.study import count_states, finished
 
 SHUTDOWN_GRACE = 10.0  # seconds a worker gets to fail its trial and exit
-
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    storage_url: str
-    study_name: str
-    budget: int
-    device: str
-    threads: int
-    timeout: float | None = None
-    max_trials: int | None = None
-    checkpoint_every: float = 30.0
-    engine: EngineSpec | None = None  # None: the study's stored space's
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -58,8 +45,8 @@ def _stop_once(signum: int, frame: FrameType | None) -> None:
 
 
 def worker_main(args: WorkerArgs) -> None:
-    """A worker process: join the study and work until its budget is reached."""
-    heap.defer_full_collections()  # until its first trial is done (tuner.heap)
+    """A worker process (started as :func:`tuner.spawn.worker_process`): join the study
+    and work until its budget is reached."""
     signal.signal(signal.SIGINT, _stop_once)
     signal.signal(signal.SIGTERM, _stop_once)
     try:
@@ -97,7 +84,7 @@ def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: l
     before = finished(count_states(storage, study))
     start = time.monotonic()
     processes = [context.Process(
-        target=worker_main, name=f"tuner-worker-{i}",
+        target=worker_process, name=f"tuner-worker-{i}",
         args=(WorkerArgs(storage.url, study.study_name, budget, device, threads, timeout,
                          None, checkpoint_every, engine),))
         for i, device in enumerate(devices)]
@@ -107,7 +94,7 @@ def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: l
     try:
         for process in processes:
             process.start()
-        heap.settle()  # this process's start-up is done: it only watches (tuner.heap)
+        heap.settle()  # this process's start-up is done: it watches (tuner.heap)
         while any(p.is_alive() for p in processes):
             time.sleep(poll)
             if on_progress is not None:

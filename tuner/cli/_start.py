@@ -92,6 +92,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space quick --data my.csv --target label --model my_net.py:build
     """
     heap.defer_full_collections()  # until the first trial is done (tuner.heap)
+    click.get_current_context().call_on_close(heap.settle)
     import torch
     from rich.console import Console
 

@@ -50,6 +50,7 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
       tuner worker --study reg --storage postgresql://user@dbhost/tuner --engine fused
     """
     heap.defer_full_collections()  # until the first trial is done (tuner.heap)
+    click.get_current_context().call_on_close(heap.settle)
     from rich.console import Console
 
     from tuner.cli._display import RunProgress, summary_text
