@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,25 @@ def test_nan_feature_is_named(tmp_path: Path, frame: pd.DataFrame) -> None:
         read_user_data(DataSpec(str(path), target="label"))
 
 
+def test_infinite_feature_is_named(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.loc[3, "a"] = np.inf
+    frame.loc[5, "a"] = -np.inf
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match="feature column a has 2 infinite value"):
+        read_user_data(DataSpec(str(path), target="label"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_missing_string_target_is_refused(tmp_path: Path, frame: pd.DataFrame,
+                                            suffix: str) -> None:
+    frame.loc[[4, 9], "label"] = None
+    path = tmp_path / f"d{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    with pytest.raises(DataError, match="the target has 2 missing value"):
+        read_user_data(DataSpec(str(path), target="label"))
+
+
 def test_single_class_is_refused(tmp_path: Path, frame: pd.DataFrame) -> None:
     frame["label"] = "yes"
     path = tmp_path / "d.csv"
@@ -124,6 +144,20 @@ def test_function_errors_are_one_line(tmp_path: Path) -> None:
         read_user_data(DataSpec(f"{module}:wrong"))
     with pytest.raises(DataError, match="has no function 'absent'"):
         read_user_data(DataSpec(f"{module}:absent"))
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("def load(:\n", r"cannot import .*: invalid syntax \(broken\.py, line 1\)"),
+    ("raise ValueError('not configured')\n", "cannot import .*: ValueError: not configured"),
+    ("import no_such_module_xyz\n", "cannot import .*: No module named 'no_such_module_xyz'"),
+])
+def test_a_file_that_fails_to_import_is_one_line(tmp_path: Path, source: str,
+                                                  message: str) -> None:
+    module = tmp_path / "broken.py"
+    module.write_text(source)
+    with pytest.raises(DataError, match=message):
+        read_user_data(DataSpec(f"{module}:load"))
+    assert "broken" not in sys.modules  # a half-run module does not stay behind
 
 
 def test_infer_task() -> None:

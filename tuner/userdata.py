@@ -67,11 +67,22 @@ def import_reference(reference: str, what: str) -> Callable[..., Any]:
                 raise DataError(f"{what} {reference!r}: cannot import {module_name!r}")
             module = importlib.util.module_from_spec(loader)
             sys.modules.setdefault(path.stem, module)
-            loader.loader.exec_module(module)
+            try:
+                loader.loader.exec_module(module)
+            except BaseException:
+                if sys.modules.get(path.stem) is module:
+                    del sys.modules[path.stem]
+                raise
         else:
             module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"{what} {reference!r}: cannot import {module_name!r}: {exc}") from None
+    except DataError:
+        raise
+    except SyntaxError as exc:  # the user's file does not parse
+        raise DataError(f"{what} {reference!r}: cannot import {module_name!r}: {exc.msg} "
+                        f"({Path(exc.filename or module_name).name}, line {exc.lineno})") from None
+    except Exception as exc:  # ImportError, or whatever the module's own code raised
+        reason = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{what} {reference!r}: cannot import {module_name!r}: {reason}") from None
     function = getattr(module, attr, None)
     if not callable(function):
         raise DataError(f"{what} {reference!r}: {module_name!r} has no function {attr!r}")
@@ -190,6 +201,17 @@ def infer_task(y: np.ndarray) -> str:
     return "regression"
 
 
+def _missing(y: np.ndarray) -> int:
+    """How many targets are missing: NaN in a float column, None or NaN in an object one."""
+    if y.dtype.kind == "f":
+        return int(np.isnan(y).sum())
+    if y.dtype.kind == "O":  # strings, with None, NaN or pandas' NA where a cell is empty
+        import pandas as pd
+
+        return int(pd.isna(y).sum())
+    return 0
+
+
 def _checked(source: str, x: np.ndarray, y: np.ndarray, aux: np.ndarray | None,
              task: str | None, split: Any, names: tuple[str, ...],
              min_rows: int = 10) -> UserArrays:
@@ -206,14 +228,20 @@ def _checked(source: str, x: np.ndarray, y: np.ndarray, aux: np.ndarray | None,
         raise DataError(f"--data {source}: {len(x)} feature rows but {len(y)} targets")
     if len(x) < min_rows:
         raise DataError(f"--data {source}: at least {min_rows} rows are needed, but got {len(x)}")
-    bad = np.isnan(x).any(axis=0)
+    bad = ~np.isfinite(x).all(axis=0)
     if bad.any():
-        column = names[int(np.argmax(bad))] if names else f"#{int(np.argmax(bad))}"
-        raise DataError(f"--data {source}: feature column {column} has "
-                        f"{int(np.isnan(x[:, int(np.argmax(bad))]).sum())} NaN value(s); fill "
-                        "or drop them first")
-    if y.dtype.kind == "f" and np.isnan(y).any():
-        raise DataError(f"--data {source}: the target has {int(np.isnan(y).sum())} NaN value(s)")
+        index = int(np.argmax(bad))
+        column = names[index] if names else f"#{index}"
+        nan = int(np.isnan(x[:, index]).sum())
+        inf = int(np.isinf(x[:, index]).sum())
+        found = " and ".join(f"{n} {kind} value(s)" for n, kind in ((nan, "NaN"), (inf, "infinite"))
+                             if n)
+        raise DataError(f"--data {source}: feature column {column} has {found}; fill or drop "
+                        "them first")
+    missing = _missing(y)
+    if missing:
+        raise DataError(f"--data {source}: the target has {missing} missing value(s) (NaN or "
+                        "empty); fill or drop those rows first")
     task = task or infer_task(y)
     if task not in ("classification", "regression"):
         raise DataError(f"--task: expected classification or regression, but got {task!r}")
