@@ -108,6 +108,13 @@ def test_rerun_says_nothing_to_do(runner: CliRunner, tiny_db: dict[str, Any],
     assert "nothing to do" in result.stdout
     assert "already has 3 finished trials" in result.stdout
     assert f"Best trial #{_study(tiny_db['url']).best_trial.number}" in result.stdout
+    assert "Raise --trials to run more" in result.stdout
+    # A worker's --trials caps its own share: it cannot raise the budget, and says how.
+    worker = runner.invoke(cli, ["worker", "--study", "tiny", "--storage", tiny_db["url"],
+                                 "--trials", "5", "--quiet", "--device", "cpu"])
+    assert worker.exit_code == 0, worker.output
+    assert "nothing to do" in worker.stdout and "Raise --trials" not in worker.stdout
+    assert "`tuner start` with the study's space and a larger --trials" in worker.stdout
     assert db_snapshot(tiny_db["db"]) == before
 
 

@@ -54,11 +54,16 @@ class RunProgress:
         return f"pruned {s.pruned}{failed} · best {best}"
 
 
-def summary_text(s: RunSummary, metric: str) -> str:
+def summary_text(s: RunSummary, metric: str, worker: bool = False) -> str:
+    """What a run did, for `tuner start` (or, with ``worker``, `tuner worker`, whose
+    --trials caps its own trials: only `tuner start` raises a study's budget)."""
     name = s.study_name
     if s.stop_reason == "already_done":
+        more = ("A worker's --trials caps its own share; `tuner start` with the study's "
+                "space and a larger --trials raises the budget" if worker
+                else "Raise --trials to run more")
         head = (f"Study {name!r} already has {s.finished} finished trials (budget {s.budget}): "
-                f"nothing to do. Raise --trials to run more.")
+                f"nothing to do. {more}.")
     else:
         why = " (timeout)" if s.stop_reason == "timeout" else ""
         head = (f"Study {name!r}: ran {s.ran} trials in {_duration(s.elapsed)}{why}; "

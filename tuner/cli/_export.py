@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from tuner.cli import cli
-from tuner.cli._options import storage_option
+from tuner.cli._options import db_int, storage_option
 from tuner.errors import TunerError
 
 trial_option = click.option(
-    "--trial", "number", type=click.IntRange(min=0), metavar="N",
+    "--trial", "number", type=db_int(min=0), metavar="N",
     help="The trial's number (default: the study's best).")
 
 
@@ -90,7 +90,7 @@ def predict(model_path: str, data: str, out: str | None, features: str | None) -
 
 @cli.command()
 @click.option("--study", required=True, metavar="NAME", help="The study the trial belongs to.")
-@click.option("--trial", "number", required=True, type=click.IntRange(min=0), metavar="N",
+@click.option("--trial", "number", required=True, type=db_int(min=0), metavar="N",
               help="The trial's number.")
 @storage_option
 def rerun(study: str, number: int, storage: str) -> None:

@@ -10,7 +10,13 @@ import click
 
 from tuner.formatting import FORMATS
 from tuner.space._schema import ENGINES, PRECISIONS, EngineSpec
-from tuner.storage import DEFAULT_STORAGE
+from tuner.storage import DB_INT_MAX, DEFAULT_STORAGE
+
+
+def db_int(min: int) -> click.IntRange:
+    """An integer option compared with the database's integers: one past what a column
+    holds is refused as out of range, not by the database driver."""
+    return click.IntRange(min=min, max=DB_INT_MAX)
 
 storage_option: Callable[[Any], Any] = click.option(
     "--storage", envvar="TUNER_STORAGE", default=DEFAULT_STORAGE, show_default=True,

@@ -10,7 +10,7 @@ import click
 
 from tuner import queries
 from tuner.cli import cli
-from tuner.cli._options import format_option, storage_option, study_option
+from tuner.cli._options import db_int, format_option, storage_option, study_option
 from tuner.formatting import format_rows
 from tuner.storage import TunerStorage
 
@@ -49,7 +49,7 @@ def studies(storage: str, fmt: str) -> None:
               help="Sort by these columns, comma-separated; a leading - sorts descending "
                    "(e.g. -value,lr).")
 @click.option("--best-first", is_flag=True, help="Complete trials first, best value first.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--limit", type=db_int(min=1), help="At most this many rows.")
 @click.option("--columns", metavar="COLUMNS",
               help="Show these columns, comma-separated (default: number, state, value, "
                    "duration, best_epoch and every parameter); also epochs_run, seed, "
@@ -77,7 +77,7 @@ def trials(study: str, storage: str, states: tuple[str, ...], where: str | None,
 @cli.command()
 @study_option
 @storage_option
-@click.option("--top", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--top", type=db_int(min=1), default=1, show_default=True,
               help="Show the K best trials.")
 @format_option
 def best(study: str, storage: str, top: int, fmt: str) -> None:
@@ -90,7 +90,7 @@ def best(study: str, storage: str, top: int, fmt: str) -> None:
 @cli.command()
 @study_option
 @storage_option
-@click.option("--trial", "numbers", type=click.IntRange(min=0), multiple=True, required=True,
+@click.option("--trial", "numbers", type=db_int(min=0), multiple=True, required=True,
               metavar="N", help="The trial's number (repeat for several trials).")
 @format_option
 def curves(study: str, storage: str, numbers: tuple[int, ...], fmt: str) -> None:

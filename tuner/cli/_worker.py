@@ -74,4 +74,4 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
                             device=torch_device, timeout=timeout, max_trials=trials,
                             checkpoint_every=checkpoint_every, engine=how,
                             on_start=progress.start, on_progress=progress.update)
-    click.echo(summary_text(summary, parsed.task.metric))
+    click.echo(summary_text(summary, parsed.task.metric, worker=True))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from tuner.errors import UsageError
+from tuner.storage import DB_INT_MAX
 
 Literal = Union[int, float, str, bool, None]  # noqa: UP007 (a runtime alias on Python 3.10)
 
@@ -111,7 +112,9 @@ def tokenize(source: str) -> list[_Token]:
         kind, text = match.lastgroup or "", match.group()
         if kind == "number":
             number = float(text)
-            value: Literal = int(text) if re.fullmatch(r"[-+]?\d+", text) else number
+            # An integer past the databases' 64-bit integers compares as the real number.
+            whole = re.fullmatch(r"[-+]?\d+", text) is not None and abs(int(text)) <= DB_INT_MAX
+            value: Literal = int(text) if whole else number
             tokens.append(_Token("number", text, pos, value))
         elif kind == "string":
             tokens.append(_Token("string", text, pos, text[1:-1]))

@@ -1,8 +1,14 @@
 """The study database: Optuna's schema plus the tuner's own tables, one engine."""
 
 from tuner.storage._recorder import MemoryRecorder, TrialRecord, TrialRecorder
-from tuner.storage._store import DEFAULT_STORAGE, GRACE_PERIOD, TunerStorage, display_url
+from tuner.storage._store import (
+    DB_INT_MAX,
+    DEFAULT_STORAGE,
+    GRACE_PERIOD,
+    TunerStorage,
+    display_url,
+)
 from tuner.storage._tables import epochs, trial_info
 
-__all__ = ["DEFAULT_STORAGE", "GRACE_PERIOD", "MemoryRecorder", "TrialRecord", "TrialRecorder",
-           "TunerStorage", "display_url", "epochs", "trial_info"]
+__all__ = ["DB_INT_MAX", "DEFAULT_STORAGE", "GRACE_PERIOD", "MemoryRecorder", "TrialRecord",
+           "TrialRecorder", "TunerStorage", "display_url", "epochs", "trial_info"]

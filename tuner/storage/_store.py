@@ -33,6 +33,8 @@ from tuner.storage._tables import checkpoints, epochs, metadata, models, trial_i
 from tuner.storage._views import create_views
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
+# The largest integer a column holds (SQLite's integers, PostgreSQL's BIGINT).
+DB_INT_MAX = 2 ** 63 - 1
 # Seconds between a running trial's heartbeats, and the silence after which a RUNNING
 # trial is taken to belong to a dead worker (failed, then retried). Tests shorten them.
 HEARTBEAT_INTERVAL = int(os.environ.get("TUNER_HEARTBEAT_INTERVAL", "5"))
