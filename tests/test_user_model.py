@@ -83,6 +83,32 @@ def test_bad_user_data_or_model_is_one_line(runner: CliRunner, write_space, csv_
     assert not db_path.exists()  # nothing written
 
 
+@pytest.mark.parametrize(("builder", "extra", "message"), [
+    ("boom", [], "the builder raised ValueError: my bug"),
+    ("bad", [], "must return a torch.nn.Module, but returned int"),
+    ("plain", ["--aux-target", "side"], "aux_weight > 0 needs a model with an auxiliary head"),
+])
+def test_a_bad_builder_is_reported_before_the_study_exists(
+        runner: CliRunner, write_space, csv_path: Path, storage_url: str, db_path: Path,
+        tmp_path: Path, builder: str, extra: list[str], message: str) -> None:
+    """Not as the first failed trial of a study created meanwhile, whose name the
+    corrected command could then not use (its space differs)."""
+    module = tmp_path / "mm.py"
+    module.write_text("import torch.nn as nn\n"
+                      "def boom(config, input_shape, n_outputs):\n    raise ValueError('my bug')\n"
+                      "def bad(config, input_shape, n_outputs):\n    return 42\n"
+                      "def plain(config, input_shape, n_outputs):\n"
+                      "    return nn.Linear(input_shape[0], n_outputs)\n")
+    space = write_space({"task": {"epochs": 1},
+                         "params": {"hidden": 8, "aux_weight": {"low": 0.1, "high": 0.5}}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--trials", "1", "--quiet", "--data", str(csv_path),
+                                 "--target", "label", "--model", f"{module}:{builder}", *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not db_path.exists()
+
+
 def test_aux_target_column_trains_an_auxiliary_head(runner: CliRunner, write_space,
                                                     csv_path: Path, storage_url: str) -> None:
     space = write_space({"task": {"epochs": 3}, "pruner": {"name": "none"},

@@ -25,6 +25,7 @@ from tuner.train import (
     EpochMetrics,
     TrainResult,
     build_for,
+    check_aux_head,
     compile_model,
     evaluate,
     train,
@@ -162,6 +163,18 @@ class Objective:
             values, epochs=task.epochs, seed=trial_seed(self.space.seed, number),
             maximize=self.metric.maximize, model=task.model, patience=early.patience,
             min_delta=early.min_delta)
+
+    def check_model(self) -> None:
+        """Build, on the CPU, the model of one random draw of the space, as a trial would:
+        a model of the user's whose builder fails, returns no module or lacks a head the
+        space needs is then reported before a study is created (not as its first failed
+        trial, whose study would keep the name). Built-in models need no check."""
+        if self.space.task.model in ("mlp", "cnn"):
+            return
+        draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.space.seed))
+        config = self.config(draw.ask(), 0)
+        data = load_task_data(self.space.task, self.space.seed, "cpu")
+        check_aux_head(build_for(config, data), config, data)
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:

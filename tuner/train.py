@@ -121,6 +121,13 @@ def _uses_aux(config: TrialConfig, data: Splits) -> bool:
     return bool(config.aux_weight) and data.aux_train is not None
 
 
+def check_aux_head(model: nn.Module, config: TrialConfig, data: Splits) -> None:
+    """A trial that weighs an auxiliary loss needs a model with an auxiliary head."""
+    if _uses_aux(config, data) and not hasattr(model, "forward_with_aux"):
+        raise UsageError("aux_weight > 0 needs a model with an auxiliary head (the built-in "
+                         "mlp has one; a model of your own would need forward_with_aux)")
+
+
 def build_for(config: TrialConfig, data: Splits) -> nn.Module:
     """The model a config describes (built-in or the user's), sized for ``data``, on the
     data's device."""
@@ -263,9 +270,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     noise, l1, l2, max_norm = config.input_noise, config.l1, config.l2, config.max_norm
     regularize = bool(l1 or l2)
     aux_weight = config.aux_weight if _uses_aux(config, data) else 0.0
-    if aux_weight and not hasattr(model, "forward_with_aux"):
-        raise UsageError("aux_weight > 0 needs a model with an auxiliary head (the built-in "
-                         "mlp has one; a model of your own would need forward_with_aux)")
+    check_aux_head(model, config, data)
     aux, aux_task = data.aux_train, data.aux_task or "regression"
     # Mixed precision: the forward pass and the loss under autocast.
     mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
