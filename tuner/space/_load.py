@@ -12,6 +12,7 @@ import inspect
 import itertools
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -59,6 +60,27 @@ def _int_or_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float
 
 
 _Loader.add_constructor("tag:yaml.org,2002:float", _int_or_float)
+
+
+def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are all different: YAML keeps the last of two equal keys,
+    which would silently drop the first (``lr`` written twice, say)."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (each key may appear once in a mapping)",
+                key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
 
 
 class _Context:
@@ -298,6 +320,14 @@ def _parse_param(ctx: _Context, name: str, spec: Any, path: str) -> Param:
             ctx.fail(f"{path}.step", f"`step > 0` must hold, but got {step!r}")
         if log:
             ctx.fail(path, "`step` and `log` cannot be used together")
+        # Optuna would shrink the range to the last step below `high`, with a warning.
+        span, d_step = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
+        if span % d_step != 0:
+            last = (span // d_step) * d_step + Decimal(str(low))
+            last_value = int(last) if rule.kind == "int" else float(last)
+            ctx.fail(path, f"`step` must divide `high - low`, but got (low={low!r}, "
+                           f"high={high!r}, step={step!r}): the last value would be "
+                           f"{last_value!r}")
     if rule.kind == "int":
         return IntRange(name, low, high, log=log, step=step or 1)
     return FloatRange(name, low, high, log=log, step=None if step is None else float(step))
