@@ -68,6 +68,7 @@ def test_user_model_reaches_a_real_accuracy(runner: CliRunner, write_space, csv_
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--target", "nope"], "--target column 'nope' does not exist"),
+    (["--target", "label", "--dataset", "wine"], "and --dataset wine both name the data"),
     (["--target", "label", "--model", "no_such_module_xyz:build"], "cannot import"),
     (["--target", "label", "--model", f"{EXAMPLE}:missing"], "has no function 'missing'"),
 ])

@@ -21,6 +21,7 @@ from tuner.cli._options import (
     storage_option,
     timeout_option,
 )
+from tuner.errors import UsageError
 from tuner.space._catalogue import DATASET_NAMES
 
 # Heavy modules (torch, scikit-learn, Optuna) are imported inside the commands, so that
@@ -105,6 +106,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.storage import TunerStorage, display_url
     from tuner.study import open_study, save_budget
 
+    if data is not None and dataset is not None:
+        raise UsageError(f"--data {data} and --dataset {dataset} both name the data: give one")
     given = {"seed": seed, "epochs": epochs, "dataset": dataset, "data": data,
              "target": target, "kind": kind, "features": features, "aux_target": aux_target,
              "model": model}
