@@ -100,6 +100,27 @@ def test_where_compares_an_integer_past_64_bits_as_a_number(db: dict[str, Any]) 
         assert len(json.loads(result.output)) == n
 
 
+def test_a_multi_objective_study_is_shown_with_every_direction(tmp_path: Path,
+                                                                db_snapshot: Any) -> None:
+    path = tmp_path / "multi.db"
+    url = f"sqlite:///{path}"
+    multi = optuna.create_study(study_name="multi", storage=url,
+                                directions=["minimize", "maximize"])
+    for i in range(4):
+        trial = multi.ask()
+        x = trial.suggest_float("x", 0, 1)
+        multi.tell(trial, [x + i, x - i])
+    result = _invoke(["studies", "--storage", url, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["direction"] == "minimize,maximize" and row["best_value"] is None
+    assert row["complete"] == 4
+    before = db_snapshot(path)
+    _clean_error(_invoke(["best", "--study", "multi", "--storage", url]), 1,
+                 "has 2 objectives (minimize, maximize)", "no trial is best by one value")
+    assert db_snapshot(path) == before
+
+
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 

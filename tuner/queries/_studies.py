@@ -35,12 +35,25 @@ ORDER BY s.study_id
 """)
 
 
+_DIRECTIONS_SQL = text("""
+SELECT s.study_name, d.direction FROM study_directions d
+JOIN studies s ON s.study_id = d.study_id
+ORDER BY d.study_id, d.objective
+""")
+
+
 def studies(storage: TunerStorage) -> list[dict[str, Any]]:
     """One row per study: direction, trials by state, best value, created, last activity."""
     with storage.session() as conn:
         rows = [dict(row._mapping) for row in conn.execute(_STUDIES_SQL)]
+        goals: dict[str, list[str]] = {}
+        for name, goal in conn.execute(_DIRECTIONS_SQL):
+            goals.setdefault(name, []).append(str(goal).lower())
     for row in rows:
-        row["direction"] = str(row["direction"]).lower()
+        # A multi-objective study has a direction per objective, and no single best value.
+        row["direction"] = ",".join(goals[row["study"]])
+        if len(goals[row["study"]]) > 1:
+            row["best_value"] = None
         row["created"] = as_datetime(row["created"])
         row["last_activity"] = as_datetime(row["last_activity"])
     return rows

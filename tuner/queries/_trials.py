@@ -38,11 +38,16 @@ def as_datetime(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
+def directions(conn: Connection, study_id: int) -> list[str]:
+    """``maximize`` or ``minimize`` of each objective, in order."""
+    rows = conn.execute(select(study_directions.c.direction).where(
+        study_directions.c.study_id == study_id).order_by(study_directions.c.objective))
+    return [str(value).lower() for value, in rows]
+
+
 def direction(conn: Connection, study_id: int) -> str:
     """``maximize`` or ``minimize`` (of the first objective)."""
-    value = conn.execute(select(study_directions.c.direction).where(
-        study_directions.c.study_id == study_id, study_directions.c.objective == 0)).scalar()
-    return str(value).lower()
+    return directions(conn, study_id)[0]
 
 
 def _value_order(desc: bool) -> list[ColumnElement[Any]]:
@@ -116,7 +121,12 @@ def trials(storage: TunerStorage, study: str, *, states: Sequence[str] = (),
             if name not in TRIAL_FIELDS and resolver.distribution_json(name) is None:
                 raise FilterError(f"--columns: {resolver.unknown(name, builtin=TRIAL_FIELDS)}")
         condition = compile_filter(parse(where), resolver, where) if where else None
-        maximize = direction(conn, study_id) == "maximize" if best_first else False
+        goals = directions(conn, study_id) if best_first else []
+        if len(goals) > 1:
+            raise TunerError(f"study {study!r} has {len(goals)} objectives ({', '.join(goals)}):"
+                             f" no trial is best by one value; `tuner trials --study {study}` "
+                             "lists them (its value is the first objective's)")
+        maximize = bool(goals) and goals[0] == "maximize"
         order = _order(resolver, sort, best_first, maximize)
         query = resolver.base()  # after the filter and the sort: it joins what they named
         if states:
