@@ -455,6 +455,12 @@ def _parse_pruner(ctx: _Context, raw: Any, path: str, task: Task) -> PrunerSpec:
     spec = PrunerSpec(name, _options(ctx, raw, path, PRUNERS[name], skip=("wrapped_pruner",)),
                       wrapped)
     _try_build(ctx, path, lambda: build_pruner(spec, epochs=task.epochs))
+    if name == "hyperband":  # Optuna builds it, then splits no budget into brackets
+        low, high = spec.kwargs.get("min_resource", 1), spec.kwargs.get("max_resource",
+                                                                         task.epochs)
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            ctx.fail(path, f"`min_resource <= max_resource` must hold, but got "
+                           f"(min_resource={low!r}, max_resource={high!r})")
     return spec
 
 
