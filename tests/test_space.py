@@ -363,6 +363,14 @@ def test_grid_sampler_with_a_continuous_float_is_refused(write_space: Any) -> No
     assert "0.001" in message and "0.1" in message.split("params.lr", 1)[1], message
 
 
+def test_merge_keys_may_override_what_they_merge(write_space: Any) -> None:
+    path = write_space("task: {dataset: iris}\nparams:\n  dropout: &rate {low: 0.0, high: 0.5}\n"
+                       "  input_noise:\n    <<: *rate\n    high: 0.3\n", name="merged")
+    params = {p.name: p for p in load_space(path).params}
+    assert (params["input_noise"].low, params["input_noise"].high) == (0.0, 0.3)
+    assert (params["dropout"].low, params["dropout"].high) == (0.0, 0.5)
+
+
 def test_malformed_yaml_names_the_file_and_line(write_space: Any) -> None:
     path = write_space("task:\n  dataset: iris\nparams:\n  lr: [0.1, 0.2\n  l2: 0.1\n",
                        name="broken")

@@ -107,7 +107,31 @@ def test_a_bad_builder_is_reported_before_the_study_exists(
                                  "--target", "label", "--model", f"{module}:{builder}", *extra])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert "no model built for 5 random draws" in result.output and "aux_weight=" in result.output
     assert not db_path.exists()
+
+
+def test_the_check_refuses_no_builder_that_builds_some_configs(
+        runner: CliRunner, write_space, csv_path: Path, storage_url: str,
+        tmp_path: Path) -> None:
+    """The check before the study refuses only a builder that builds nothing: one that
+    rejects some widths gets its study, and those trials fail as they did before."""
+    module = tmp_path / "picky.py"
+    module.write_text("import torch.nn as nn\n"
+                      "def build(config, input_shape, n_outputs):\n"
+                      "    if config['hidden'] % 16:\n"
+                      "        raise ValueError('hidden must be a multiple of 16')\n"
+                      "    return nn.Linear(input_shape[0], n_outputs)\n")
+    space = write_space({"seed": 3, "task": {"epochs": 1}, "sampler": {"name": "random"},
+                         "params": {"hidden": {"choices": [16, 24, 32, 48]}}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--trials", "6", "--quiet", "--data", str(csv_path),
+                                 "--target", "label", "--model", f"{module}:build"])
+    assert "no model built" not in result.output
+    trials = optuna.load_study(study_name="tiny", storage=storage_url).trials
+    assert trials
+    for t in trials:
+        assert (t.state.name == "FAIL") == (t.params["hidden"] == 24), (t.state, t.params)
 
 
 def test_aux_target_column_trains_an_auxiliary_head(runner: CliRunner, write_space,

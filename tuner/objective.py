@@ -16,6 +16,7 @@ import torch
 
 from tuner.config import TrialConfig
 from tuner.data import Splits, load_task_data
+from tuner.errors import TunerError
 from tuner.metrics import METRICS, is_better
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space, sample
@@ -164,17 +165,32 @@ class Objective:
             maximize=self.metric.maximize, model=task.model, patience=early.patience,
             min_delta=early.min_delta)
 
-    def check_model(self) -> None:
-        """Build, on the CPU, the model of one random draw of the space, as a trial would:
-        a model of the user's whose builder fails, returns no module or lacks a head the
-        space needs is then reported before a study is created (not as its first failed
-        trial, whose study would keep the name). Built-in models need no check."""
+    def check_model(self, draws: int = 5) -> None:
+        """Build, on the CPU, the model of random draws of the space, as trials would, and
+        raise the first draw's error if none builds: a model of the user's whose builder
+        always fails, returns no module or lacks a head the space needs is then reported
+        before a study is created (not as the first failed trial of a study that would
+        keep the name). A builder that fails on some draws only is left to fail those
+        trials. Built-in models need no check."""
         if self.space.task.model in ("mlp", "cnn"):
             return
-        draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.space.seed))
-        config = self.config(draw.ask(), 0)
         data = load_task_data(self.space.task, self.space.seed, "cpu")
-        check_aux_head(build_for(config, data), config, data)
+        first: tuple[TunerError, dict[str, Any]] | None = None
+        for i in range(draws):
+            sampler = optuna.samplers.RandomSampler(seed=self.space.seed + i)
+            trial = optuna.create_study(sampler=sampler).ask()
+            config = self.config(trial, 0)
+            try:
+                check_aux_head(build_for(config, data), config, data)
+                return
+            except TunerError as exc:
+                first = first or (exc, trial.params)
+        assert first is not None
+        error, params = first
+        drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in params.items())
+        raise type(error)(f"{error} (no model built for {draws} random draws of the space, "
+                          f"checked before creating the study; the first: {drawn})") from None
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:

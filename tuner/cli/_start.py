@@ -119,14 +119,14 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         from tuner.population import check_fusable
 
         check_fusable(parsed.task.model)
-    from tuner.objective import Objective
-    from tuner.storage import MemoryRecorder
-
-    Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model()
     placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,
                             cuda_count=torch.cuda.device_count())
     if workers == 1:
         placed = [str(resolve_device(device))]
+    from tuner.objective import Objective
+    from tuner.storage import MemoryRecorder
+
+    Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model()
     name = study or parsed.name
     budget = trials or parsed.trials
     db = TunerStorage(storage).open()

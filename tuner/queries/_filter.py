@@ -113,7 +113,8 @@ def tokenize(source: str) -> list[_Token]:
         if kind == "number":
             number = float(text)
             # An integer past the databases' 64-bit integers compares as the real number.
-            whole = re.fullmatch(r"[-+]?\d+", text) is not None and abs(int(text)) <= DB_INT_MAX
+            whole = (re.fullmatch(r"[-+]?\d{1,19}", text) is not None
+                     and abs(int(text)) <= DB_INT_MAX)
             value: Literal = int(text) if whole else number
             tokens.append(_Token("number", text, pos, value))
         elif kind == "string":

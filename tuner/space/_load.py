@@ -67,6 +67,8 @@ def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, A
     which would silently drop the first (``lr`` written twice, say)."""
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+            continue
         key = loader.construct_object(key_node)
         try:
             duplicate = key in seen
@@ -459,8 +461,9 @@ def _parse_pruner(ctx: _Context, raw: Any, path: str, task: Task) -> PrunerSpec:
         low, high = spec.kwargs.get("min_resource", 1), spec.kwargs.get("max_resource",
                                                                          task.epochs)
         if isinstance(low, int) and isinstance(high, int) and low > high:
+            default = "" if "max_resource" in raw else ", the task's epochs by default"
             ctx.fail(path, f"`min_resource <= max_resource` must hold, but got "
-                           f"(min_resource={low!r}, max_resource={high!r})")
+                           f"(min_resource={low!r}, max_resource={high!r}{default})")
     return spec
 
 
