@@ -20,6 +20,7 @@ from tuner.errors import TunerError
 from tuner.metrics import METRICS, is_better
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space, sample
+from tuner.space._catalogue import MODELS
 from tuner.storage import TrialRecorder
 from tuner.train import (
     Checkpoint,
@@ -172,13 +173,13 @@ class Objective:
         before a study is created (not as the first failed trial of a study that would
         keep the name). A builder that fails on some draws only is left to fail those
         trials. Built-in models need no check."""
-        if self.space.task.model in ("mlp", "cnn"):
+        if self.space.task.model in MODELS:
             return
         data = load_task_data(self.space.task, self.space.seed, "cpu")
+        draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.space.seed))
         first: tuple[TunerError, dict[str, Any]] | None = None
-        for i in range(draws):
-            sampler = optuna.samplers.RandomSampler(seed=self.space.seed + i)
-            trial = optuna.create_study(sampler=sampler).ask()
+        for _ in range(draws):
+            trial = draw.ask()
             config = self.config(trial, 0)
             try:
                 check_aux_head(build_for(config, data), config, data)

@@ -18,6 +18,7 @@ def db_int(min: int) -> click.IntRange:
     holds is refused as out of range, not by the database driver."""
     return click.IntRange(min=min, max=DB_INT_MAX)
 
+
 storage_option: Callable[[Any], Any] = click.option(
     "--storage", envvar="TUNER_STORAGE", default=DEFAULT_STORAGE, show_default=True,
     show_envvar=True, metavar="URL",

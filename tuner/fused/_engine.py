@@ -208,9 +208,11 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
         finished.append(position)
     if improved:
         group.snapshot(improved)
-    done = [group.members[position] for position in sorted(finished)]
-    for position, member in zip(sorted(finished), done, strict=True):
+    done = []
+    for position in sorted(finished):
+        member = group.members[position]
         member.result.state_dict = group.export(position)
+        done.append(member)
     if on_finish_all is not None and done:
         on_finish_all([(member.id, member.result) for member in done])
         for member in done:
