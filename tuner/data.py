@@ -7,9 +7,9 @@ process and caches them, so every trial of a worker reuses the same device copy.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from sklearn.model_selection import train_test_split
 
 from tuner.errors import DataError
 from tuner.space._catalogue import DATASET_NAMES
+
+if TYPE_CHECKING:
+    from tuner.datasets import DatasetSplits
 
 ArrayPair = tuple[np.ndarray, np.ndarray]
 
@@ -103,6 +106,47 @@ class Splits:
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_features,)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return f"arrays on {self.device} ({self.n_train} training rows x {self.n_features})"
+
+    def has(self, split: str) -> bool:
+        return True
+
+    def train_batches(self, sizes: Sequence[int], seed: int, aux: bool = False) -> Iterator[
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """One epoch's batches, in a fresh random order drawn now from torch's generator
+        (``seed`` is for the loader processes of Datasets: none here). One gather puts
+        the samples in the epoch's order; batches are views of it."""
+        order = torch.randperm(self.n_train, device=self.device)
+        parts = list(sizes)
+        with_aux = aux and self.aux_train is not None
+        return zip(self.x_train[order].split(parts), self.y_train[order].split(parts),
+                   self.aux_train[order].split(parts) if with_aux and self.aux_train is not None
+                   else [None] * len(parts), strict=True)
+
+    def outputs(self, model: torch.nn.Module, split: str,
+                rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's outputs on a whole split (in the mode it is in), in large batches,
+        and the split's targets."""
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        return torch.cat([model(x[i:i + rows]) for i in range(0, x.shape[0], rows)]), y
 
     def to(self, device: torch.device) -> Splits:
         moved = {f: getattr(self, f).to(device) for f in
@@ -222,11 +266,14 @@ def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2
 @functools.lru_cache(maxsize=4)
 def load_user_splits(source: str, seed: int, device: str = "cpu", target: str | None = None,
                      kind: str | None = None, features: tuple[str, ...] | None = None,
-                     aux_target: str | None = None) -> Splits:
-    """User data (see :mod:`tuner.userdata`), split with ``seed`` unless it comes split."""
-    from tuner.userdata import DataSpec, read_user_data
+                     aux_target: str | None = None) -> Splits | DatasetSplits:
+    """User data (see :mod:`tuner.userdata`), split with ``seed`` unless it comes split;
+    Datasets (see :mod:`tuner.datasets`) as they are."""
+    from tuner.userdata import DataSpec, UserArrays, read_user_data
 
     arrays = read_user_data(DataSpec(source, target, kind, features, aux_target))
+    if not isinstance(arrays, UserArrays):
+        return arrays.to(torch.device(device))
     if arrays.split is not None:
         x_val, y_val, x_test, y_test = arrays.split
         splits = standardize(arrays.x, arrays.y, x_val, y_val, x_test, y_test, arrays.task)
@@ -235,7 +282,7 @@ def load_user_splits(source: str, seed: int, device: str = "cpu", target: str | 
     return splits.to(torch.device(device))
 
 
-def load_task_data(task: Any, seed: int, device: str = "cpu") -> Splits:
+def load_task_data(task: Any, seed: int, device: str = "cpu") -> Splits | DatasetSplits:
     """The data a search space's task names: a built-in dataset or the user's own."""
     if getattr(task, "data", None):
         return load_user_splits(task.data, seed, device, task.target, task.kind,

@@ -38,3 +38,8 @@ class StudyMismatchError(UsageError):
 
 class StorageError(TunerError):
     """The study database cannot be opened, reached or written."""
+
+
+class TrialFailed(TunerError, RuntimeError):
+    """One trial cannot go on (code of yours raised, or returned what it must not): that
+    trial fails, with this message recorded on it, and the study goes on."""

@@ -15,21 +15,22 @@ import optuna
 import torch
 
 from tuner.config import TrialConfig
-from tuner.data import Splits, load_task_data
+from tuner.data import load_task_data
 from tuner.errors import TunerError
-from tuner.metrics import METRICS, is_better
+from tuner.metrics import is_better, task_loss, task_metric
 from tuner.seeding import seed_everything, trial_seed
-from tuner.space import Space, sample
+from tuner.space import Space
 from tuner.space._catalogue import MODELS
 from tuner.storage import TrialRecorder
 from tuner.train import (
     Checkpoint,
+    Data,
     EpochMetrics,
     TrainResult,
     build_for,
     check_aux_head,
     compile_model,
-    evaluate,
+    evaluate_split,
     train,
     uncompile_model,
 )
@@ -137,7 +138,8 @@ class Objective:
         self.device = device
         self.checkpoint_every = checkpoint_every
         self.report_every = report_every
-        self.metric = METRICS[space.task.metric]
+        self.metric = task_metric(space.task)
+        self.loss = task_loss(space.task)
         # The best value read from each study so far: the study's best can only be as
         # good or better, so a trial that does not beat it needs no query.
         self._known_best: dict[int, float] = {}
@@ -154,17 +156,19 @@ class Objective:
         if compiled or "compiled" in inherited:
             writer.set_user_attr("compiled", compiled)
 
-    def data(self) -> Splits:
+    def data(self) -> Data:
         task = self.space.task
-        return load_task_data(task, self.space.seed, str(self.device))
+        data = load_task_data(task, self.space.seed, str(self.device))
+        return data if data.in_memory else data.with_workers(  # type: ignore[union-attr]
+            self.space.engine.loader_workers)
 
     def config(self, trial: optuna.Trial, number: int) -> TrialConfig:
-        values = sample(self.space.params, trial)
+        values, user = self.space.sample(trial)
         task, early = self.space.task, self.space.early_stopping
         return TrialConfig.from_values(
             values, epochs=task.epochs, seed=trial_seed(self.space.seed, number),
             maximize=self.metric.maximize, model=task.model, patience=early.patience,
-            min_delta=early.min_delta)
+            min_delta=early.min_delta, user=user)
 
     def check_model(self, draws: int = 5) -> None:
         """Build, on the CPU, the model of random draws of the space, as trials would, and
@@ -226,7 +230,8 @@ class Objective:
             try:
                 result = train(model, data, config, metric=self.metric, report=writer,
                                resume=resume, checkpoint=save,
-                               checkpoint_every=self.checkpoint_every, precision=self.precision)
+                               checkpoint_every=self.checkpoint_every, precision=self.precision,
+                               loss=self.loss)
             except BaseException as exc:
                 # Keep the epochs that were trained; the original error is the one to raise.
                 with contextlib.suppress(Exception):
@@ -275,9 +280,10 @@ class Objective:
         if self._is_new_best(trial.study, result.best_metric):
             model = trained()
             data = self.data()
-            _, test_metric = evaluate(model, data.x_test, data.y_test, data.task, self.metric,
-                                      data.y_std)
-            self.storage.set_test_metric(trial._trial_id, float(test_metric))
+            if data.has("test"):
+                _, test_metric = evaluate_split(model, data, "test", self.metric, self.loss,
+                                                self.space.task.model)
+                self.storage.set_test_metric(trial._trial_id, float(test_metric))
             self.storage.save_model(trial._trial_id, state_bytes(model))
         return result.best_metric
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from tuner.data import load_task_data
 from tuner.device import resolve_device
 from tuner.errors import UsageError
-from tuner.metrics import METRICS
+from tuner.metrics import task_loss, task_metric
 from tuner.seeding import seed_everything
 from tuner.storage import TunerStorage, epochs, trial_info
 from tuner.study import stored_trial
@@ -76,6 +76,9 @@ def rerun_trial(storage: TunerStorage, study: str, number: int) -> Replay:
             .order_by(epochs.c.epoch))]
         device = conn.execute(select(trial_info.c.device)
                               .where(trial_info.c.trial_id == trial_id)).scalar()
+    if stored.space.task.objective:
+        raise UsageError(f"--trial {number}: study {study!r} trained with your own function "
+                         f"(objective {stored.space.task.objective}); the tuner cannot replay it")
     if not recorded:
         raise UsageError(f"--trial {number}: study {study!r} recorded no epochs for it "
                          f"(state {stored.trial.state.name.lower()}); nothing to compare")
@@ -88,8 +91,8 @@ def rerun_trial(storage: TunerStorage, study: str, number: int) -> Replay:
     model = build_for(config, data)
     attrs = stored.trial.user_attrs
     precision = str(attrs.get("precision", "fp32"))
-    result = train(model, data, config, metric=METRICS[space.task.metric], report=None,
-                   precision=precision)
+    result = train(model, data, config, metric=task_metric(space.task), report=None,
+                   precision=precision, loss=task_loss(space.task))
     return Replay(study, number, recorded, [m.val_metric for m in result.history],
                   device or "unknown", engine=str(attrs.get("engine", "sequential")),
                   precision=precision, compiled=bool(attrs.get("compiled", False)))

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from tuner.config import TrialConfig
 from tuner.errors import StudyMismatchError, StudyNotFoundError, UsageError
 from tuner.samplers import build_pruner, build_sampler
-from tuner.space import Space, parse_space, sample
+from tuner.space import Space, parse_space
 from tuner.storage import TunerStorage
 
 SPACE_ATTR = "tuner:space"
@@ -163,14 +163,12 @@ def stored_trial(storage: TunerStorage, name: str, number: int | None = None) ->
     if "seed" not in frozen.user_attrs:
         raise UsageError(f"--trial {frozen.number}: the trial of study {name!r} has no recorded "
                          f"seed (state {frozen.state.name.lower()}); it never trained")
-    from tuner.metrics import METRICS  # torch: not for the fast read-back commands
-
     # A FixedTrial answers every suggest call as the Trial did (same API, no storage).
     fixed = cast(optuna.Trial, optuna.trial.FixedTrial(frozen.params, frozen.number))
-    values = sample(space.params, fixed)
+    values, user = space.sample(fixed)
     task, early = space.task, space.early_stopping
     config = TrialConfig.from_values(
         values, epochs=task.epochs, seed=int(frozen.user_attrs["seed"]),
-        maximize=METRICS[task.metric].maximize, model=task.model, patience=early.patience,
-        min_delta=early.min_delta)
+        maximize=task.direction == "maximize", model=task.model, patience=early.patience,
+        min_delta=early.min_delta, user=user)
     return StoredTrial(space, frozen, config)

@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuner.config import TrialConfig
+from tuner.config import Config, TrialConfig
 from tuner.data import Splits
+from tuner.datasets import DatasetSplits
 from tuner.device import flush_denormals
 from tuner.dropout import Dropout, epoch_masks
 from tuner.errors import UsageError
-from tuner.metrics import METRICS, Metric, is_better, loss_fn, metric_value
+from tuner.metrics import METRICS, Loss, Metric, data_loss, is_better, loss_fn, metric_value
 from tuner.models import GaussianDropout, build_model
 from tuner.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
 from tuner.regularizers import (
@@ -44,7 +45,11 @@ from tuner.regularizers import (
     penalized_weights,
     penalty,
 )
+from tuner.space._catalogue import MODELS
 from tuner.space._schema import PRECISIONS
+
+# A trial's data: arrays on the device, or Datasets read through a DataLoader.
+Data = Splits | DatasetSplits
 
 __all__ = ["METRICS", "Checkpoint", "EpochMetrics", "TrainResult", "build_for", "evaluate",
            "train"]
@@ -58,6 +63,8 @@ class EpochMetrics:
     val_metric: float
     lr: float  # the rate used during this epoch
     seconds: float
+    # Further per-epoch values a training function of yours reported, by name.
+    extra: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -116,33 +123,33 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _uses_aux(config: TrialConfig, data: Splits) -> bool:
+def _uses_aux(config: TrialConfig, data: Data) -> bool:
     """Multi-task training: an auxiliary target exists and its loss has a weight."""
     return bool(config.aux_weight) and data.aux_train is not None
 
 
-def check_aux_head(model: nn.Module, config: TrialConfig, data: Splits) -> None:
+def check_aux_head(model: nn.Module, config: TrialConfig, data: Data) -> None:
     """A trial that weighs an auxiliary loss needs a model with an auxiliary head."""
     if _uses_aux(config, data) and not hasattr(model, "forward_with_aux"):
         raise UsageError("aux_weight > 0 needs a model with an auxiliary head (the built-in "
                          "mlp has one; a model of your own would need forward_with_aux)")
 
 
-def build_for(config: TrialConfig, data: Splits) -> nn.Module:
+def build_for(config: TrialConfig, data: Data) -> nn.Module:
     """The model a config describes (built-in or the user's), sized for ``data``, on the
     data's device."""
-    if config.model not in ("mlp", "cnn"):
+    if config.model not in MODELS:
         from tuner.usermodel import build_user_model
 
-        user = build_user_model(config.model, config.to_dict(), (data.n_features,),
-                                data.n_outputs)
-        return user.to(data.x_train.device)
+        user = build_user_model(config.model, Config(config, device=data.device),
+                                data.input_shape, data.n_outputs)
+        return user.to(data.device)
     model = build_model(config.model, n_features=data.n_features, n_outputs=data.n_outputs,
                         image_shape=data.image_shape, hidden=config.hidden,
                         layers=config.layers, dropout=config.dropout,
                         dropout_kind=config.dropout_kind, batchnorm=config.batchnorm,
                         aux_outputs=data.aux_outputs if _uses_aux(config, data) else 0)
-    return model.to(data.x_train.device)
+    return model.to(data.device)
 
 
 # Graphs torch.compile keeps per function before it falls back to running it uncompiled:
@@ -212,6 +219,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, metr
     return loss_fn(task, output, y), metric_value(metric, output, y, y_scale)
 
 
+@torch.inference_mode()
+def evaluate_split(model: nn.Module, data: Data, split: str, metric: Metric,
+                   loss: Loss | None = None,
+                   model_name: str = "mlp") -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and metric of ``model`` over ``data``'s ``split`` (``val``, ``test``), in eval
+    mode: 0-d tensors. A built-in model reads Datasets' items flattened."""
+    was_training = model.training
+    model.eval()
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if model_name in MODELS and not data.in_memory:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model(x.flatten(1))
+    try:
+        output, target = data.outputs(forward, split)  # type: ignore[arg-type]
+    finally:
+        model.train(was_training)
+    return (data_loss(data.task, output, target, loss),
+            metric_value(metric, output, target, data.y_std, data.y_mean))
+
+
 def optimizer_for(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
     """The config's optimizer, fused where torch has a fused kernel for it on this device.
 
@@ -238,10 +265,11 @@ def _batch_sizes(n: int, batch_size: int) -> list[int]:
 
 
 @flush_denormals()
-def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric,
+def train(model: nn.Module, data: Data, config: TrialConfig, *, metric: Metric,
           report: Report | None = None, resume: Checkpoint | None = None,
           checkpoint: Callable[[Checkpoint], None] | None = None,
-          checkpoint_every: float = 30.0, precision: str = "fp32") -> TrainResult:
+          checkpoint_every: float = 30.0, precision: str = "fp32",
+          loss: Loss | None = None) -> TrainResult:
     """Train ``model`` on ``data`` as ``config`` says; on return it holds its best epoch's weights.
 
     Early stopping watches the validation metric with ``config.patience`` and
@@ -257,27 +285,33 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
     ``torch.autocast`` in bfloat16 or float16 (mixed precision: the weights and the
     optimizer stay in float32); float16 scales the loss with a ``torch.amp.GradScaler``
     (a step whose gradients overflowed is skipped), whose state checkpoints carry.
+
+    ``loss`` (a function of yours, ``loss(outputs, targets)``) replaces the built-in data
+    loss; the penalties are still added. ``data`` is arrays on the device, or Datasets
+    read batch by batch (:mod:`tuner.datasets`): both draw the same batches.
     """
     half = half_dtype(precision)
     weights = penalized_weights(model)
     optimizer = optimizer_for(model, config)
     scheduler = build_scheduler(optimizer, config.schedule, **dict(config.schedule_hyper))
-    x, y = data.x_train, data.y_train
-    n = x.shape[0]
+    device = data.device
+    n = data.n_train
     sizes = _batch_sizes(n, config.batch_size)
+    # Datasets' items keep their shape; a built-in model reads them flat.
+    flat = not data.in_memory and config.model in MODELS
     # Decided once, not per batch.
     augment = data.image_shape if config.augment else None
     noise, l1, l2, max_norm = config.input_noise, config.l1, config.l2, config.max_norm
     regularize = bool(l1 or l2)
     aux_weight = config.aux_weight if _uses_aux(config, data) else 0.0
     check_aux_head(model, config, data)
-    aux, aux_task = data.aux_train, data.aux_task or "regression"
+    aux_task = data.aux_task or "regression"
     # Mixed precision: the forward pass and the loss under autocast.
     mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast(x.device.type, half)) if half is not None
+        (lambda: torch.autocast(device.type, half)) if half is not None
         else contextlib.nullcontext)
     # float16's range needs loss scaling; bfloat16 has float32's.
-    scaler = torch.amp.GradScaler(x.device.type) if half == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
     # zero_grad(set_to_none=True) without its per-call profiler hooks.
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -293,7 +327,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         best_state = resume.best_state
         if scaler is not None and resume.scaler is not None:
             scaler.load_state_dict(resume.scaler)
-        _set_rng_state(resume.rng, x.device)
+        _set_rng_state(resume.rng, device)
         first = resume.epoch + 1
     step = FastStep(optimizer)  # after a resume: the state it steps is the loaded one
     last_checkpoint = time.monotonic()
@@ -301,46 +335,42 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
         start = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        # One gather per epoch puts the samples in this epoch's order; batches are then
-        # views of it (the same batches as indexing with slices of the permutation).
-        order = torch.randperm(n, device=x.device)
-        batches = zip(x[order].split(sizes), y[order].split(sizes),
-                      aux[order].split(sizes) if aux_weight and aux is not None
-                      else [None] * len(sizes), strict=True)
-        loss_sum = torch.zeros((), device=x.device)
+        batches = data.train_batches(sizes, config.seed + epoch, aux=bool(aux_weight))
+        loss_sum = torch.zeros((), device=device)
         # Dropout masks for the whole epoch, drawn in a few large draws.
         with epoch_masks(model, n):
             for xb, yb, ab in batches:
+                if flat:
+                    xb = xb.flatten(1)
                 if augment is not None:
                     xb = augment_images(xb, augment)
                 if noise:
                     xb = add_input_noise(xb, noise)
                 with mixed():
                     if ab is None:
-                        loss = loss_fn(data.task, model(xb), yb)
+                        batch_loss = data_loss(data.task, model(xb), yb, loss)
                     else:
                         output, aux_output = model.forward_with_aux(xb)  # type: ignore[operator]
-                        loss = loss_fn(data.task, output, yb)
+                        batch_loss = data_loss(data.task, output, yb, loss)
                 # Accumulated on the device: no host sync per batch.
-                loss_sum.add_(loss.detach(), alpha=xb.shape[0])
+                loss_sum.add_(batch_loss.detach(), alpha=xb.shape[0])
                 if ab is not None:
-                    loss = loss + aux_weight * loss_fn(aux_task, aux_output, ab)
+                    batch_loss = batch_loss + aux_weight * loss_fn(aux_task, aux_output, ab)
                 if regularize:
-                    loss = loss + penalty(weights, l1, l2)
+                    batch_loss = batch_loss + penalty(weights, l1, l2)
                 for p in params:
                     p.grad = None
                 if scaler is None:
-                    loss.backward()
+                    batch_loss.backward()
                     step()
                 else:
-                    scaler.scale(loss).backward()
+                    scaler.scale(batch_loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 if max_norm is not None:
                     apply_max_norm(weights, max_norm)
 
-        val_loss, val_metric = evaluate(model, data.x_val, data.y_val, data.task, metric,
-                                        data.y_std)
+        val_loss, val_metric = evaluate_split(model, data, "val", metric, loss, config.model)
         # The one host sync of the epoch.
         train_loss_f, val_loss_f, val_metric_f = torch.stack(
             [loss_sum / n, val_loss, val_metric]).tolist()
@@ -366,7 +396,7 @@ def train(model: nn.Module, data: Splits, config: TrialConfig, *, metric: Metric
             checkpoint(Checkpoint(
                 epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
                 scheduler.state_dict(), result.best_epoch, result.best_metric, best_state,
-                list(result.history), _rng_state(x.device),
+                list(result.history), _rng_state(device),
                 None if scaler is None else scaler.state_dict()))
             last_checkpoint = time.monotonic()
 

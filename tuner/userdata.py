@@ -1,4 +1,5 @@
-"""Your own data: CSV, NPZ or Parquet files, or a Python function that returns arrays.
+"""Your own data: CSV, NPZ or Parquet files, or a Python function that returns arrays
+(or torch Datasets: see :mod:`tuner.datasets`).
 
 >>> spec = DataSpec("examples/data.csv", target="label")      # doctest: +SKIP
 >>> x, y, splits = read_user_data(spec)                       # doctest: +SKIP
@@ -10,17 +11,18 @@ with a single class.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tuner.errors import DataError
+from tuner.usercode import import_reference, is_reference
+
+if TYPE_CHECKING:
+    from tuner.datasets import DatasetSplits
 
 SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -47,50 +49,9 @@ class UserArrays:
     feature_names: tuple[str, ...] = ()
 
 
-def is_reference(source: str) -> bool:
-    """``pkg.mod:function`` or ``file.py:function`` rather than a data file."""
-    head, sep, tail = source.rpartition(":")
-    return bool(sep) and tail.isidentifier() and not Path(source).exists() and (
-        head.endswith(".py") or all(part.isidentifier() for part in head.split(".")))
-
-
-def import_reference(reference: str, what: str) -> Callable[..., Any]:
-    """The callable named by ``package.module:function`` or ``path/file.py:function``."""
-    module_name, _, attr = reference.rpartition(":")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.exists():
-                raise DataError(f"{what} {reference!r}: no such file {module_name!r}")
-            loader = importlib.util.spec_from_file_location(path.stem, path)
-            if loader is None or loader.loader is None:
-                raise DataError(f"{what} {reference!r}: cannot import {module_name!r}")
-            module = importlib.util.module_from_spec(loader)
-            sys.modules.setdefault(path.stem, module)
-            try:
-                loader.loader.exec_module(module)
-            except BaseException:
-                if sys.modules.get(path.stem) is module:
-                    del sys.modules[path.stem]
-                raise
-        else:
-            module = importlib.import_module(module_name)
-    except DataError:
-        raise
-    except SyntaxError as exc:  # the user's file does not parse
-        raise DataError(f"{what} {reference!r}: cannot import {module_name!r}: {exc.msg} "
-                        f"({Path(exc.filename or module_name).name}, line {exc.lineno})") from None
-    except Exception as exc:  # ImportError, or whatever the module's own code raised
-        reason = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
-        raise DataError(f"{what} {reference!r}: cannot import {module_name!r}: {reason}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise DataError(f"{what} {reference!r}: {module_name!r} has no function {attr!r}")
-    return function
-
-
-def read_user_data(spec: DataSpec) -> UserArrays:
-    """Load, check and return the arrays ``spec`` names."""
+def read_user_data(spec: DataSpec) -> UserArrays | DatasetSplits:
+    """Load, check and return the arrays ``spec`` names (or the Datasets its function
+    returned, see :mod:`tuner.datasets`)."""
     if is_reference(spec.source):
         return _from_function(spec)
     path = Path(spec.source)
@@ -154,13 +115,22 @@ def _from_npz(path: Path, spec: DataSpec) -> UserArrays:
     return _checked(str(path), arrays[x_key], arrays[y_key], aux, spec.task, None, ())
 
 
-def _from_function(spec: DataSpec) -> UserArrays:
+def _from_function(spec: DataSpec) -> UserArrays | DatasetSplits:
     function = import_reference(spec.source, "--data")
     try:
         result = function()
     except Exception as exc:  # the user's code: one line, its own words
         raise DataError(f"--data {spec.source}: the function raised "
                         f"{type(exc).__name__}: {exc}") from None
+    if isinstance(result, (tuple, list)) and result and _is_dataset(result[0]):
+        from tuner.datasets import dataset_splits
+
+        for key, what in ((spec.target, "--target"), (spec.features, "--features"),
+                          (spec.aux_target, "--aux-target")):
+            if key:
+                raise DataError(f"--data {spec.source}: {what} names a column of a table; "
+                                "Datasets give (x, y) items")
+        return dataset_splits(spec.source, result, spec.task)
     if isinstance(result, Mapping):
         if all(k in result for k in SPLIT_KEYS):
             return _split_arrays(spec.source, {k: _numpy(v) for k, v in result.items()}, spec)
@@ -174,6 +144,13 @@ def _from_function(spec: DataSpec) -> UserArrays:
                         ())
     raise DataError(f"--data {spec.source}: the function must return (x, y), (x, y, aux), or "
                     f"a dict with x/y or {', '.join(SPLIT_KEYS)}; got {type(result).__name__}")
+
+
+def _is_dataset(value: Any) -> bool:
+    """A torch Dataset (torch is loaded by then: the tuner trains with it)."""
+    from torch.utils.data import Dataset
+
+    return isinstance(value, Dataset)
 
 
 def _numpy(value: Any) -> np.ndarray:

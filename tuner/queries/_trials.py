@@ -21,12 +21,12 @@ from tuner.queries._compile import compile_filter
 from tuner.queries._filter import FilterError, parse
 from tuner.queries._schema import as_text, study_directions, trial_params, trial_values
 from tuner.queries._schema import trials as trials_table
+from tuner.space._catalogue import TRIAL_COLUMNS
 from tuner.storage import TunerStorage
 from tuner.study import require_study
 
 # Every field of a trial row, besides its parameters.
-TRIAL_FIELDS = ("number", "state", "value", "duration", "best_epoch", "epochs_run", "seed",
-                "test_metric", "datetime_start", "datetime_complete")
+TRIAL_FIELDS = TRIAL_COLUMNS
 _CHUNK = 5000  # ids per IN (...): SQLite allows 32,766 bound parameters per statement
 _INF = {"INF_POS": math.inf, "INF_NEG": -math.inf}
 

@@ -21,6 +21,11 @@ MODELS = ("mlp", "cnn")
 DATASET_NAMES = ("digits", "wine", "breast_cancer", "iris", "diabetes", "classification",
                  "regression")
 
+# The columns of a trial row in `tuner trials` (and `--where`) besides its parameters: a
+# parameter of yours may not take one of these names.
+TRIAL_COLUMNS = ("number", "state", "value", "duration", "best_epoch", "epochs_run", "seed",
+                 "test_metric", "datetime_start", "datetime_complete")
+
 # Hyper-parameters that exist only under one optimizer or one schedule (conditionals).
 OPTIMIZER_HYPER: dict[str, tuple[str, ...]] = {
     "sgd": ("lr",),

@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 import yaml
 
 from tuner.errors import DataError, SpaceError
-from tuner.space._catalogue import CATALOGUE, CONDITIONAL_PARENTS, MODELS, Rule, is_number
+from tuner.space._catalogue import (
+    CATALOGUE,
+    CONDITIONAL_PARENTS,
+    MODELS,
+    TRIAL_COLUMNS,
+    Rule,
+    is_number,
+)
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, walk
 from tuner.space._schema import (
     ENGINES,
@@ -31,12 +38,16 @@ from tuner.space._schema import (
     Space,
     Task,
 )
-from tuner.userdata import import_reference, is_reference
+from tuner.usercode import import_reference, is_reference, resolve
 
-TOP_KEYS = ("description", "trials", "seed", "task", "params", "sampler", "pruner",
-            "early_stopping", "engine")
+TOP_KEYS = ("description", "trials", "seed", "task", "params", "user_params", "sampler",
+            "pruner", "early_stopping", "engine")
 TASK_KEYS = ("dataset", "model", "epochs", "metric", "direction", "n_samples", "n_features",
-             "data", "target", "kind", "features", "aux_target")
+             "data", "target", "kind", "features", "aux_target", "loss", "objective")
+DIRECTIONS = ("maximize", "minimize")
+# What the functions of yours are called with.
+LOSS_ARGS = METRIC_ARGS = ("outputs", "targets")
+OBJECTIVE_ARGS = ("config", "report")
 RANGE_KEYS = ("type", "low", "high", "log", "step")
 
 
@@ -131,6 +142,8 @@ def parse_space(raw: Mapping[str, Any], *, name: str, source: str) -> Space:
     task = _parse_task(ctx, top.get("task"))
     params = _parse_params(ctx, top.get("params"), "params")
     _check_conditionals(ctx, params)
+    user_params = _parse_user_params(ctx, top.get("user_params"), "user_params")
+    _check_user_names(ctx, user_params)
     space = Space(
         name=name,
         description=_string(ctx, top.get("description", ""), "description"),
@@ -140,6 +153,7 @@ def parse_space(raw: Mapping[str, Any], *, name: str, source: str) -> Space:
         pruner=_parse_pruner(ctx, top.get("pruner"), "pruner", task),
         early_stopping=_parse_early_stopping(ctx, top.get("early_stopping")),
         engine=parse_engine(top.get("engine"), ctx),
+        user_params=user_params,
         seed=_integer(ctx, top.get("seed", 0), "seed", minimum=0),
         trials=_integer(ctx, top.get("trials", 50), "trials", minimum=1),
         source=source,
@@ -169,7 +183,6 @@ def _integer(ctx: _Context, value: Any, path: str, *, minimum: int) -> int:
 
 def _parse_task(ctx: _Context, raw: Any) -> Task:
     from tuner.data import DATASETS
-    from tuner.metrics import METRICS
 
     task = ctx.mapping(raw, "task", TASK_KEYS)
     dataset = task.get("dataset", Task.dataset)
@@ -177,19 +190,17 @@ def _parse_task(ctx: _Context, raw: Any) -> Task:
         ctx.fail("task.dataset", f"unknown dataset {dataset!r}; expected one of: "
                  f"{', '.join(DATASETS)}")
     user = _parse_user_data(ctx, task)
+    image = user.pop("_image") if user["data"] else DATASETS[dataset].image_shape is not None
     kind = user["kind"] if user["data"] else DATASETS[dataset].task
-    image = DATASETS[dataset].image_shape is not None and not user["data"]
-    default_metric = "accuracy" if kind == "classification" else "rmse"
-    metric = task.get("metric", default_metric)
-    if metric not in METRICS:
-        ctx.fail("task.metric", f"unknown metric {metric!r}; expected one of: {', '.join(METRICS)}")
-    if METRICS[metric].task != kind:
-        ctx.fail("task.metric", f"metric {metric!r} is for {METRICS[metric].task}, but dataset "
-                 f"{dataset!r} is {kind}")
-    direction = task.get("direction", METRICS[metric].direction)
-    if direction != METRICS[metric].direction:
-        ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
-                 f"but got {direction!r}")
+    objective = _reference(ctx, task, "objective", OBJECTIVE_ARGS)
+    if objective is not None:
+        metric, direction = _objective_metric(ctx, task)
+    else:
+        metric, direction = _metric(ctx, task, kind, user["data"] or dataset)
+    loss = _reference(ctx, task, "loss", LOSS_ARGS)
+    if loss is not None and objective is not None:
+        ctx.fail("task.loss", "applies to the tuner's own training loop; with task.objective "
+                 "your function computes its own loss")
     model = task.get("model", Task.model)
     if not isinstance(model, str) or (model not in MODELS and not is_reference(model)):
         ctx.fail("task.model", f"unknown model {model!r}; expected one of: {', '.join(MODELS)}, "
@@ -213,7 +224,78 @@ def _parse_task(ctx: _Context, raw: Any) -> Task:
                            minimum=10),
         n_features=_integer(ctx, task.get("n_features", Task.n_features), "task.n_features",
                             minimum=1),
+        loss=loss,
+        objective=objective,
     )
+
+
+def _reference(ctx: _Context, task: Mapping[str, Any], key: str,
+               arguments: tuple[str, ...]) -> str | None:
+    """A function of yours named by ``task.<key>``, imported and checked to take
+    ``arguments``; None when the key is absent."""
+    value = task.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_reference(value):
+        ctx.fail(f"task.{key}", f"expected package.module:function or file.py:function, but "
+                 f"got {value!r}")
+    try:
+        resolve(value, "", arguments)
+    except DataError as exc:
+        ctx.fail(f"task.{key}", str(exc))
+    return value
+
+
+def _direction(ctx: _Context, task: Mapping[str, Any], why: str) -> str:
+    """``task.direction``, which must be given (``why`` says for what)."""
+    direction = task.get("direction")
+    if direction not in DIRECTIONS:
+        given = "is missing" if direction is None else f"got {direction!r}"
+        ctx.fail("task.direction", f"{why} needs a direction, maximize or minimize, but "
+                 f"{given}")
+    return str(direction)
+
+
+def _metric(ctx: _Context, task: Mapping[str, Any], kind: str, data: str) -> tuple[str, str]:
+    """The metric the tuner's loop computes, and its direction."""
+    from tuner.metrics import METRICS
+
+    metric = task.get("metric", "accuracy" if kind == "classification" else "rmse")
+    if isinstance(metric, str) and is_reference(metric):
+        _reference(ctx, task, "metric", METRIC_ARGS)
+        return metric, _direction(ctx, task, f"a metric of yours ({metric})")
+    if metric not in METRICS:
+        ctx.fail("task.metric", f"unknown metric {metric!r}; expected one of: "
+                 f"{', '.join(METRICS)}, or package.module:function / file.py:function for "
+                 "your own")
+    if METRICS[metric].task != kind:
+        ctx.fail("task.metric", f"metric {metric!r} is for {METRICS[metric].task}, but dataset "
+                 f"{data!r} is {kind}")
+    direction = task.get("direction", METRICS[metric].direction)
+    if direction != METRICS[metric].direction:
+        ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
+                 f"but got {direction!r}")
+    return metric, direction
+
+
+def _objective_metric(ctx: _Context, task: Mapping[str, Any]) -> tuple[str, str]:
+    """With a training function of yours, ``task.metric`` names the value it returns (a
+    built-in metric's name sets the direction; any other name needs one)."""
+    from tuner.metrics import METRICS
+
+    metric = task.get("metric", "value")
+    if not isinstance(metric, str) or not metric.isidentifier():
+        hint = (" (with task.objective your function computes the value; give its name)"
+                if isinstance(metric, str) and is_reference(metric) else "")
+        ctx.fail("task.metric", f"must name the value your objective returns, e.g. f1, but "
+                 f"got {metric!r}{hint}")
+    if metric in METRICS and "direction" not in task:
+        return metric, METRICS[metric].direction
+    direction = _direction(ctx, task, f"an objective of yours ({task['objective']})")
+    if metric in METRICS and direction != METRICS[metric].direction:
+        ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
+                 f"but got {direction!r}")
+    return metric, direction
 
 
 def _parse_user_data(ctx: _Context, task: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,7 +327,7 @@ def _parse_user_data(ctx: _Context, task: Mapping[str, Any]) -> dict[str, Any]:
     except DataError as exc:
         ctx.fail("task.data", str(exc))
     return {"data": data, "target": target, "kind": splits.task, "features": features,
-            "aux_target": aux}
+            "aux_target": aux, "_image": splits.image_shape is not None}
 
 
 def _parse_params(ctx: _Context, raw: Any, path: str) -> tuple[Param, ...]:
@@ -287,8 +369,10 @@ def _milestones(ctx: _Context, value: Any, path: str) -> str:
     return ",".join(str(e) for e in epochs)
 
 
-def _parse_param(ctx: _Context, name: str, spec: Any, path: str) -> Param:
-    rule = CATALOGUE[name]
+def _parse_param(ctx: _Context, name: str, spec: Any, path: str,
+                 rule: Rule | None = None) -> Param:
+    """A built-in parameter (its rule from the catalogue), or a range of yours (``rule``)."""
+    rule = rule or CATALOGUE[name]
     if not isinstance(spec, Mapping):
         return Fixed(name, _check_value(ctx, rule, spec, path))
     if "choices" in spec:
@@ -358,6 +442,107 @@ def _parse_categorical(ctx: _Context, name: str, spec: Mapping[str, Any], path: 
     return Categorical(name, tuple(values), tuple(branches))
 
 
+def _parse_user_params(ctx: _Context, raw: Any, path: str) -> tuple[Param, ...]:
+    """``user_params:`` (or a branch of one of its choices): the syntax of ``params``,
+    with names and types of your own."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        ctx.fail(path, f"must be a mapping of parameter names, but got {raw!r}")
+    params = []
+    for name, spec in raw.items():
+        where = f"{path}.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            ctx.fail(where, f"a parameter's name must be a Python identifier, but got {name!r}")
+        if name in CATALOGUE:
+            ctx.fail(where, f"{name!r} is a built-in parameter; give it under params, or "
+                     "choose another name for yours")
+        if name in TRIAL_COLUMNS:
+            ctx.fail(where, f"{name!r} is a column of every trial ({', '.join(TRIAL_COLUMNS)}); "
+                     "choose another name")
+        params.append(_parse_user_param(ctx, name, spec, where))
+    return tuple(params)
+
+
+def _user_scalar(ctx: _Context, value: Any, path: str) -> Any:
+    """A choice of yours: what Optuna can record (null, a boolean, a number, a string)."""
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        ctx.fail(path, f"a choice must be null, true/false, a number or a string, but got "
+                 f"{value!r}")
+    if isinstance(value, float) and not is_number(value):
+        ctx.fail(path, f"a choice must be finite, but got {value!r}")
+    return value
+
+
+def _parse_user_param(ctx: _Context, name: str, spec: Any, path: str) -> Param:
+    if not isinstance(spec, Mapping):
+        return Fixed(name, spec)
+    if "value" in spec:
+        ctx.mapping(spec, path, ("value",))
+        return Fixed(name, spec["value"])
+    if "choices" in spec:
+        ctx.mapping(spec, path, ("choices",))
+        choices = spec["choices"]
+        branches: list[tuple[Any, tuple[Param, ...]]] = []
+        if isinstance(choices, Mapping) and choices:
+            values = [_user_scalar(ctx, c, f"{path}.choices") for c in choices]
+            branches = [(value, _parse_user_params(ctx, sub, f"{path}.choices.{choice}"))
+                        for value, (choice, sub) in zip(values, choices.items(), strict=True)]
+        elif isinstance(choices, list) and choices:
+            values = [_user_scalar(ctx, c, f"{path}.choices") for c in choices]
+        else:
+            ctx.fail(f"{path}.choices", f"must be a non-empty list or mapping, but got "
+                     f"{choices!r}")
+        if len(set(map(repr, values))) != len(values):
+            ctx.fail(f"{path}.choices", f"choices must be distinct, but got {values!r}")
+        return Categorical(name, tuple(values), tuple(branches))
+    spec = ctx.mapping(spec, path, RANGE_KEYS)
+    for key in ("low", "high"):
+        if key not in spec:
+            ctx.fail(path, f"a range needs `low` and `high` (or give `choices` or `value`), "
+                     f"but `{key}` is missing")
+    whole = all(isinstance(spec.get(k, 1), int) and not isinstance(spec.get(k, 1), bool)
+                for k in ("low", "high", "step"))
+    kind = spec.get("type", "int" if whole else "float")
+    if kind not in ("int", "float"):
+        ctx.fail(f"{path}.type", f"expected int or float, but got {kind!r}")
+    text = "a number" if kind == "float" else "an integer"
+    return _parse_param(ctx, name, spec, path, Rule(kind, None, text, lambda v: True))
+
+
+def _check_user_names(ctx: _Context, params: tuple[Param, ...]) -> None:
+    """Optuna records one distribution per name: a parameter of yours may appear in
+    several branches only with the same kind, scale and choices, and never both at top
+    level and in a branch."""
+    top = {p.name for p in params}
+    seen: dict[str, str] = {}
+
+    def visit(param: Param, path: str, nested: bool) -> None:
+        if nested and param.name in top:
+            ctx.fail(path, f"{param.name!r} is also given at top level; give it once")
+        shape = _shape(param)
+        if not isinstance(param, Fixed) and seen.setdefault(param.name, shape) != shape:
+            ctx.fail(path, f"{param.name!r} must have the same kind, log scale and choices "
+                     f"wherever it appears ({seen[param.name]} elsewhere), but got {shape}")
+        if isinstance(param, Categorical):
+            for choice, sub in param.branches:
+                for child in sub:
+                    visit(child, f"{path}.choices.{choice}.{child.name}", True)
+
+    for param in params:
+        visit(param, f"user_params.{param.name}", False)
+
+
+def _shape(param: Param) -> str:
+    """What Optuna's distribution of a parameter is made of, for messages."""
+    if isinstance(param, Categorical):
+        return f"choices {list(param.choices)}"
+    if isinstance(param, (FloatRange, IntRange)):
+        kind = "float" if isinstance(param, FloatRange) else "int"
+        return f"{kind}{' log' if param.log else ''} range"
+    return "fixed"
+
+
 def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
     """A hyper-parameter of an optimizer or schedule must belong to the one it is under.
 
@@ -367,14 +552,6 @@ def _check_conditionals(ctx: _Context, params: tuple[Param, ...]) -> None:
     """
     top = {p.name: p for p in params}
     seen: dict[str, str] = {}
-
-    def _shape(param: Param) -> str:
-        if isinstance(param, Categorical):
-            return f"choices {list(param.choices)}"
-        if isinstance(param, (FloatRange, IntRange)):
-            kind = "float" if isinstance(param, FloatRange) else "int"
-            return f"{kind}{' log' if param.log else ''} range"
-        return "fixed"
 
     for parent, accepted in CONDITIONAL_PARENTS.items():
         spec = top.get(parent)
@@ -476,11 +653,11 @@ def _try_build(ctx: _Context, path: str, build: Any) -> None:
 
 def parse_engine(raw: Any, ctx: _Context | None = None) -> EngineSpec:
     """``engine: fused``, or ``engine: {name: fused, population: 64, precision: bf16,
-    compile: false}``; None: sequential, float32, not compiled."""
+    compile: false, loader_workers: 2}``; None: sequential, float32, not compiled."""
     ctx = ctx or _Context("--engine")
     if raw is None:
         return EngineSpec()
-    keys = ("name", "population", "precision", "compile")
+    keys = ("name", "population", "precision", "compile", "loader_workers")
     spec = {"name": raw} if isinstance(raw, str) else ctx.mapping(raw, "engine", keys)
     name = spec.get("name", EngineSpec.name)
     if name not in ENGINES:
@@ -494,7 +671,10 @@ def parse_engine(raw: Any, ctx: _Context | None = None) -> EngineSpec:
     compiled = spec.get("compile", EngineSpec.compile)
     if not isinstance(compiled, bool):
         ctx.fail("engine.compile", f"must be true or false, but got {compiled!r}")
-    return EngineSpec(name, population, precision, compiled)
+    workers = spec.get("loader_workers")
+    if workers is not None:
+        workers = _integer(ctx, workers, "engine.loader_workers", minimum=0)
+    return EngineSpec(name, population, precision, compiled, workers)
 
 
 def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:

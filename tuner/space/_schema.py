@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuner.space._params import Categorical, Param, walk
+from tuner.space._params import Categorical, Param, sample, walk
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -14,7 +18,12 @@ class Task:
     """What every trial trains and how it is judged.
 
     ``model`` is ``mlp``, ``cnn``, or ``package.module:function`` / ``file.py:function``
-    naming your own builder (see :mod:`tuner.usermodel`).
+    naming your own builder (see :mod:`tuner.usermodel`). ``metric`` is a built-in
+    metric's name or a function of yours (``metric(outputs, targets) -> float``, with
+    ``direction``); ``loss`` a function of yours (``loss(outputs, targets) -> tensor``)
+    in place of the built-in data loss. ``objective`` names a training function of
+    yours, ``fn(config, report) -> value``, that replaces the tuner's loop (see
+    :mod:`tuner.userloop`); its ``metric`` is the name of the value it returns.
     """
 
     dataset: str = "digits"
@@ -31,6 +40,10 @@ class Task:
     kind: str | None = None  # classification or regression (inferred from the target)
     features: tuple[str, ...] | None = None
     aux_target: str | None = None
+    # Added after the fields above: left out of fingerprints while at their defaults, so
+    # that the studies created before them resume (see `_stable_repr`).
+    loss: str | None = None
+    objective: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ class EngineSpec:
     population: int = 32
     precision: str = "fp32"
     compile: bool = False
+    # Loader processes for Datasets (tuner.datasets); None: 0 on a CPU, a few on a GPU.
+    loader_workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,8 @@ class Space:
     pruner: PrunerSpec
     early_stopping: EarlyStopping
     engine: EngineSpec = EngineSpec()
+    # Parameters of yours (`user_params:`), for your model builder or training function.
+    user_params: tuple[Param, ...] = ()
     seed: int = 0
     trials: int = 50
     source: str = "<memory>"
@@ -106,7 +123,12 @@ class Space:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def all_params(self) -> list[Param]:
-        return walk(self.params)
+        """Every parameter, built-in and yours, conditionals included."""
+        return walk(self.params + self.user_params)
+
+    def sample(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Draw a trial's values: the built-in parameters', and those of ``user_params``."""
+        return sample(self.params, trial), sample(self.user_params, trial)
 
     def fingerprint(self) -> str:
         """A short hash of everything that shapes the study; a resumed study must match.
@@ -115,9 +137,30 @@ class Space:
         default spelled out, ``1e-3`` for ``0.001``, parameters in another order)
         match; the budget is left out.
         """
-        shaping = (self.task, _canonical(self.params), self.sampler, self.pruner,
-                   self.early_stopping, self.seed)
+        shaping: tuple[Any, ...] = (_stable_repr(self.task), _canonical(self.params),
+                                    self.sampler, self.pruner, self.early_stopping, self.seed)
+        if self.user_params:
+            shaping += (_canonical(self.user_params),)
         return hashlib.sha256(repr(shaping).encode()).hexdigest()[:16]
+
+
+class _Repr(str):
+    """A string that is its own repr, to splice into a repr unchanged."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+# Fields added to Task since its first studies: in a fingerprint only when set.
+_LATER_TASK_FIELDS = ("loss", "objective")
+
+
+def _stable_repr(task: Task) -> _Repr:
+    """The task's repr, without the later fields that keep their defaults: it is what a
+    study created before they existed recorded, so such a study still resumes."""
+    shown = [f"{f.name}={getattr(task, f.name)!r}" for f in dataclasses.fields(task)
+             if f.name not in _LATER_TASK_FIELDS or getattr(task, f.name) != f.default]
+    return _Repr(f"Task({', '.join(shown)})")
 
 
 def _canonical(params: tuple[Param, ...]) -> list[Any]:
