@@ -23,14 +23,18 @@ from tuner.space._catalogue import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     from tuner.api import optimize
+    from tuner.config import Config
     from tuner.exporting import load_model
     from tuner.optim import build_optimizer, build_scheduler
     from tuner.space import Space, load_space
+    from tuner.userloop import optimizer_for, penalty, regularize_step, scheduler_for
 
 # torch and Optuna load on first use, so that the command line starts fast.
 _LAZY = {"build_optimizer": "tuner.optim", "build_scheduler": "tuner.optim",
          "Space": "tuner.space", "load_space": "tuner.space", "optimize": "tuner.api",
-         "load_model": "tuner.exporting"}
+         "load_model": "tuner.exporting", "Config": "tuner.config",
+         "optimizer_for": "tuner.userloop", "scheduler_for": "tuner.userloop",
+         "penalty": "tuner.userloop", "regularize_step": "tuner.userloop"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "Config",
     "DataError",
     "Space",
     "SpaceError",
@@ -57,4 +62,8 @@ __all__ = [
     "load_model",
     "load_space",
     "optimize",
+    "optimizer_for",
+    "penalty",
+    "regularize_step",
+    "scheduler_for",
 ]

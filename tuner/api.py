@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,14 @@ from tuner.device import resolve_device
 from tuner.runner import run_study
 from tuner.space import Space, load_space, parse_engine, parse_space
 from tuner.storage import DEFAULT_STORAGE, TunerStorage
+from tuner.usercode import register
 
 
 def optimize(space: str | Path | Space, *, data: str | None = None, model: str | None = None,
              storage: str | None = None, n_trials: int | None = None,
              study_name: str | None = None, device: str = "cpu", seed: int | None = None,
              engine: str | Mapping[str, Any] | None = None,
+             objective: str | Callable[..., Any] | None = None,
              **task_overrides: Any) -> optuna.Study:
     """Run (or resume) a study as ``tuner start`` does, and return it as an Optuna study.
 
@@ -34,7 +36,10 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     trials (default: the space's ``trials``); ``storage`` is a database URL (default:
     the command line's, ``sqlite:///storage/tuner.db``). ``engine`` is what a space's
     ``engine`` key takes: ``"fused"``, or ``{"name": "fused", "population": 64,
-    "precision": "bf16"}`` (default: the space's).
+    "precision": "bf16"}`` (default: the space's). ``objective`` is a training function
+    of yours, ``fn(config, report) -> value`` (see :mod:`tuner.userloop`), or the
+    ``module:function`` naming one; other task keys (``metric``, ``direction``, ``loss``)
+    go in ``task_overrides``.
 
     >>> study = tuner.optimize("quick", n_trials=3, epochs=2,
     ...                        storage="sqlite:///demo.db")       # doctest: +SKIP
@@ -42,8 +47,14 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     0.95
     >>> study = tuner.optimize("population", n_trials=64,
     ...                        engine={"name": "fused", "population": 32})  # doctest: +SKIP
+    >>> study = tuner.optimize("my_space.yaml", objective=fit, direction="maximize")
+    ... # doctest: +SKIP
     """
-    given = {"seed": seed, "data": data, "model": model, **task_overrides}
+    if callable(objective):
+        # Found by its module:qualname in this process, whether or not it is importable.
+        objective = register(objective)
+    given = {"seed": seed, "data": data, "model": model, "objective": objective,
+             **task_overrides}
     overrides = {k: v for k, v in given.items() if v is not None}
     if isinstance(space, Space):
         # Overrides are merged into its mapping and validated as a file's would be.

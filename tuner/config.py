@@ -8,7 +8,7 @@ the trial's seed, device, epochs and task.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +133,8 @@ class Config(Mapping[str, Any]):
     ``config.params`` every value the sampler drew, by its name in the space. A training
     function of yours (``--objective``) also gets the trial's ``number``, ``device``,
     ``task`` and, when the trial resumes after a crash, ``resume`` (the last checkpoint
-    it reported) and ``resume_epoch``.
+    it reported) and ``resume_epoch``; ``config.data()`` loads the task's data as the
+    tuner's loop would (arrays on the device, or your Datasets).
 
     >>> config = Config(TrialConfig(epochs=5, hidden=32, user=UserParams({"k": 3})))
     >>> config.hidden, config["epochs"], config.user["k"]
@@ -143,7 +144,7 @@ class Config(Mapping[str, Any]):
     def __init__(self, trial: TrialConfig, *, device: torch.device | str = "cpu",
                  task: Task | None = None, number: int | None = None,
                  params: Mapping[str, Any] | None = None, resume: Any = None,
-                 resume_epoch: int = 0) -> None:
+                 resume_epoch: int = 0, data: Callable[[], Any] | None = None) -> None:
         self.trial = trial
         self.device = device
         self.task = task
@@ -151,7 +152,16 @@ class Config(Mapping[str, Any]):
         self.params: Mapping[str, Any] = UserParams(params)
         self.resume = resume
         self.resume_epoch = resume_epoch
+        self._load = data
         self._fields = trial.to_dict()
+
+    def data(self) -> Any:
+        """The task's data, loaded once per process: a :class:`~tuner.data.Splits` of
+        tensors on the device, or your Datasets (:class:`~tuner.datasets.DatasetSplits`)."""
+        if self._load is None:
+            raise RuntimeError("this config carries no data (only a training function's "
+                               "config does)")
+        return self._load()
 
     @property
     def user(self) -> UserParams:

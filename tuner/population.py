@@ -30,12 +30,14 @@ from torch import nn
 
 from tuner import runner
 from tuner.config import TrialConfig
-from tuner.data import Splits
+from tuner.data import Splits, load_task_data
 from tuner.errors import TunerError, UsageError
 from tuner.fused import MemberResult, train_population, unsupported_reason
 from tuner.heartbeat import Heartbeat
+from tuner.metrics import METRICS
 from tuner.objective import Objective, TrialWriter, root_number, worker_id
 from tuner.seeding import trial_seed
+from tuner.space import Space
 from tuner.storage import TunerStorage
 from tuner.train import Checkpoint, EpochMetrics, build_for
 
@@ -84,11 +86,19 @@ def _reads_only(pruner: optuna.pruners.BasePruner | None) -> bool:
                                    optuna.pruners.HyperbandPruner))
 
 
-def check_fusable(model: str) -> None:
+def check_fusable(space: Space) -> None:
     """Refuse a space the fused engine cannot train at all, before anything is written."""
-    if model != "mlp":
-        raise UsageError(f"--engine fused trains the built-in mlp, but the space's model is "
-                         f"{model!r}; use --engine sequential")
+    task = space.task
+    why = (f"the space's training function (objective {task.objective}) is yours"
+           if task.objective else
+           f"the space's model is {task.model!r}" if task.model != "mlp" else
+           f"the space's loss is yours ({task.loss})" if task.loss else
+           f"the space's metric is yours ({task.metric})" if task.metric not in METRICS else
+           "the data are Datasets, read batch by batch"
+           if not load_task_data(task, space.seed, "cpu").in_memory else None)
+    if why is not None:
+        raise UsageError(f"--engine fused trains the built-in mlp on arrays with the built-in "
+                         f"losses and metrics, but {why}; use --engine sequential")
 
 
 class PopulationRun:
@@ -122,7 +132,7 @@ class PopulationRun:
 
     def run(self) -> str:
         """Train populations until there is nothing left to claim; the stop reason."""
-        check_fusable(self.objective.space.task.model)
+        check_fusable(self.objective.space)
         data = self.objective.data()
         waiting_since: float | None = None
         # One heartbeat thread for the whole run: it beats for whichever trials are

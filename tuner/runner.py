@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -33,6 +34,9 @@ from tuner.samplers import grid_size
 from tuner.space import EngineSpec, Space
 from tuner.storage import GRACE_PERIOD, TunerStorage, display_url, trial_info
 from tuner.study import count_states, finished, open_study
+
+if TYPE_CHECKING:
+    from tuner.userloop import UserObjective
 
 MAX_CONSECUTIVE_FAILURES = 5
 WAIT_POLL = 1.0  # seconds between looks while the rest of the budget runs elsewhere
@@ -72,6 +76,7 @@ class RunSummary:
     test_metric: float | None
     stop_reason: str  # "budget", "timeout", "max_trials" or "already_done"
     ran: int = 0  # trials this call ran to the end (complete, pruned or failed)
+    last_error: str | None = None  # the message of the study's last failed trial
 
 
 def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: int,
@@ -90,8 +95,7 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
     if space.sampler.name == "grid":
         budget = min(budget, grid_size(space))
     study = open_study(storage, space, study_name)
-    objective = Objective(space, storage, device, checkpoint_every,
-                          precision=engine.precision, compile=engine.compile)
+    objective = make_objective(space, storage, device, checkpoint_every, engine)
     before = finished(count_states(storage, study))
     start = time.monotonic()
     failures = ran = 0
@@ -102,7 +106,10 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
     if on_start is not None:
         on_start(snapshot(storage, study, budget))
     if engine.name == "fused":
-        from tuner.population import PopulationRun
+        from tuner.population import PopulationRun, check_fusable
+
+        check_fusable(space)
+        assert isinstance(objective, Objective)  # a training function of yours is refused
 
         def progress(frozen: FrozenTrial) -> None:
             heap.settle()  # the first trial is done: so is the start-up (tuner.heap)
@@ -160,13 +167,27 @@ def run_study(space: Space, *, storage: TunerStorage, study_name: str, budget: i
     return summarize(storage, study, budget, before, time.monotonic() - start, reason, ran)
 
 
+def make_objective(space: Space, storage: TunerStorage, device: torch.device,
+                   checkpoint_every: float, engine: EngineSpec) -> Objective | UserObjective:
+    """The tuner's objective, or one around the training function of yours the space
+    names (``task.objective``)."""
+    if space.task.objective:
+        from tuner.userloop import UserObjective
+
+        return UserObjective(space, storage, device, checkpoint_every)
+    return Objective(space, storage, device, checkpoint_every, precision=engine.precision,
+                     compile=engine.compile)
+
+
 def summarize(storage: TunerStorage, study: optuna.Study, budget: int, before: int,
               elapsed: float, reason: str, ran: int) -> RunSummary:
     counts = count_states(storage, study)
     best = _best_trial(study)
+    failed = counts[TrialState.FAIL]
     return RunSummary(study.study_name, budget, before, finished(counts),
-                      counts[TrialState.PRUNED], counts[TrialState.FAIL], elapsed, best,
-                      *_best_epoch_and_test(storage, best), reason, ran)
+                      counts[TrialState.PRUNED], failed, elapsed, best,
+                      *_best_epoch_and_test(storage, best), reason, ran,
+                      _recorded_error(study) if failed else None)
 
 
 # What a dropped database connection looks like from here: Optuna wraps SQLAlchemy's
@@ -249,7 +270,8 @@ def fail_untold(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
+def run_trial(study: optuna.Study, trial: optuna.Trial,
+              objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
     """Run the objective with a heartbeat and tell the outcome; Ctrl-C fails the trial."""
     with Heartbeat(study._storage, trial._trial_id):
         return tell_outcome(study, trial, lambda: objective(trial))
@@ -325,3 +347,11 @@ def _best_epoch_and_test(storage: TunerStorage,
 def last_error(study: optuna.Study) -> str:
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     return failed[-1].user_attrs.get("error", "see the log above") if failed else "unknown"
+
+
+def _recorded_error(study: optuna.Study) -> str | None:
+    """The message of the last failed trial that recorded one (trial #N: ...), if any."""
+    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+        if "error" in trial.user_attrs:
+            return f"trial #{trial.number}: {trial.user_attrs['error']}"
+    return None

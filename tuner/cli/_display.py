@@ -58,6 +58,7 @@ def summary_text(s: RunSummary, metric: str, worker: bool = False) -> str:
     """What a run did, for `tuner start` (or, with ``worker``, `tuner worker`, whose
     --trials caps its own trials: only `tuner start` raises a study's budget)."""
     name = s.study_name
+    metric = metric.rpartition(":")[2]  # a function of yours: its name
     if s.stop_reason == "already_done":
         more = ("A worker's --trials caps its own share; `tuner start` with the study's "
                 "space and a larger --trials raises the budget" if worker
@@ -69,6 +70,8 @@ def summary_text(s: RunSummary, metric: str, worker: bool = False) -> str:
         head = (f"Study {name!r}: ran {s.ran} trials in {_duration(s.elapsed)}{why}; "
                 f"{s.finished}/{s.budget} finished ({s.pruned} pruned, {s.failed} failed).")
     lines = [head]
+    if s.failed and s.last_error and s.stop_reason != "already_done":
+        lines.append(f"Last failure: {s.last_error}")
     if s.best is not None:
         test = "" if s.test_metric is None else f", test {metric} {s.test_metric:.4f}"
         epoch = "" if s.best_epoch is None else f" (epoch {s.best_epoch})"

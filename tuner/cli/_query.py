@@ -96,8 +96,9 @@ def best(study: str, storage: str, top: int, fmt: str) -> None:
 def curves(study: str, storage: str, numbers: tuple[int, ...], fmt: str) -> None:
     """Per-epoch metrics of trials: train loss, val loss, val metric, learning rate, seconds.
 
-    Trials the tuner did not train (a plain Optuna study) show their intermediate values
-    as val_metric.
+    Further values a training function of yours reported (`report(epoch, value, f1=...)`)
+    follow as columns of their own. Trials the tuner did not train (a plain Optuna study)
+    show their intermediate values as val_metric.
     """
     rows = queries.curves(open_readonly(storage), study, list(dict.fromkeys(numbers)))
-    click.echo(format_rows(rows, queries.CURVE_COLUMNS, fmt), nl=False)
+    click.echo(format_rows(rows, queries.curve_columns(rows), fmt), nl=False)

@@ -60,7 +60,21 @@ from tuner.space._catalogue import DATASET_NAMES
                    "weighted by the `aux_weight` parameter).")
 @click.option("--model", metavar="mlp|cnn|MODULE:FUNCTION",
               help="The network: a built-in one, or your own builder "
-                   "`build(config, input_shape, n_outputs) -> nn.Module`.")
+                   "`build(config, input_shape, n_outputs) -> nn.Module` (it reads your "
+                   "`user_params` as config.user[\"name\"]).")
+@click.option("--loss", metavar="MODULE:FUNCTION",
+              help="Your own data loss `loss(outputs, targets) -> scalar tensor` in place of "
+                   "cross-entropy / MSE (the L1/L2 penalties are still added).")
+@click.option("--metric", metavar="NAME|MODULE:FUNCTION",
+              help="The validation metric: a built-in one (accuracy, cross_entropy, rmse, "
+                   "mae) or your own `metric(outputs, targets) -> float` (give --direction).")
+@click.option("--direction", type=click.Choice(["maximize", "minimize"]),
+              help="Whether a larger or a smaller value is better, for your own metric or "
+                   "objective (a built-in metric has its own).")
+@click.option("--objective", metavar="MODULE:FUNCTION",
+              help="Your own training function `fit(config, report) -> value`, called once "
+                   "per trial instead of the tuner's loop; report(epoch, value, **metrics) "
+                   "returns True when the trial should stop (pruned or early-stopped).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine sharing the study.")
 @click.option("--devices", type=GpuList(), metavar="0,1,...",
@@ -76,7 +90,9 @@ from tuner.space._catalogue import DATASET_NAMES
 def start(space: str, study: str | None, storage: str, trials: int | None,
           timeout: float | None, device: str, seed: int | None, epochs: int | None,
           dataset: str | None, data: str | None, target: str | None, kind: str | None,
-          features: str | None, aux_target: str | None, model: str | None, workers: int,
+          features: str | None, aux_target: str | None, model: str | None,
+          loss: str | None, metric: str | None, direction: str | None,
+          objective: str | None, workers: int,
           devices: list[int] | None, workers_per_gpu: int, engine: str | None,
           population: int | None, precision: str | None, compile_models: bool | None,
           checkpoint_every: float,
@@ -91,6 +107,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space quick --trials 100 --workers 4
       tuner start --space quick --trials 256 --engine fused --population 64
       tuner start --space quick --data my.csv --target label --model my_net.py:build
+      tuner start --space my_space.yaml --objective my_train.py:fit --direction maximize
     """
     heap.defer_full_collections()  # until the first trial is done (tuner.heap)
     click.get_current_context().call_on_close(heap.settle)
@@ -110,15 +127,13 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         raise UsageError(f"--data {data} and --dataset {dataset} both name the data: give one")
     given = {"seed": seed, "epochs": epochs, "dataset": dataset, "data": data,
              "target": target, "kind": kind, "features": features, "aux_target": aux_target,
-             "model": model}
+             "model": model, "loss": loss, "metric": metric, "direction": direction,
+             "objective": objective}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     # Everything is validated before the database is touched.
     parsed = load_space(space, overrides)
     how = engine_spec(parsed.engine, engine, population, precision, compile_models)
-    if how.name == "fused":
-        from tuner.population import check_fusable
-
-        check_fusable(parsed.task.model)
+    check_engine(parsed, how)
     placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,
                             cuda_count=torch.cuda.device_count())
     if workers == 1:
@@ -126,7 +141,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.objective import Objective
     from tuner.storage import MemoryRecorder
 
-    Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model()
+    if not parsed.task.objective:
+        Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model()
     name = study or parsed.name
     budget = trials or parsed.trials
     db = TunerStorage(storage).open()
@@ -140,9 +156,11 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         if how.compile:
             fused += " · compiled" if how.name == "sequential" else (
                 " · compiled (trials trained one at a time)")
-        console.print(f"Study [bold]{name}[/] · space {parsed.source} · {parsed.task.dataset} "
-                      f"/ {parsed.task.model} · {workers} worker(s) on {where}{fused} · "
-                      f"{display_url(db.url)}")
+        console.print(f"Study [bold]{name}[/] · space {parsed.source} · {what_trains(parsed)} · "
+                      f"{workers} worker(s) on {where}{fused} · {display_url(db.url)}",
+                      highlight=False)
+        for note in start_notes(parsed, torch.device(placed[0])):
+            console.print(f"  {note}", highlight=False)
     with RunProgress(console, quiet) as progress:
         if workers == 1:
             summary = run_study(parsed, storage=db, study_name=name, budget=budget,
@@ -154,6 +172,46 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
                                checkpoint_every=checkpoint_every, engine=how,
                                on_start=progress.start, on_progress=progress.update)
     click.echo(summary_text(summary, parsed.task.metric))
+
+
+def check_engine(space: Any, how: Any) -> None:
+    """Refuse engine settings the space cannot use, before anything is written."""
+    if how.name == "fused":
+        from tuner.population import check_fusable
+
+        check_fusable(space)
+    if space.task.objective and (how.precision != "fp32" or how.compile):
+        raise UsageError(f"--precision and --compile apply to the tuner's own training loop; "
+                         f"the space's objective ({space.task.objective}) trains as it wants")
+
+
+def what_trains(space: Any) -> str:
+    """The start-up line's account of the data and the model (or training function)."""
+    task = space.task
+    data = task.data or task.dataset
+    if task.objective:
+        return f"{data} / objective {task.objective}"
+    return f"{data} / {task.model}"
+
+
+def start_notes(space: Any, device: Any) -> list[str]:
+    """What a user should know before the trials run: how the data are read, and
+    parameters of theirs that nothing reads."""
+    from tuner.data import load_task_data
+    from tuner.space._catalogue import MODELS
+
+    notes = []
+    task = space.task
+    if not task.objective:
+        data = load_task_data(task, space.seed, "cpu")
+        if not data.in_memory:
+            notes.append("data: " + data.with_workers(space.engine.loader_workers).to(
+                device).describe())
+    if space.user_params and not task.objective and task.model in MODELS:
+        names = ", ".join(p.name for p in space.user_params)
+        notes.append(f"user_params ({names}) are searched and recorded, but no built-in "
+                     f"model reads them: give --model or --objective of yours")
+    return notes
 
 
 @cli.command()

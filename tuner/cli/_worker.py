@@ -54,6 +54,7 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     from rich.console import Console
 
     from tuner.cli._display import RunProgress, summary_text
+    from tuner.cli._start import check_engine
     from tuner.device import resolve_device
     from tuner.runner import run_study
     from tuner.storage import TunerStorage
@@ -64,10 +65,7 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     parsed = stored_space(db, study)
     budget = stored_budget(db, study) or parsed.trials
     how = engine_spec(parsed.engine, engine, population, precision, compile_models)
-    if how.name == "fused":
-        from tuner.population import check_fusable
-
-        check_fusable(parsed.task.model)
+    check_engine(parsed, how)
     console = Console(stderr=True)
     with RunProgress(console, quiet) as progress:
         summary = run_study(parsed, storage=db, study_name=study, budget=budget,

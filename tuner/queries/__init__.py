@@ -10,7 +10,7 @@ and become SQL with bound parameters.
 []
 """
 
-from tuner.queries._curves import CURVE_COLUMNS, curves
+from tuner.queries._curves import CURVE_COLUMNS, curve_columns, curves
 from tuner.queries._filter import FilterError, parse
 from tuner.queries._schema import STATES
 from tuner.queries._studies import STUDY_COLUMNS, studies
@@ -23,6 +23,7 @@ __all__ = [
     "TRIAL_FIELDS",
     "FilterError",
     "best_trials",
+    "curve_columns",
     "curves",
     "param_names",
     "parse",

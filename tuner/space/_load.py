@@ -250,9 +250,9 @@ def _direction(ctx: _Context, task: Mapping[str, Any], why: str) -> str:
     """``task.direction``, which must be given (``why`` says for what)."""
     direction = task.get("direction")
     if direction not in DIRECTIONS:
-        given = "is missing" if direction is None else f"got {direction!r}"
-        ctx.fail("task.direction", f"{why} needs a direction, maximize or minimize, but "
-                 f"{given}")
+        given = "none is given" if direction is None else f"got {direction!r}"
+        ctx.fail("task.direction", f"{why} needs a direction (task.direction or "
+                 f"--direction: maximize or minimize), but {given}")
     return str(direction)
 
 
@@ -279,16 +279,15 @@ def _metric(ctx: _Context, task: Mapping[str, Any], kind: str, data: str) -> tup
 
 
 def _objective_metric(ctx: _Context, task: Mapping[str, Any]) -> tuple[str, str]:
-    """With a training function of yours, ``task.metric`` names the value it returns (a
-    built-in metric's name sets the direction; any other name needs one)."""
+    """With a training function of yours, ``task.metric`` names the value it returns: a
+    built-in metric's name sets the direction; any other name (or a metric function's
+    reference, read as its name) needs one."""
     from tuner.metrics import METRICS
 
     metric = task.get("metric", "value")
-    if not isinstance(metric, str) or not metric.isidentifier():
-        hint = (" (with task.objective your function computes the value; give its name)"
-                if isinstance(metric, str) and is_reference(metric) else "")
+    if not isinstance(metric, str) or not (metric.isidentifier() or is_reference(metric)):
         ctx.fail("task.metric", f"must name the value your objective returns, e.g. f1, but "
-                 f"got {metric!r}{hint}")
+                 f"got {metric!r}")
     if metric in METRICS and "direction" not in task:
         return metric, METRICS[metric].direction
     direction = _direction(ctx, task, f"an objective of yours ({task['objective']})")

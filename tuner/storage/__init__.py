@@ -8,7 +8,8 @@ from tuner.storage._store import (
     TunerStorage,
     display_url,
 )
-from tuner.storage._tables import epochs, trial_info
+from tuner.storage._tables import epoch_metrics, epochs, trial_info
 
 __all__ = ["DB_INT_MAX", "DEFAULT_STORAGE", "GRACE_PERIOD", "MemoryRecorder", "TrialRecord",
-           "TrialRecorder", "TunerStorage", "display_url", "epochs", "trial_info"]
+           "TrialRecorder", "TunerStorage", "display_url", "epoch_metrics", "epochs",
+           "trial_info"]

@@ -29,7 +29,14 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from tuner.errors import StorageError, UsageError
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
-from tuner.storage._tables import checkpoints, epochs, metadata, models, trial_info
+from tuner.storage._tables import (
+    checkpoints,
+    epoch_metrics,
+    epochs,
+    metadata,
+    models,
+    trial_info,
+)
 from tuner.storage._views import create_views
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
@@ -273,11 +280,14 @@ class TunerStorage:
         """One transaction per trial: its per-epoch rows and its summary row, and, with
         ``trial``, what :meth:`write_trial` would still write for it."""
         rows = _epoch_rows(trial_id, history)
+        extra = _extra_rows(trial_id, history)
         with self.session() as conn:
             if trial is not None and (values or user_attrs):
                 _write_optuna_rows(conn, trial, values, user_attrs or {})
             if rows:
                 conn.execute(epochs.insert(), rows)
+            if extra:
+                conn.execute(epoch_metrics.insert(), extra)
             conn.execute(trial_info.insert(), _info_row(trial_id, study_id, seed, best_epoch,
                                                         outcome, device, len(rows)))
 
@@ -296,6 +306,7 @@ class TunerStorage:
             attrs = [(e["trial_id"], key, v) for e in live
                      for key, v in (e["user_attrs"] or {}).items()]
             rows = [row for e in live for row in _epoch_rows(e["trial_id"], e["history"])]
+            extra = [row for e in live for row in _extra_rows(e["trial_id"], e["history"])]
             if values:
                 conn.execute(TrialIntermediateValueModel.__table__.insert(), values)
             if attrs:
@@ -306,6 +317,8 @@ class TunerStorage:
                                              for t, key, v in attrs])
             if rows:
                 conn.execute(epochs.insert(), rows)
+            if extra:
+                conn.execute(epoch_metrics.insert(), extra)
             if live:
                 conn.execute(trial_info.insert(), [
                     _info_row(e["trial_id"], e["study_id"], e["seed"], e["best_epoch"],
@@ -361,7 +374,13 @@ def _epoch_rows(trial_id: int, history: Sequence[Any]) -> list[dict[str, Any]]:
     """Rows of ``tuner_epochs`` for a trial's :class:`~tuner.train.EpochMetrics`."""
     return [dict(trial_id=trial_id, epoch=m.epoch, train_loss=_finite(m.train_loss),
                  val_loss=_finite(m.val_loss), val_metric=_finite(m.val_metric),
-                 lr=m.lr, seconds=m.seconds) for m in history]
+                 lr=_finite(m.lr), seconds=m.seconds) for m in history]
+
+
+def _extra_rows(trial_id: int, history: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows of ``tuner_epoch_metrics``: the further values of each epoch, by name."""
+    return [dict(trial_id=trial_id, epoch=m.epoch, name=name, value=_finite(value))
+            for m in history for name, value in getattr(m, "extra", ())]
 
 
 def _info_row(trial_id: int, study_id: int, seed: int, best_epoch: int | None, outcome: str,

@@ -23,6 +23,17 @@ epochs = Table(
     Column("seconds", Float),
 )
 
+epoch_metrics = Table(
+    "tuner_epoch_metrics",
+    metadata,
+    # Further per-epoch values a training function of yours reported (`report(epoch,
+    # value, f1=...)`), one row each: `tuner curves` shows them as columns.
+    Column("trial_id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(64), primary_key=True),
+    Column("value", Float),
+)
+
 trial_info = Table(
     "tuner_trials",
     metadata,
