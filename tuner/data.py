@@ -129,6 +129,10 @@ class Splits:
     def has(self, split: str) -> bool:
         return True
 
+    def with_workers(self, workers: int | None) -> Splits:
+        """Loader processes are for Datasets: arrays on the device need none."""
+        return self
+
     def train_batches(self, sizes: Sequence[int], seed: int, aux: bool = False) -> Iterator[
             tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """One epoch's batches, in a fresh random order drawn now from torch's generator

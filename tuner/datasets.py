@@ -69,7 +69,7 @@ class DatasetSplits:
     n_outputs: int
     input_shape: tuple[int, ...]
     classes: tuple[Any, ...] | None = None
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int | None = None  # loader processes; None: the rule of loader_workers
     _loaders: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -31,9 +31,12 @@ class ExportedModel(nn.Module):
     def __init__(self, network: nn.Module, *, task: str, x_mean: torch.Tensor,
                  x_std: torch.Tensor, y_mean: float = 0.0, y_std: float = 1.0,
                  classes: list[Any] | None = None, config: Mapping[str, Any] | None = None,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.network = network
+        # A network of yours trained on Datasets reads items of this shape (rows here).
+        self.input_shape = input_shape if input_shape and len(input_shape) > 1 else None
         self.task = task
         self.x_mean: torch.Tensor
         self.x_std: torch.Tensor
@@ -46,7 +49,10 @@ class ExportedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (classification) or predictions in target units (regression)."""
-        out = self.network((x.float() - self.x_mean) / self.x_std)
+        x = (x.float() - self.x_mean) / self.x_std
+        if self.input_shape is not None:
+            x = x.reshape(x.shape[0], *self.input_shape)
+        out = self.network(x)
         if isinstance(out, tuple):  # a network with an auxiliary head
             out = out[0]
         if self.task == "regression":
@@ -61,6 +67,14 @@ class ExportedModel(nn.Module):
             return out.tolist()
         index = out.argmax(dim=-1).tolist()
         return [self.classes[i] for i in index] if self.classes is not None else index
+
+    @torch.inference_mode()
+    def predict_proba(self, x: Any) -> torch.Tensor:
+        """Class probabilities (softmax of the logits), one column per class in the
+        order of :attr:`classes`; classification only."""
+        if self.task == "regression":
+            raise UsageError("a regression model has no class probabilities")
+        return torch.softmax(self(torch.as_tensor(x, dtype=torch.float32)), dim=-1)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -8,23 +8,36 @@
 The payload holds the trial's configuration, the network's spec and weights (the
 best epoch's, stored when the trial became the study's best), and the training
 split's standardization; see :mod:`tuner.export` for the wrapper and the file format.
+
+A network of yours travels with the source of its builder's file, so that the export
+works from any directory on any machine with the same packages. That source is code:
+:func:`load_model` runs it only with ``trust_code=True``, or when the same builder is
+importable here with the same source (its SHA-256 matches); the weights are always read
+with ``weights_only``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tuner.config import Config, TrialConfig
 from tuner.data import load_task_data
-from tuner.errors import StudyNotFoundError
+from tuner.errors import DataError, StudyNotFoundError, UsageError
 from tuner.export import ExportedModel, fold_batchnorm, read_payload
 from tuner.models import build_model
+from tuner.space._catalogue import MODELS
 from tuner.storage import TunerStorage, trial_info
 from tuner.study import stored_trial
+from tuner.usercode import Source, import_reference, load_source, source_hash, source_of
+
+Builder = Callable[..., nn.Module]
 
 
 def build_payload(storage: TunerStorage, study: str, number: int | None = None, *,
@@ -32,6 +45,10 @@ def build_payload(storage: TunerStorage, study: str, number: int | None = None, 
     """Everything :func:`load_model` needs for trial ``number`` (default: the best)."""
     stored = stored_trial(storage, study, number)
     trial, space, config = stored.trial, stored.space, stored.config
+    if space.task.objective:
+        raise UsageError(f"study {study!r} trained with your own function (objective "
+                         f"{space.task.objective}): the tuner holds no weights of it; save "
+                         "the model from your function")
     blob = storage.load_model_blob(trial._trial_id)
     if blob is None:
         raise StudyNotFoundError(
@@ -41,18 +58,28 @@ def build_payload(storage: TunerStorage, study: str, number: int | None = None, 
     state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     data = load_task_data(space.task, space.seed, "cpu")
     spec = {"model": config.model, "n_features": data.n_features, "n_outputs": data.n_outputs,
-            "image_shape": list(data.image_shape) if data.image_shape else None}
+            "image_shape": list(data.image_shape) if data.image_shape else None,
+            "input_shape": list(data.input_shape)}
+    source = None if config.model in MODELS else source_of(config.model, "--model")
     if fold:
-        network = build_network(spec, config.to_dict())
+        builder = None if source is None else import_reference(config.model, "--model")
+        network = build_network(spec, config.to_dict(), builder)
         network.load_state_dict(state)
         state = fold_batchnorm(network).state_dict()
+    in_memory = data.in_memory
     return {
         "config": config.to_dict(),
         "spec": spec,
         "state_dict": state,
         "folded": fold,
+        "source": None if source is None else {
+            "module": source.module, "filename": source.filename, "text": source.text,
+            "function": source.function, "sha256": source.sha256, "reference": config.model},
         "preprocessing": {
-            "task": data.task, "x_mean": data.x_mean.cpu(), "x_std": data.x_std.cpu(),
+            "task": data.task,
+            # Datasets come as the network reads them: no standardization.
+            "x_mean": data.x_mean.cpu() if in_memory else torch.zeros(()),  # type: ignore[union-attr]
+            "x_std": data.x_std.cpu() if in_memory else torch.ones(()),  # type: ignore[union-attr]
             "y_mean": data.y_mean, "y_std": data.y_std,
             "classes": list(data.classes) if data.classes is not None else None,
             "features": list(_feature_names(space.task)),
@@ -63,12 +90,23 @@ def build_payload(storage: TunerStorage, study: str, number: int | None = None, 
     }
 
 
-def build_network(spec: dict[str, Any], config: dict[str, Any]) -> nn.Module:
-    """The untrained network of a payload, as :func:`tuner.train.build_for` builds it."""
-    if spec["model"] not in ("mlp", "cnn"):
-        from tuner.usermodel import build_user_model
-
-        return build_user_model(spec["model"], config, (spec["n_features"],), spec["n_outputs"])
+def build_network(spec: dict[str, Any], config: dict[str, Any],
+                  builder: Builder | None = None) -> nn.Module:
+    """The untrained network of a payload, as :func:`tuner.train.build_for` builds it
+    (a network of yours by ``builder``, default: its reference imported here)."""
+    if spec["model"] not in MODELS:
+        if builder is None:
+            builder = import_reference(spec["model"], "--model")
+        shape = tuple(spec.get("input_shape") or (spec["n_features"],))
+        try:
+            network = builder(Config(TrialConfig.from_dict(config)), shape, spec["n_outputs"])
+        except Exception as exc:  # code of yours: one line, its own words
+            raise DataError(f"--model {spec['model']}: the builder raised "
+                            f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(network, nn.Module):
+            raise DataError(f"--model {spec['model']}: the builder must return a "
+                            f"torch.nn.Module, but returned {type(network).__name__}")
+        return network
     shape = spec["image_shape"]
     return build_model(spec["model"], n_features=spec["n_features"], n_outputs=spec["n_outputs"],
                        image_shape=tuple(shape) if shape else None, hidden=config["hidden"],
@@ -76,23 +114,75 @@ def build_network(spec: dict[str, Any], config: dict[str, Any]) -> nn.Module:
                        dropout_kind=config["dropout_kind"], batchnorm=config["batchnorm"])
 
 
-def load_model(path: str | Path) -> ExportedModel:
+def load_model(path: str | Path, *, trust_code: bool = False) -> ExportedModel:
     """A model file written by ``tuner export``, as a module in eval mode that takes raw
     features (see :class:`~tuner.export.ExportedModel`).
+
+    A network of yours is built by the builder's source the file carries, which is code:
+    only with ``trust_code=True``, or when the same builder is importable here with the
+    same source; otherwise a :class:`~tuner.errors.DataError` says so.
 
     >>> model = load_model("best.pt")   # doctest: +SKIP
     >>> model.predict(x_raw)            # doctest: +SKIP
     """
     payload = read_payload(path)
-    network = build_network(payload["spec"], payload["config"])
+    builder = _builder(payload, str(path), trust_code)
+    network = build_network(payload["spec"], payload["config"], builder)
     if payload.get("folded"):
         # Folding a fresh network gives the folded layout; the file holds folded weights.
         network = fold_batchnorm(network)
     network.load_state_dict(payload["state_dict"])
     pre = payload["preprocessing"]
+    shape = payload["spec"].get("input_shape")
     return ExportedModel(network, task=pre["task"], x_mean=pre["x_mean"], x_std=pre["x_std"],
                          y_mean=pre["y_mean"], y_std=pre["y_std"], classes=pre["classes"],
-                         config=payload["config"], info=payload["info"]).eval()
+                         config=payload["config"], info=payload["info"],
+                         input_shape=tuple(shape) if builder is not None and shape else None
+                         ).eval()
+
+
+def _builder(payload: dict[str, Any], path: str, trust_code: bool) -> Builder | None:
+    """The builder of a network of yours (None: a built-in one), decided without running
+    code the user has not trusted."""
+    reference = payload["spec"]["model"]
+    if reference in MODELS:
+        return None
+    embedded = payload.get("source")
+    if not isinstance(embedded, dict):  # exported before sources were embedded
+        if trust_code:
+            return import_reference(reference, "--model")
+        raise DataError(f"--model {path}: its network is built by {reference}, which the file "
+                        "names but does not carry (an export from an older tuner); pass "
+                        "--trust-code (trust_code=True) to import that builder from here")
+    source = Source(str(embedded["module"]), str(embedded["filename"]), str(embedded["text"]),
+                    str(embedded["function"]))
+    if _importable_with_source(reference, source.sha256):
+        return import_reference(reference, "--model")
+    if trust_code:
+        return load_source(source)
+    raise DataError(f"--model {path}: it carries the source of its network's builder "
+                    f"({source.filename}, function {source.function}, sha256 "
+                    f"{source.sha256[:12]}), and loading it runs that code: pass --trust-code "
+                    "(trust_code=True) if you trust where the file came from, or load it "
+                    f"where {reference} is importable with the same source")
+
+
+def _importable_with_source(reference: str, sha256: str) -> bool:
+    """Whether ``reference``'s file can be found here (without running it) and has
+    exactly the source whose hash is ``sha256``."""
+    module, _, _ = reference.rpartition(":")
+    if module.endswith(".py"):
+        file: str | None = module
+    else:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return False
+        file = spec.origin if spec is not None else None
+    try:
+        return file is not None and source_hash(Path(file).read_text()) == sha256
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def payload_features(payload: dict[str, Any]) -> tuple[list[str], int]:
@@ -115,7 +205,7 @@ def _feature_names(task: Any) -> tuple[str, ...]:
                                          task.aux_target))
     except DataError:
         return ()
-    return arrays.feature_names
+    return getattr(arrays, "feature_names", ())  # Datasets' items have no named columns
 
 
 def _test_metric(storage: TunerStorage, trial_id: int) -> float | None:

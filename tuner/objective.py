@@ -159,8 +159,7 @@ class Objective:
     def data(self) -> Data:
         task = self.space.task
         data = load_task_data(task, self.space.seed, str(self.device))
-        return data if data.in_memory else data.with_workers(  # type: ignore[union-attr]
-            self.space.engine.loader_workers)
+        return data.with_workers(self.space.engine.loader_workers)
 
     def config(self, trial: optuna.Trial, number: int) -> TrialConfig:
         values, user = self.space.sample(trial)

@@ -134,6 +134,7 @@ class PopulationRun:
         """Train populations until there is nothing left to claim; the stop reason."""
         check_fusable(self.objective.space)
         data = self.objective.data()
+        assert isinstance(data, Splits)  # check_fusable refuses Datasets
         waiting_since: float | None = None
         # One heartbeat thread for the whole run: it beats for whichever trials are
         # claimed, from the moment they are claimed (sampling 64 configs takes seconds).

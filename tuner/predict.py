@@ -73,3 +73,16 @@ def predict_rows(model: ExportedModel, x: np.ndarray, batch_size: int = 8192) ->
     for i in range(0, len(x), batch_size):
         out.extend(model.predict(x[i:i + batch_size]))
     return out
+
+
+def probability_rows(model: ExportedModel, x: np.ndarray,
+                     batch_size: int = 8192) -> tuple[list[Any], list[list[float]]]:
+    """The class labels (one per column), and each row's probability of each class."""
+    if model.task == "regression":
+        raise DataError("--proba: the model is a regression; it predicts values, not classes")
+    rows: list[list[float]] = []
+    for i in range(0, len(x), batch_size):
+        rows.extend(model.predict_proba(x[i:i + batch_size]).tolist())
+    n = len(rows[0]) if rows else len(model.classes or ())
+    labels = list(model.classes) if model.classes is not None else list(range(n))
+    return labels, rows

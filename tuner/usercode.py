@@ -206,7 +206,7 @@ def load_source(source: Source) -> Callable[..., Any]:
         module.__file__ = f"<embedded {source.filename}>"
         sys.modules[name] = module
         try:
-            exec(compile(source.text, module.__file__, "exec"), module.__dict__)  # noqa: S102
+            exec(compile(source.text, module.__file__, "exec"), module.__dict__)
         except BaseException:
             del sys.modules[name]
             raise

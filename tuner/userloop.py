@@ -97,12 +97,16 @@ def regularize_step(model: nn.Module, config: Config | TrialConfig) -> None:
 # -- the report callback ----------------------------------------------------------------
 
 def _number(name: str, value: Any) -> float:
+    """A number (a Python or NumPy number, a one-element tensor) as a float."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(
-            value, "__float__"):
-        raise TypeError(f"report(): {name} must be a number, but got {type(value).__name__}")
-    return float(value)
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"report(): {name} must be a number, but got "
+                        f"{type(value).__name__}") from None
 
 
 class Reporter:

@@ -43,7 +43,8 @@ def export_cmd(study: str, number: int | None, out: str, fold_batchnorm: bool,
     payload = build_payload(db, study, number, fold=fold_batchnorm)
     path = save_model(out, payload)
     info = payload["info"]
-    click.echo(f"Wrote trial {info['trial']} of study {study} ({info['metric']} "
+    metric = str(info["metric"]).rpartition(":")[2]  # a function of yours: its name
+    click.echo(f"Wrote trial {info['trial']} of study {study} ({metric} "
                f"{info['value']:.4g}) to {path}")
 
 
@@ -57,26 +58,40 @@ def export_cmd(study: str, number: int | None, out: str, fold_batchnorm: bool,
 @click.option("--features", metavar="A,B,...",
               help="The feature columns to read, in the model's order (default: those the "
                    "model was trained with, or every column).")
-def predict(model_path: str, data: str, out: str | None, features: str | None) -> None:
+@click.option("--proba", is_flag=True,
+              help="Also write each class's probability, one column per class "
+                   "(proba_<label>), after the prediction.")
+@click.option("--trust-code", is_flag=True,
+              help="Run the source of a network of yours that the file carries, when its "
+                   "builder is not importable here with the same source. Only for files "
+                   "whose origin you trust: it is code.")
+def predict(model_path: str, data: str, out: str | None, features: str | None, proba: bool,
+            trust_code: bool) -> None:
     """Predict labels (or values) for raw features with an exported model.
 
     \b
     Examples:
       tuner predict --model model.pt --data new.csv
-      tuner predict --model model.pt --data new.csv --out predictions.csv
+      tuner predict --model model.pt --data new.csv --out predictions.csv --proba
     """
     from tuner.export import read_payload
     from tuner.exporting import load_model, payload_features
-    from tuner.predict import predict_rows, read_features
+    from tuner.predict import predict_rows, probability_rows, read_features
 
-    model = load_model(model_path)
+    model = load_model(model_path, trust_code=trust_code)
     names, n_features = payload_features(read_payload(model_path))
     chosen = [c.strip() for c in features.split(",") if c.strip()] if features else None
     x = read_features(data, names, n_features, chosen)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["prediction"])
-    writer.writerows([p] for p in predict_rows(model, x))
+    predictions = predict_rows(model, x)
+    if proba:
+        labels, probabilities = probability_rows(model, x)
+        writer.writerow(["prediction", *(f"proba_{label}" for label in labels)])
+        writer.writerows([p, *row] for p, row in zip(predictions, probabilities, strict=True))
+    else:
+        writer.writerow(["prediction"])
+        writer.writerows([p] for p in predictions)
     if out is None:
         click.echo(buffer.getvalue(), nl=False)
         return

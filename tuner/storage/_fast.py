@@ -159,7 +159,8 @@ def _trials_query(with_states: bool, mode: str) -> tuple[Select[Any], tuple[Sele
         conditions.append(after)
     elif mode == "both":
         conditions.append(or_(TrialModel.trial_id.in_(bindparam("ids", expanding=True)), after))
-    trials = select(*_TRIAL_COLUMNS).where(*conditions).order_by(TrialModel.trial_id)
+    trials: Select[Any] = select(*_TRIAL_COLUMNS).where(*conditions).order_by(
+        TrialModel.trial_id)
     return trials, _children(conditions)
 
 
