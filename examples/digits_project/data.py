@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 class Digits(Dataset):
     """Images as 1x8x8 float tensors scaled to [0, 1], labels 0-9."""
 
-    classes = list(range(10))
+    classes = tuple(range(10))
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images = images

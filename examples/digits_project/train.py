@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
-import tuner
 from data import load
 from metrics import macro_f1
 from model import build
+from torch.utils.data import DataLoader
+
+import tuner
 
 
 def fit(config: Any, report: Any) -> float:

@@ -35,11 +35,14 @@ class ReportFiles:
     skipped: tuple[str, ...]  # plots left out, each with the reason
 
 
-def _metric(storage: TunerStorage, study: str) -> str:
+def _metric_and_user(storage: TunerStorage, study: str) -> tuple[str, list[str]]:
+    """The metric's name (a function of yours: its name), and the names of the space's
+    ``user_params``."""
     try:
-        return stored_space(storage, study).task.metric
+        space = stored_space(storage, study)
     except (StudyNotFoundError, TunerError):
-        return "value"  # a study the tuner did not create
+        return "value", []  # a study the tuner did not create
+    return space.task.metric.rpartition(":")[2], [p.name for p in space.user_params]
 
 
 def _optuna_plot(name: str, title: str, draw: Callable[[Any], Any],
@@ -74,7 +77,7 @@ def write_report(storage: TunerStorage, study: str, out: Path) -> ReportFiles:
     pruned = [r["number"] for r in rows if r["state"] == "pruned"][-PRUNED:]
     top = [r["number"] for r in best]
     curves = queries.curves(storage, study, top + pruned) if top or pruned else []
-    metric = _metric(storage, study)
+    metric, user_params = _metric_and_user(storage, study)
     loaded = optuna.load_study(study_name=study, storage=storage.optuna)
     names = queries.param_names(rows)
 
@@ -99,6 +102,12 @@ def write_report(storage: TunerStorage, study: str, out: Path) -> ReportFiles:
             "slice_regularization", "Slice plots of the regularization strengths",
             lambda s: vis.plot_slice(s, params=strengths),
             lambda s: vis_png.plot_slice(s, params=strengths)))
+    yours = [p for p in user_params if p in names]  # searched ones: Optuna recorded them
+    if yours:
+        plots.append(_optuna_plot(
+            "slice_user_params", "Slice plots of your parameters (user_params)",
+            lambda s: vis.plot_slice(s, params=yours),
+            lambda s: vis_png.plot_slice(s, params=yours)))
 
     out.mkdir(parents=True, exist_ok=True)
     sections: list[Section] = []

@@ -53,7 +53,7 @@ import types
 from collections import defaultdict
 from collections.abc import Container, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna import distributions
@@ -159,9 +159,8 @@ def _trials_query(with_states: bool, mode: str) -> tuple[Select[Any], tuple[Sele
         conditions.append(after)
     elif mode == "both":
         conditions.append(or_(TrialModel.trial_id.in_(bindparam("ids", expanding=True)), after))
-    trials: Select[Any] = select(*_TRIAL_COLUMNS).where(*conditions).order_by(
-        TrialModel.trial_id)
-    return trials, _children(conditions)
+    trials = select(*_TRIAL_COLUMNS).where(*conditions).order_by(TrialModel.trial_id)
+    return cast("Select[Any]", trials), _children(conditions)
 
 
 # Fresh trials nobody read (created WAITING by enqueue_trial, say) are forgotten past this.
