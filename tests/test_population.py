@@ -388,7 +388,7 @@ def test_cli_start_with_the_fused_engine(runner: CliRunner, write_space: Any,
     for args, message in (
             (["--population", "3"], "--population applies to --engine fused"),
             (["--engine", "fused", "--model", "cnn", "--dataset", "digits"],
-             "--engine fused trains the built-in mlp, but the space's model is 'cnn'"),
+             "but the space's model is 'cnn'; use --engine sequential"),
             (["--engine", "turbo"], "Invalid value for '--engine'"),
             (["--precision", "fp8"], "Invalid value for '--precision'")):
         result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,

@@ -158,9 +158,9 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
                 " · compiled (trials trained one at a time)")
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {what_trains(parsed)} · "
                       f"{workers} worker(s) on {where}{fused} · {display_url(db.url)}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         for note in start_notes(parsed, torch.device(placed[0])):
-            console.print(f"  {note}", highlight=False)
+            console.print(f"  {note}", highlight=False, soft_wrap=True)
     with RunProgress(console, quiet) as progress:
         if workers == 1:
             summary = run_study(parsed, storage=db, study_name=name, budget=budget,
