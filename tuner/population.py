@@ -95,7 +95,7 @@ def check_fusable(space: Space) -> None:
            f"the space's loss is yours ({task.loss})" if task.loss else
            f"the space's metric is yours ({task.metric})" if task.metric not in METRICS else
            "the data are Datasets, read batch by batch"
-           if not load_task_data(task, space.seed, "cpu").in_memory else None)
+           if not load_task_data(task, 0, "cpu").in_memory else None)  # cached: as checked
     if why is not None:
         raise UsageError(f"--engine fused trains the built-in mlp on arrays with the built-in "
                          f"losses and metrics, but {why}; use --engine sequential")

@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,9 +41,13 @@ def is_reference(source: str) -> bool:
 
 
 def reference_of(function: Callable[..., Any]) -> str:
-    """The ``module:qualname`` a function is recorded under."""
-    return f"{getattr(function, '__module__', None) or '__main__'}:" \
-           f"{getattr(function, '__qualname__', None) or type(function).__name__}"
+    """The ``module:qualname`` a function is recorded under (a nested function's or a
+    lambda's qualified name with its dots and brackets as underscores)."""
+    module = getattr(function, "__module__", None) or "__main__"
+    name = getattr(function, "__qualname__", None) or type(function).__name__
+    if not name.isidentifier():
+        name = re.sub(r"\W+", "_", name).strip("_") or "function"
+    return f"{module}:{name}"
 
 
 def register(function: Callable[..., Any]) -> str:
@@ -74,12 +79,20 @@ def _load_file(path: Path, what: str) -> Any:
     folder = str(path.resolve().parent)
     if folder not in sys.path:
         sys.path.append(folder)  # so that it may import the files beside it
-    sys.modules.setdefault(path.stem, module)
+    # Registered under its name (pickle finds its classes there), in place of an earlier
+    # file of yours with that name, but never of a module of Python's or a package's.
+    previous = sys.modules.get(path.stem)
+    registered = previous is None or previous in _imported.values()
+    if registered:
+        sys.modules[path.stem] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        if sys.modules.get(path.stem) is module:
-            del sys.modules[path.stem]
+        if registered:
+            if previous is None:
+                sys.modules.pop(path.stem, None)
+            else:
+                sys.modules[path.stem] = previous
         raise
     _imported[key] = module
     return module

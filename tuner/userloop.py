@@ -179,8 +179,12 @@ class Reporter:
 
     def _checkpoint(self, epoch: int, state: Any) -> None:
         buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "epoch": epoch, "state": state,
-                    "history": [tuple(vars(m).values()) for m in self.history]}, buffer)
+        try:
+            torch.save({"format": FORMAT, "epoch": epoch, "state": state,
+                        "history": [tuple(vars(m).values()) for m in self.history]}, buffer)
+        except Exception as exc:  # what pickle cannot write
+            raise TypeError(f"report(checkpoint=...): torch.save cannot write the checkpoint "
+                            f"({type(exc).__name__}: {exc})") from None
         blob = buffer.getvalue()
         if not self._checked:  # what cannot be read back safely is refused at once
             try:

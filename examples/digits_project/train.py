@@ -37,6 +37,7 @@ def fit(config: Any, report: Any) -> float:
     best = 0.0
     for epoch in range(first, config.epochs + 1):
         model.train()
+        lr = optimizer.param_groups[0]["lr"]  # this epoch's rate
         total = 0.0
         for x, y in batches:
             x, y = x.to(config.device), y.to(config.device)
@@ -46,16 +47,16 @@ def fit(config: Any, report: Any) -> float:
             (loss + tuner.penalty(model, config)).backward()
             optimizer.step()
             tuner.regularize_step(model, config)
-        scheduler.step()
         model.eval()
         with torch.no_grad():
             outputs = model(x_val)
         f1 = macro_f1(outputs, y_val)
         accuracy = (outputs.argmax(1) == y_val).float().mean().item()
         best = max(best, f1)
+        scheduler.step()
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict()}
-        if report(epoch, f1, train_loss=total / len(train), accuracy=accuracy,
-                  checkpoint=state):
+        if report(epoch, f1, train_loss=total / len(train), lr=lr,
+                  accuracy=accuracy, checkpoint=state):
             break  # pruned, or no better for `patience` epochs
     return best

@@ -203,7 +203,7 @@ def start_notes(space: Any, device: Any) -> list[str]:
     notes = []
     task = space.task
     if not task.objective:
-        data = load_task_data(task, space.seed, "cpu")
+        data = load_task_data(task, 0, "cpu")  # as the space was checked: cached
         if not data.in_memory:
             notes.append("data: " + data.with_workers(space.engine.loader_workers).to(
                 device).describe())
