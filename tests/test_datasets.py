@@ -128,7 +128,7 @@ class Broken(torch.utils.data.Dataset):  # type: ignore[type-arg]
      "class labels must be 0, 1, ..., but the train set has -1"),
 ])
 def test_unusable_datasets_are_refused_in_one_line(parts: Any, message: str) -> None:
-    with pytest.raises(DataError, match="^--data f: ") as error:
+    with pytest.raises(DataError, match=r"^--data f: ") as error:
         dataset_splits("f", parts(), None)
     assert message in str(error.value)
 

@@ -232,3 +232,15 @@ def test_the_report_has_slices_of_the_user_params(runner: CliRunner, write_space
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "slice_user_params.png").stat().st_size > 0
     assert "Slice plots of your parameters" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_config_user_is_read_only_and_says_what_it_has() -> None:
+    from tuner.config import Config, TrialConfig, UserParams
+
+    config = Config(TrialConfig(epochs=1, user=UserParams({"width_mult": 1.5})))
+    assert config.user == {"width_mult": 1.5}
+    with pytest.raises(TypeError):
+        config.user["width_mult"] = 2.0  # type: ignore[index]
+    with pytest.raises(KeyError, match="no user parameter 'depth' in this trial; it has: "
+                                       "width_mult"):
+        config.user["depth"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 import tuner
+from tests.test_workers import states, wait_for
+from tests.test_workers import tuner as run
 from tuner.cli import cli
 from tuner.config import Config, TrialConfig
 from tuner.data import load_splits
@@ -408,8 +411,6 @@ def test_a_plain_value_needs_no_direction_only_a_name(runner: CliRunner, write_s
 def test_workers_running_an_objective_reach_exactly_the_budget(
         backend: str, write_space: Any, tmp_path: Path, loop: tuple[Path, Path],
         request: pytest.FixtureRequest) -> None:
-    from tests.test_workers import states, tuner as run
-
     path, _ = loop
     url = (request.getfixturevalue("pg_url") if backend == "postgres"
            else f"sqlite:///{tmp_path / 'tuner.db'}")
@@ -437,10 +438,6 @@ def test_workers_running_an_objective_reach_exactly_the_budget(
 @pytest.mark.slow
 def test_kill_9_of_an_objective_resumes_the_retry_from_its_last_checkpoint(
         write_space: Any, tmp_path: Path, loop: tuple[Path, Path]) -> None:
-    import signal
-
-    from tests.test_workers import states, tuner as run, wait_for
-
     path, _ = loop
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     space = _space(write_space, epochs=40)
