@@ -36,6 +36,7 @@ from tuner.space._catalogue import MODELS
 from tuner.storage import TunerStorage, trial_info
 from tuner.study import stored_trial
 from tuner.usercode import Source, import_reference, load_source, source_hash, source_of
+from tuner.usermodel import build_user_model
 
 Builder = Callable[..., nn.Module]
 
@@ -95,18 +96,9 @@ def build_network(spec: dict[str, Any], config: dict[str, Any],
     """The untrained network of a payload, as :func:`tuner.train.build_for` builds it
     (a network of yours by ``builder``, default: its reference imported here)."""
     if spec["model"] not in MODELS:
-        if builder is None:
-            builder = import_reference(spec["model"], "--model")
         shape = tuple(spec.get("input_shape") or (spec["n_features"],))
-        try:
-            network = builder(Config(TrialConfig.from_dict(config)), shape, spec["n_outputs"])
-        except Exception as exc:  # code of yours: one line, its own words
-            raise DataError(f"--model {spec['model']}: the builder raised "
-                            f"{type(exc).__name__}: {exc}") from None
-        if not isinstance(network, nn.Module):
-            raise DataError(f"--model {spec['model']}: the builder must return a "
-                            f"torch.nn.Module, but returned {type(network).__name__}")
-        return network
+        return build_user_model(spec["model"], Config(TrialConfig.from_dict(config)), shape,
+                                spec["n_outputs"], builder)
     shape = spec["image_shape"]
     return build_model(spec["model"], n_features=spec["n_features"], n_outputs=spec["n_outputs"],
                        image_shape=tuple(shape) if shape else None, hidden=config["hidden"],

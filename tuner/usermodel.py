@@ -17,19 +17,21 @@ and pruning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import nn
 
 from tuner.config import Config
 from tuner.errors import DataError
 from tuner.usercode import import_reference
 
-BUILDER_ARGS = ("config", "input_shape", "n_outputs")
-
 
 def build_user_model(reference: str, config: Config, input_shape: tuple[int, ...],
-                     n_outputs: int) -> nn.Module:
-    """Call the user's builder and check that it returned a module."""
-    builder = import_reference(reference, "--model")
+                     n_outputs: int, builder: Callable[..., Any] | None = None) -> nn.Module:
+    """Call the user's builder (``builder``, default: ``reference`` imported) and check
+    that it returned a module."""
+    builder = builder or import_reference(reference, "--model")
     try:
         model = builder(config, input_shape, n_outputs)
     except Exception as exc:  # the user's code: one line, its own words
