@@ -219,3 +219,84 @@ def test_options_that_datasets_cannot_take_are_refused(
     assert result.exit_code == 2, result.output
     assert message in result.output and result.output.count("\n") == 1
     assert not db_path.exists()
+
+
+IMAGES = '''
+import os
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+from sklearn.datasets import load_digits
+
+def load(dtype=torch.uint8):
+    with open(os.environ["CALLS"], "a") as out:
+        out.write("called\\n")
+    x, y = load_digits(return_X_y=True)
+    images = torch.tensor(x[:600], dtype=dtype).view(-1, 1, 8, 8)  # raw 0-16 pixels
+    labels = torch.tensor(y[:600])
+    return (TensorDataset(images[:400], labels[:400]), TensorDataset(images[400:500],
+            labels[400:500]), TensorDataset(images[500:], labels[500:]))
+
+def floats():
+    return load(torch.float32)
+
+def cnn(config, input_shape, n_outputs):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(input_shape[0], 4, 3, padding=1)
+            self.head = nn.Linear(4 * 64, n_outputs)
+        def forward(self, x):
+            assert x.shape[1:] == (1, 8, 8), x.shape  # items keep their shape
+            return self.head(torch.relu(self.conv(x.float() / 16)).flatten(1))
+    return Net()
+'''
+
+
+@pytest.mark.parametrize(("data", "model"), [("floats", "{images}:cnn"), ("load", "mlp"),
+                                             ("load", "cnn")])
+def test_image_datasets_of_raw_pixels_train_with_augmentation(
+        runner: CliRunner, write_space: Any, storage_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, data: str, model: str) -> None:
+    """Augmented batches keep the items' shape for a network of yours; the built-in ones
+    read integer pixels as floats. The data function runs once, whatever the seed."""
+    images = tmp_path / "images.py"
+    images.write_text(IMAGES)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("CALLS", str(calls))
+    space = write_space({"seed": 5, "task": {"epochs": 2}, "sampler": {"name": "random"},
+                         "pruner": {"name": "none"},
+                         "params": {"hidden": 8, "augment": True, "input_noise": 0.1}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--trials", "2", "--quiet", "--data", f"{images}:{data}",
+                                 "--model", model.format(images=images)])
+    assert result.exit_code == 0, result.output
+    assert "2/2 finished (0 pruned, 0 failed)" in result.output
+    assert calls.read_text().count("called") == 1
+
+
+def test_augmenting_integer_items_for_a_network_of_yours_says_what_to_do(
+        runner: CliRunner, write_space: Any, storage_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    images = tmp_path / "images.py"
+    images.write_text(IMAGES)
+    monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
+    space = write_space({"task": {"epochs": 1}, "pruner": {"name": "none"},
+                         "params": {"augment": True}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--trials", "1", "--quiet", "--data", f"{images}:load",
+                                 "--model", f"{images}:cnn"])
+    assert result.exit_code == 1
+    assert "augment and input_noise warp and add to floating-point inputs, but the Dataset's " \
+           "items are torch.uint8: convert them in its __getitem__" in result.output
+
+
+def test_the_grid_sampler_names_a_user_param_under_user_params(write_space: Any) -> None:
+    from tuner.errors import SpaceError
+    from tuner.space import load_space
+
+    space = write_space({"task": {"dataset": "iris"}, "sampler": {"name": "grid"},
+                         "params": {"hidden": 8}, "user_params": {"w": {"low": 0.1,
+                                                                         "high": 0.5}}})
+    with pytest.raises(SpaceError, match=r"user_params\.w: the grid sampler needs finite"):
+        load_space(space)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -414,7 +415,7 @@ def test_workers_running_an_objective_reach_exactly_the_budget(
     path, _ = loop
     url = (request.getfixturevalue("pg_url") if backend == "postgres"
            else f"sqlite:///{tmp_path / 'tuner.db'}")
-    study = f"own-{tmp_path.name[-12:]}"
+    study = f"own-{uuid.uuid4().hex[:8]}"  # PostgreSQL's database outlives the test
     proc = run("start", "--space", str(_space(write_space)), "--study", study, "--storage",
                url, "--trials", "9", "--workers", "2", "--quiet", "--objective", f"{path}:fit")
     out, _ = proc.communicate(timeout=300)
@@ -480,3 +481,24 @@ def test_kill_9_of_an_objective_resumes_the_retry_from_its_last_checkpoint(
     assert [e for e, v in rows if v == resumed] == list(range(resumed + 1, 41))
     assert left == 0  # the finished trial's checkpoint is gone
     assert math.isclose(retry.value, 0.4)
+
+
+def test_a_checkpoints_random_streams_come_back_through_the_safe_loader() -> None:
+    """A retried loop draws what the uninterrupted one would have: torch's, NumPy's and
+    Python's generators are in the checkpoint, read back with weights_only."""
+    import io
+    import random
+
+    import numpy as np
+
+    from tuner.userloop import rng_states, set_rng_states
+
+    seed_everything(11)
+    torch.rand(3), np.random.rand(2), random.random()
+    buffer = io.BytesIO()
+    torch.save(rng_states(torch.device("cpu")), buffer)
+    expected = (torch.rand(4).tolist(), np.random.rand(4).tolist(), random.random())
+    seed_everything(11)  # what a retry does first
+    set_rng_states(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True),
+                   torch.device("cpu"))
+    assert (torch.rand(4).tolist(), np.random.rand(4).tolist(), random.random()) == expected

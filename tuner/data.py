@@ -7,6 +7,7 @@ process and caches them, so every trial of a worker reuses the same device copy.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -270,12 +271,15 @@ def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2
 @functools.lru_cache(maxsize=4)
 def load_user_splits(source: str, seed: int, device: str = "cpu", target: str | None = None,
                      kind: str | None = None, features: tuple[str, ...] | None = None,
-                     aux_target: str | None = None) -> Splits | DatasetSplits:
+                     aux_target: str | None = None,
+                     where: str | None = None) -> Splits | DatasetSplits:
     """User data (see :mod:`tuner.userdata`), split with ``seed`` unless it comes split;
-    Datasets (see :mod:`tuner.datasets`) as they are."""
-    from tuner.userdata import DataSpec, UserArrays, read_user_data
+    Datasets (see :mod:`tuner.datasets`) as they are. ``where`` is the directory a
+    relative ``source`` is read from (default: the current one): cached reads of one
+    directory are not another's."""
+    from tuner.userdata import UserArrays
 
-    arrays = read_user_data(DataSpec(source, target, kind, features, aux_target))
+    arrays = _read_user(source, target, kind, features, aux_target, where or os.getcwd())
     if not isinstance(arrays, UserArrays):
         return arrays.to(torch.device(device))
     if arrays.split is not None:
@@ -286,11 +290,38 @@ def load_user_splits(source: str, seed: int, device: str = "cpu", target: str | 
     return splits.to(torch.device(device))
 
 
+# The user's data as read, by (source, target, features, aux target, directory): the
+# kind given (None: inferred) and what was read. At most this many are kept.
+_READS: dict[tuple[Any, ...], tuple[str | None, Any]] = {}
+_KEEP_READS = 2
+
+
+def _read_user(source: str, target: str | None, kind: str | None,
+               features: tuple[str, ...] | None, aux_target: str | None, where: str) -> Any:
+    """The user's data as read, once per process whatever the seeds it is split with: a
+    data function of yours runs once, Datasets' labels are scanned once. A read whose
+    kind was inferred serves a request for that kind (the space records the inferred
+    kind, a check before it asks with none)."""
+    from tuner.userdata import DataSpec, read_user_data
+
+    key = (source, target, features, aux_target, where)
+    if key in _READS:
+        given, read = _READS[key]
+        if given == kind or (given is None and read.task == kind):
+            return read
+    read = read_user_data(DataSpec(source, target, kind, features, aux_target))
+    _READS.pop(key, None)
+    while len(_READS) >= _KEEP_READS:
+        _READS.pop(next(iter(_READS)))
+    _READS[key] = (kind, read)
+    return read
+
+
 def load_task_data(task: Any, seed: int, device: str = "cpu") -> Splits | DatasetSplits:
     """The data a search space's task names: a built-in dataset or the user's own."""
     if getattr(task, "data", None):
         return load_user_splits(task.data, seed, device, task.target, task.kind,
-                                task.features, task.aux_target)
+                                task.features, task.aux_target, os.getcwd())
     return load_splits(task.dataset, seed, device, task.n_samples, task.n_features)
 
 

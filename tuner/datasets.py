@@ -9,7 +9,10 @@ the device batch by batch.
 
 Loader processes (``num_workers``): none when trials train on the CPU (they would take
 cores from training); on a GPU, ``min(4, cores per GPU - 1)``, with pinned memory.
-``engine: {loader_workers: N}`` in the space sets the number.
+``engine: {loader_workers: N}`` in the space sets the number. They start with each epoch,
+seeded from the trial's seed and the epoch (random transforms in ``__getitem__`` draw the
+same in a rerun). Items' inputs keep their dtype for a network of yours (token ids stay
+integers); the built-in models read them flattened, as floats.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def loader_workers(device: torch.device, requested: int | None = None) -> int:
 
 class _EpochOrder:
     """A DataLoader's batch sampler whose batches are set before each epoch, so that one
-    loader (and its processes) serves every epoch and trial of a worker."""
+    loader serves every epoch and trial of a worker."""
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
@@ -111,9 +114,12 @@ class DatasetSplits:
         key = (split, batch_size)
         if key not in self._loaders:
             workers = loader_workers(self.device, self.workers)
+            # Not persistent: each epoch's processes take their seeds from the generator,
+            # seeded for that epoch of that trial, so random transforms in your
+            # __getitem__ draw the same in a rerun whatever ran before in the process.
             common: dict[str, Any] = dict(
                 num_workers=workers, pin_memory=self.device.type == "cuda",
-                persistent_workers=workers > 0, generator=torch.Generator())
+                generator=torch.Generator())
             if split == "train":
                 order = _EpochOrder()
                 loader = DataLoader(self.train, batch_sampler=order, **common)

@@ -18,8 +18,10 @@ with ``weights_only``.
 
 from __future__ import annotations
 
-import importlib.util
+import ast
+import importlib.machinery
 import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,7 @@ def _builder(payload: dict[str, Any], path: str, trust_code: bool) -> Builder | 
                         "--trust-code (trust_code=True) to import that builder from here")
     source = Source(str(embedded["module"]), str(embedded["filename"]), str(embedded["text"]),
                     str(embedded["function"]))
-    if _importable_with_source(reference, source.sha256):
+    if _importable_with_source(reference, source):
         return import_reference(reference, "--model")
     if trust_code:
         return load_source(source)
@@ -159,22 +161,54 @@ def _builder(payload: dict[str, Any], path: str, trust_code: bool) -> Builder | 
                     f"where {reference} is importable with the same source")
 
 
-def _importable_with_source(reference: str, sha256: str) -> bool:
-    """Whether ``reference``'s file can be found here (without running it) and has
-    exactly the source whose hash is ``sha256``."""
-    module, _, _ = reference.rpartition(":")
+def _importable_with_source(reference: str, source: Source) -> bool:
+    """Whether ``reference`` names, here, a file that is exactly the embedded ``source``
+    (same name, same function, same SHA-256), found without importing anything: only
+    then may it be imported without the user's trust. The file's text is checked to
+    define the function at top level, so that a file of known contents that defines no
+    such builder (a module of Python's, say) is never imported for it."""
+    module, _, function = reference.rpartition(":")
+    if function != source.function:
+        return False
     if module.endswith(".py"):
         file: str | None = module
+    elif module != source.module or module.split(".")[0] in sys.stdlib_module_names:
+        return False
     else:
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            return False
-        file = spec.origin if spec is not None else None
+        file = _module_file(module)
+    if file is None or Path(file).name != source.filename or Path(file).stem == "__main__":
+        return False
     try:
-        return file is not None and source_hash(Path(file).read_text()) == sha256
+        text = Path(file).read_text()
     except (OSError, UnicodeDecodeError):
         return False
+    return source_hash(text) == source.sha256 and _defines(text, function)
+
+
+def _module_file(name: str) -> str | None:
+    """The file of module ``name`` (``pkg.mod``), looked up on ``sys.path`` without
+    importing it or its packages (whose ``__init__`` would run)."""
+    path: list[str] | None = None
+    spec = None
+    for part in name.split("."):
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(part, path)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        path = list(spec.submodule_search_locations or [])
+    return spec.origin if spec is not None else None
+
+
+def _defines(text: str, function: str) -> bool:
+    """Whether source ``text`` defines ``function`` at its top level."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return False
+    return any(isinstance(node, ast.FunctionDef) and node.name == function
+               for node in tree.body)
 
 
 def payload_features(payload: dict[str, Any]) -> tuple[list[str], int]:

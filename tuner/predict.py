@@ -75,14 +75,18 @@ def predict_rows(model: ExportedModel, x: np.ndarray, batch_size: int = 8192) ->
     return out
 
 
-def probability_rows(model: ExportedModel, x: np.ndarray,
-                     batch_size: int = 8192) -> tuple[list[Any], list[list[float]]]:
-    """The class labels (one per column), and each row's probability of each class."""
+def probability_rows(model: ExportedModel, x: np.ndarray, batch_size: int = 8192
+                     ) -> tuple[list[Any], list[Any], list[list[float]]]:
+    """The class labels (one per column), each row's predicted label (the most probable,
+    as :func:`predict_rows` gives it) and its probability of each class."""
     if model.task == "regression":
         raise DataError("--proba: the model is a regression; it predicts values, not classes")
     rows: list[list[float]] = []
+    index: list[int] = []
     for i in range(0, len(x), batch_size):
-        rows.extend(model.predict_proba(x[i:i + batch_size]).tolist())
+        probabilities = model.predict_proba(x[i:i + batch_size])
+        rows.extend(probabilities.tolist())
+        index.extend(probabilities.argmax(dim=-1).tolist())
     n = len(rows[0]) if rows else len(model.classes or ())
     labels = list(model.classes) if model.classes is not None else list(range(n))
-    return labels, rows
+    return labels, [labels[i] for i in index], rows

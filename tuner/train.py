@@ -34,7 +34,7 @@ from tuner.data import Splits
 from tuner.datasets import DatasetSplits
 from tuner.device import flush_denormals
 from tuner.dropout import Dropout, epoch_masks
-from tuner.errors import UsageError
+from tuner.errors import TrialFailed, UsageError
 from tuner.metrics import METRICS, Loss, Metric, data_loss, is_better, loss_fn, metric_value
 from tuner.models import GaussianDropout, build_model
 from tuner.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
@@ -230,7 +230,7 @@ def evaluate_split(model: nn.Module, data: Data, split: str, metric: Metric,
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if model_name in MODELS and not data.in_memory:
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return model(x.flatten(1))
+            return model(x.flatten(1).float())
     try:
         output, target = data.outputs(forward, split)  # type: ignore[arg-type]
     finally:
@@ -297,8 +297,11 @@ def train(model: nn.Module, data: Data, config: TrialConfig, *, metric: Metric,
     device = data.device
     n = data.n_train
     sizes = _batch_sizes(n, config.batch_size)
-    # Datasets' items keep their shape; a built-in model reads them flat.
+    # Datasets' items keep their shape and dtype; a built-in model reads them flat, as
+    # floats. The augmentation warps flat images: a shaped batch gets its shape back.
     flat = not data.in_memory and config.model in MODELS
+    shaped = not data.in_memory and not flat
+    need_floats = shaped and (config.augment or bool(config.input_noise))
     # Decided once, not per batch.
     augment = data.image_shape if config.augment else None
     noise, l1, l2, max_norm = config.input_noise, config.l1, config.l2, config.max_norm
@@ -341,9 +344,14 @@ def train(model: nn.Module, data: Data, config: TrialConfig, *, metric: Metric,
         with epoch_masks(model, n):
             for xb, yb, ab in batches:
                 if flat:
-                    xb = xb.flatten(1)
+                    xb = xb.flatten(1).float()
+                elif need_floats and not xb.is_floating_point():
+                    raise TrialFailed(f"augment and input_noise warp and add to floating-point "
+                                      f"inputs, but the Dataset's items are {xb.dtype}: "
+                                      "convert them in its __getitem__")
                 if augment is not None:
-                    xb = augment_images(xb, augment)
+                    xb = augment_images(xb, augment).view_as(xb) if shaped else augment_images(
+                        xb, augment)
                 if noise:
                     xb = add_input_noise(xb, noise)
                 with mixed():

@@ -27,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -43,6 +45,7 @@ from tuner.objective import REPORT_EVERY, TrialWriter, root_number, worker_id
 from tuner.optim import build_scheduler
 from tuner.regularizers import apply_max_norm, penalized_weights
 from tuner.regularizers import penalty as weight_penalty
+from tuner.runner import DATABASE_ERRORS
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space
 from tuner.storage import TrialRecorder
@@ -54,6 +57,9 @@ __all__ = ["Reporter", "UserObjective", "optimizer_for", "penalty", "regularize_
            "scheduler_for"]
 
 FORMAT = "tuner-user-checkpoint/1"
+# What report() may raise that is not the function's failure: the database went away, or
+# another worker took the trial for dead. The runner handles these as for its own loop.
+PASSED_ON = (*DATABASE_ERRORS, optuna.exceptions.UpdateFinishedTrialError)
 # report()'s keywords that are columns of tuner_epochs; other names are further metrics.
 COLUMNS = ("train_loss", "val_loss", "lr", "seconds")
 RESERVED = ("trial", "epoch", "val_metric", "checkpoint")
@@ -124,8 +130,10 @@ class Reporter:
 
     def __init__(self, writer: TrialWriter, metric: Metric, *, patience: int | None,
                  min_delta: float, history: list[EpochMetrics],
-                 save: Callable[[int, bytes], None], checkpoint_every: float) -> None:
+                 save: Callable[[int, bytes], None], checkpoint_every: float,
+                 device: torch.device | None = None) -> None:
         self.writer = writer
+        self.device = device or torch.device("cpu")
         self.metric = metric
         self.patience = patience
         self.min_delta = min_delta
@@ -181,7 +189,8 @@ class Reporter:
         buffer = io.BytesIO()
         try:
             torch.save({"format": FORMAT, "epoch": epoch, "state": state,
-                        "history": [tuple(vars(m).values()) for m in self.history]}, buffer)
+                        "history": [tuple(vars(m).values()) for m in self.history],
+                        "rng": rng_states(self.device)}, buffer)
         except Exception as exc:  # what pickle cannot write
             raise TypeError(f"report(checkpoint=...): torch.save cannot write the checkpoint "
                             f"({type(exc).__name__}: {exc})") from None
@@ -217,6 +226,32 @@ class Reporter:
         return number
 
 
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Every generator a loop of yours may draw from (torch's, CUDA's, NumPy's, Python's),
+    as what ``torch.load(weights_only=True)`` reads back."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, words, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                  int(has_gauss), float(cached)),
+        "random": (int(version), list(words), gauss)}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """Put back what :func:`rng_states` took: a resumed loop draws what it would have."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, words, gauss = states["random"]
+    random.setstate((version, tuple(words), gauss))
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
 # -- the objective ------------------------------------------------------------------------
 
 class UserObjective:
@@ -248,7 +283,8 @@ class UserObjective:
 
     def _data(self) -> Any:
         task = self.space.task
-        return load_task_data(task, self.space.seed, str(self.device))
+        return load_task_data(task, self.space.seed, str(self.device)).with_workers(
+            self.space.engine.loader_workers)
 
     def _run(self, trial: optuna.Trial) -> float:
         study_id, root = trial.study._study_id, root_number(trial)
@@ -278,8 +314,10 @@ class UserObjective:
         history = [] if resumed is None else [EpochMetrics(*row) for row in resumed["history"]]
         report = Reporter(writer, self.metric, patience=early.patience,
                           min_delta=early.min_delta, history=history, save=save,
-                          checkpoint_every=self.checkpoint_every)
+                          checkpoint_every=self.checkpoint_every, device=self.device)
         seed_everything(seed)
+        if resumed is not None and "rng" in resumed:  # the random streams go on too
+            set_rng_states(resumed["rng"], self.device)
         try:
             try:
                 returned = self.function(config, report)
@@ -289,6 +327,8 @@ class UserObjective:
         except BaseException as exc:
             with contextlib.suppress(Exception):  # keep the epochs that were reported
                 writer.flush()
+            if isinstance(exc, PASSED_ON):  # the runner's to handle (a database away, ...)
+                raise
             if isinstance(exc, Exception) and not isinstance(exc, TrialFailed):
                 exc = TrialFailed(f"objective {self.reference}: raised {type(exc).__name__}: "
                                   f"{exc}".strip())

@@ -25,16 +25,15 @@ def fit(config: Any, report: Any) -> float:
     model = build(config, (1, 8, 8), 10).to(config.device)
     optimizer = tuner.optimizer_for(model, config)
     scheduler = tuner.scheduler_for(optimizer, config)
-    first = 1
+    first, best = 1, 0.0
     if config.resume is not None:  # a retry after a crash: go on from the last checkpoint
         model.load_state_dict(config.resume["model"])
         optimizer.load_state_dict(config.resume["optimizer"])
         scheduler.load_state_dict(config.resume["scheduler"])
-        first = config.resume_epoch + 1
+        first, best = config.resume_epoch + 1, config.resume["best"]
     batches = DataLoader(train, batch_size=config.batch_size, shuffle=True)
     x_val = torch.stack([image for image, _ in val]).to(config.device)
     y_val = torch.tensor([label for _, label in val], device=config.device)
-    best = 0.0
     for epoch in range(first, config.epochs + 1):
         model.train()
         lr = optimizer.param_groups[0]["lr"]  # this epoch's rate
@@ -55,7 +54,7 @@ def fit(config: Any, report: Any) -> float:
         best = max(best, f1)
         scheduler.step()
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict()}
+                 "scheduler": scheduler.state_dict(), "best": best}
         if report(epoch, f1, train_loss=total / len(train), lr=lr,
                   accuracy=accuracy, checkpoint=state):
             break  # pruned, or no better for `patience` epochs

@@ -84,12 +84,12 @@ def predict(model_path: str, data: str, out: str | None, features: str | None, p
     x = read_features(data, names, n_features, chosen)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    predictions = predict_rows(model, x)
     if proba:
-        labels, probabilities = probability_rows(model, x)
+        labels, predictions, probabilities = probability_rows(model, x)
         writer.writerow(["prediction", *(f"proba_{label}" for label in labels)])
         writer.writerows([p, *row] for p, row in zip(predictions, probabilities, strict=True))
     else:
+        predictions = predict_rows(model, x)
         writer.writerow(["prediction"])
         writer.writerows([p] for p in predictions)
     if out is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import os
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -322,7 +323,7 @@ def _parse_user_data(ctx: _Context, task: Mapping[str, Any]) -> dict[str, Any]:
     try:
         from tuner.data import load_user_splits
 
-        splits = load_user_splits(data, 0, "cpu", target, kind, features, aux)
+        splits = load_user_splits(data, 0, "cpu", target, kind, features, aux, os.getcwd())
     except DataError as exc:
         ctx.fail("task.data", str(exc))
     return {"data": data, "target": target, "kind": splits.task, "features": features,
@@ -690,8 +691,10 @@ def _parse_early_stopping(ctx: _Context, raw: Any) -> EarlyStopping:
 def _check_grid(ctx: _Context, space: Space) -> None:
     from tuner.space._params import describe, grid_values
 
+    yours = {p.name for p in walk(space.user_params)}
     for param in space.all_params():
         if not isinstance(param, Fixed) and grid_values(param) is None:
-            ctx.fail(f"params.{param.name}", "the grid sampler needs finite values: give "
+            section = "user_params" if param.name in yours else "params"
+            ctx.fail(f"{section}.{param.name}", "the grid sampler needs finite values: give "
                      "`choices`, an int range without log, or a float range with `step`, "
                      f"but got {describe(param)}")
