@@ -105,6 +105,19 @@ class Stream(IterableDataset):  # type: ignore[type-arg]
         yield torch.zeros(2), 0
 
 
+class Labelled(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, items: list[Any], **attrs: Any) -> None:
+        self.items = items
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
 class Broken(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return 3
@@ -126,6 +139,22 @@ class Broken(torch.utils.data.Dataset):  # type: ignore[type-arg]
     (lambda: [TensorDataset(torch.zeros(3, 2), torch.tensor([0, -1, 1])),
               TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 1]))],
      "class labels must be 0, 1, ..., but the train set has -1"),
+    (lambda: [Labelled([(torch.zeros(2), "cat")]), Labelled([(torch.zeros(2), "dog")])],
+     "classification needs integer class labels (0, 1, ...), but the first train item's "
+     "target is 'cat' (str)"),
+    (lambda: [Labelled([(torch.zeros(2), 1.0)], classes=["a", "b"]),
+              Labelled([(torch.zeros(2), 0.0)])],
+     "the first train item's target is 1.0 (float)"),
+    (lambda: [TensorDataset(torch.zeros(3, 1, 8, 8), torch.tensor([0, 1, 1])),
+              TensorDataset(torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 1]))],
+     "the first val item's input has shape [1, 4, 4], but the training set's has [1, 8, 8]"),
+    (lambda: [Labelled([(torch.zeros(2), 0), (torch.zeros(2), 1)], classes=["a", "b"]),
+              Labelled([(torch.zeros(2), 0)], targets=[12])],
+     "the val set has label 12, but the training set's classes are 2 (labels 0 to 1)"),
+    (lambda: [TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 1])),
+              TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 1])),
+              Labelled([("text", 0)])],
+     "the first test item's input must be a tensor or an array of numbers, but is str"),
 ])
 def test_unusable_datasets_are_refused_in_one_line(parts: Any, message: str) -> None:
     with pytest.raises(DataError, match=r"^--data f: ") as error:
@@ -181,7 +210,7 @@ def test_a_study_on_datasets_says_how_it_reads_them_and_records_a_test_metric(
                                  "--trials", "2", "--data", f"{data_file}:load"])
     assert result.exit_code == 0, result.output
     assert "data: Datasets through a DataLoader (0 loader process(es); 90 training items of " \
-           "shape [4])" in result.output
+           "shape [4], 3 classes)" in result.output
     assert "test accuracy" in result.output
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     assert study.best_value > 0.6
@@ -300,3 +329,23 @@ def test_the_grid_sampler_names_a_user_param_under_user_params(write_space: Any)
                                                                          "high": 0.5}}})
     with pytest.raises(SpaceError, match=r"user_params\.w: the grid sampler needs finite"):
         load_space(space)
+
+
+def test_a_label_out_of_range_mid_trial_fails_the_trials_in_one_line(
+        runner: CliRunner, write_space: Any, storage_url: str, tmp_path: Path) -> None:
+    """Labels the start-up check could not read cheaply (a declared `classes`, no
+    `targets`): the trial that meets one fails with what torch said, not the command."""
+    path = tmp_path / "late.py"
+    path.write_text("import torch\nfrom torch.utils.data import Dataset\n"
+                    "class Set(Dataset):\n    classes = [0, 1]\n"
+                    "    def __init__(self, labels): self.labels = labels\n"
+                    "    def __len__(self): return len(self.labels)\n"
+                    "    def __getitem__(self, i): return torch.ones(2) * i, self.labels[i]\n"
+                    "def load():\n    return Set([0, 1] * 20), Set([0] + [12] * 9)\n")
+    space = write_space({"task": {"epochs": 1}, "pruner": {"name": "none"},
+                         "params": {"hidden": 4}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--trials", "1", "--quiet", "--data", f"{path}:load"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: 5 trials in a row failed; the last error: IndexError: "
+                             "Target 12 is out of bounds.\n")

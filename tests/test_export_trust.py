@@ -118,3 +118,37 @@ def test_predict_refuses_in_one_line_and_runs_with_trust(runner: CliRunner, expo
                                   str(tmp_path / "x.npz"), "--trust-code"])
     assert trusted.exit_code == 0, trusted.output
     assert trusted.output.splitlines()[0] == "prediction" and len(trusted.output.splitlines()) == 3
+
+
+@pytest.mark.parametrize(("tamper", "message"), [
+    (lambda p: p["state_dict"].update({"weight": torch.zeros(3, 9)}),
+     "its weights do not fit its network (the file was altered, or its builder changed): "
+     "size mismatch for weight"),
+    (lambda p: p["preprocessing"].update({"classes": [0, 1]}),
+     "it names 2 classes for a network of 3 outputs"),
+    (lambda p: p["source"].update({"text": NET + "import os\n"}),
+     "the builder's source it carries does not match the SHA-256 recorded with it"),
+    (lambda p: p.pop("spec"), "it lacks its network's spec, config, weights or preprocessing"),
+    (lambda p: p["spec"].update({"n_outputs": "3"}), "its network's spec is malformed"),
+])
+def test_an_altered_export_is_refused_in_one_line_even_with_trust(
+        runner: CliRunner, exported: Path, tmp_path: Path, tamper: Any, message: str) -> None:
+    import numpy as np
+
+    payload = torch.load(exported, weights_only=True)
+    tamper(payload)
+    altered = tmp_path / "altered.pt"
+    torch.save(payload, altered)
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 4)))
+    for trust in ([], ["--trust-code"]):
+        result = runner.invoke(cli, ["predict", "--model", str(altered), "--data",
+                                     str(tmp_path / "x.npz"), *trust])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1
+
+
+def test_the_refusal_says_when_the_builder_here_has_other_source(exported: Path,
+                                                                 tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(NET + "# edited since\n")
+    with pytest.raises(DataError, match=r"\(net\.py here has other source\)"):
+        tuner.load_model(exported)

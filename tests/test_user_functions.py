@@ -52,6 +52,12 @@ def vector(outputs, targets):
 
 def one_argument(outputs):
     return 0.0
+
+def constant(outputs, targets):
+    return torch.tensor(1.0)
+
+def text(outputs, targets):
+    return "0.5"
 '''
 
 
@@ -117,6 +123,7 @@ def test_a_regression_metric_sees_targets_in_their_own_units(functions: Path) ->
     ("raises", "task.metric {fns}:raises: raised ValueError: no metric today"),
     ("nan", "task.metric {fns}:nan: returned nan (it must be a finite number)"),
     ("not_a_number", "task.metric {fns}:not_a_number: must return a number, but returned str"),
+    ("text", "task.metric {fns}:text: must return a number, but returned str"),
 ])
 def test_a_bad_metric_fails_its_trials_with_its_message_not_the_study(
         runner: CliRunner, write_space: Any, storage_url: str, functions: Path,
@@ -136,6 +143,14 @@ def test_a_bad_metric_fails_its_trials_with_its_message_not_the_study(
     trials = optuna.load_study(study_name="tiny", storage=storage_url).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 5
     assert {t.user_attrs["error"] for t in trials} == {expected}
+
+
+def test_a_loss_without_a_gradient_fails_the_trial_saying_so(functions: Path) -> None:
+    data = load_splits("iris", seed=0)
+    task = load_space("quick", {"dataset": "iris", "loss": f"{functions}:constant"}).task
+    with pytest.raises(TrialFailed, match=r"task.loss .*:constant: returned a tensor with no "
+                                          r"gradient; compute it from the outputs"):
+        _curve(data, CONFIG, METRICS["accuracy"], task_loss(task))
 
 
 def test_a_loss_that_returns_no_scalar_fails_the_trial(functions: Path) -> None:

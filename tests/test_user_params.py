@@ -244,3 +244,17 @@ def test_config_user_is_read_only_and_says_what_it_has() -> None:
     with pytest.raises(KeyError, match="no user parameter 'depth' in this trial; it has: "
                                        "width_mult"):
         config.user["depth"]
+
+
+def test_resuming_with_changed_user_params_is_refused_naming_the_change(
+        runner: CliRunner, write_space: Any, storage_url: str, db_path: Path,
+        db_snapshot: Any) -> None:
+    args = ["--storage", storage_url, "--study", "r", "--trials", "1", "--quiet"]
+    first = _space(write_space, {"width_mult": {"low": 0.5, "high": 2.0}})
+    assert runner.invoke(cli, ["start", "--space", str(first), *args]).exit_code == 0
+    before = db_snapshot(db_path)
+    changed = _space(write_space, {"width_mult": {"low": 0.5, "high": 3.0}}, )
+    result = runner.invoke(cli, ["start", "--space", str(changed), *args])
+    assert result.exit_code == 2
+    assert "user_params.width_mult was 'float [0.5, 2]', now 'float [0.5, 3]'" in result.output
+    assert db_snapshot(db_path) == before

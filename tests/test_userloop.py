@@ -160,6 +160,9 @@ def unsaveable(config, report):
     report(1, 0.5, checkpoint=lambda: 0)
     return 0.5
 
+def clash(config, report):
+    report(1, 0.5, value=0.3)
+
 def prunes(config, report):
     report(1, 0.5)
     raise __import__("optuna").TrialPruned()
@@ -285,6 +288,7 @@ def test_report_says_stop_when_early_stopping_runs_out_of_patience(
     ("pickled", {}, "report(checkpoint=...): the checkpoint cannot be read back with "
                     "torch.load(weights_only=True)"),
     ("unsaveable", {}, "report(checkpoint=...): torch.save cannot write the checkpoint"),
+    ("clash", {}, "raised ValueError: report(): 'value' cannot name a metric (reserved: "),
 ])
 def test_a_function_that_fails_fails_its_trials_and_start_says_why_in_one_line(
         runner: CliRunner, write_space: Any, storage_url: str, loop: tuple[Path, Path],
@@ -306,8 +310,8 @@ def test_a_function_that_fails_fails_its_trials_and_start_says_why_in_one_line(
     assert all(t.user_attrs["error"].startswith(f"objective {path}:{function}: ")
                for t in trials)
     assert expected in trials[-1].user_attrs["error"]
-    assert all(t.intermediate_values[1 if function != "backwards" else 2] == 0.5
-               for t in trials)  # what was reported before the failure is kept
+    reported = {"backwards": {2: 0.5}, "clash": {}}.get(function, {1: 0.5})
+    assert all(t.intermediate_values == reported for t in trials)  # kept, up to the failure
 
 
 def test_a_trial_that_fails_among_good_ones_is_named_in_the_summary(
@@ -338,12 +342,12 @@ def test_a_function_may_raise_trial_pruned(runner: CliRunner, write_space: Any,
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--objective", "{loop}:one_argument"],
-     "task.objective: '{loop}:one_argument': must take (config, report), but its signature "
-     "is (config)"),
-    (["--objective", "{tmp}/nowhere.py:fit"], "task.objective: '{tmp}/nowhere.py:fit': no "
+     "Error: --objective: '{loop}:one_argument': must take (config, report), but its "
+     "signature is (config)"),
+    (["--objective", "{tmp}/nowhere.py:fit"], "Error: --objective: '{tmp}/nowhere.py:fit': no "
                                               "such file"),
     (["--objective", "{loop}:missing"], "has no function 'missing'"),
-    (["--objective", "fit"], "task.objective: expected package.module:function or "
+    (["--objective", "fit"], "Error: --objective: expected package.module:function or "
                              "file.py:function, but got 'fit'"),
     (["--objective", "{loop}:fit", "--metric", "f1"],
      "task.direction: an objective of yours ({loop}:fit) needs a direction"),
@@ -352,7 +356,7 @@ def test_a_function_may_raise_trial_pruned(runner: CliRunner, write_space: Any,
     (["--objective", "{loop}:fit", "--precision", "bf16"],
      "--precision and --compile apply to the tuner's own training loop"),
     (["--objective", "{loop}:fit", "--loss", "{loop}:fit"],
-     "task.loss: applies to the tuner's own training loop"),
+     "Error: --loss: applies to the tuner's own training loop"),
 ])
 def test_bad_objectives_are_one_line_exit_2_and_nothing_written(
         runner: CliRunner, write_space: Any, storage_url: str, db_path: Path,
@@ -502,3 +506,9 @@ def test_a_checkpoints_random_streams_come_back_through_the_safe_loader() -> Non
     set_rng_states(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True),
                    torch.device("cpu"))
     assert (torch.rand(4).tolist(), np.random.rand(4).tolist(), random.random()) == expected
+
+
+def test_the_python_api_names_an_unknown_argument() -> None:
+    with pytest.raises(tuner.UsageError, match=r"tuner.optimize\(\): unknown argument 'study';"
+                                               r" it takes space, .* study_name"):
+        tuner.optimize("quick", study="x")

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from tuner.device import resolve_device
+from tuner.errors import UsageError
 from tuner.runner import run_study
 from tuner.space import Space, load_space, parse_engine, parse_space
 from tuner.storage import DEFAULT_STORAGE, TunerStorage
@@ -50,6 +51,13 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     >>> study = tuner.optimize("my_space.yaml", objective=fit, direction="maximize")
     ... # doctest: +SKIP
     """
+    from tuner.space._load import TASK_KEYS
+
+    unknown = [k for k in task_overrides if k not in TASK_KEYS]
+    if unknown:
+        raise UsageError(f"tuner.optimize(): unknown argument {unknown[0]!r}; it takes space, "
+                         "data, model, storage, n_trials, study_name, device, seed, engine, "
+                         f"objective and the task's keys ({', '.join(TASK_KEYS)})")
     if callable(objective):
         # Found by its module:qualname in this process, whether or not it is importable.
         objective = register(objective)
@@ -66,7 +74,7 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
                 raw["task"] = {**raw.get("task", {}), key: value}
         parsed = parse_space(raw, name=space.name, source=space.source) if overrides else space
     else:
-        parsed = load_space(space, overrides)
+        parsed = load_space(space, overrides, {k: f"tuner.optimize({k}=...)" for k in overrides})
     name = study_name or parsed.name
     with warnings.catch_warnings():
         # Notices that heartbeats and grouped TPE are "experimental" (stable for years).

@@ -101,8 +101,10 @@ class DatasetSplits:
     def describe(self) -> str:
         workers = loader_workers(self.device, self.workers)
         pinned = ", pinned" if self.device.type == "cuda" else ""
+        task = (f"{self.n_outputs} classes" if self.task == "classification"
+                else "regression")
         return (f"Datasets through a DataLoader ({workers} loader process(es){pinned}; "
-                f"{self.n_train} training items of shape {list(self.input_shape)})")
+                f"{self.n_train} training items of shape {list(self.input_shape)}, {task})")
 
     def to(self, device: torch.device) -> DatasetSplits:
         return replace(self, device=device, _loaders={})
@@ -168,8 +170,12 @@ class DatasetSplits:
 
 def dataset_splits(source: str, parts: Sequence[Any], kind: str | None) -> DatasetSplits:
     """Check what a data function returned as Datasets and learn what training needs:
-    the task (from the targets' type, unless ``kind`` says), the input shape, the
-    classes (from a ``classes`` attribute of the training set, else its labels)."""
+    the task (classification when the training set declares ``classes`` or its labels are
+    integers, regression for float targets, unless ``kind`` says), the input shape, the
+    classes (the ``classes`` attribute, else 0 .. the largest label). Every set's first
+    item must match the training set's in shape and kind of target; every label is
+    checked against the classes where the sets have ``targets`` (else, without
+    ``classes``, where each item is read to find them)."""
     names = ("train", "val", "test")
     if len(parts) not in (2, 3):
         raise DataError(f"--data {source}: Datasets come as (train, val) or (train, val, "
@@ -185,29 +191,58 @@ def dataset_splits(source: str, parts: Sequence[Any], kind: str | None) -> Datas
         if len(part) < 1:
             raise DataError(f"--data {source}: the {name} set is empty")
     train = parts[0]
-    x, y = _item(source, train, "train")
-    task = kind or ("regression" if _is_float(y) else "classification")
-    if task == "classification" and _is_float(y):
-        raise DataError(f"--data {source}: classification needs integer class labels (0, 1, "
-                        f"...) as targets, but the first training item's is {y!r}")
-    shape = tuple(int(d) for d in torch.as_tensor(np.asarray(x) if not isinstance(
-        x, torch.Tensor) else x).shape)
+    declared = getattr(train, "classes", None)
+    items = [_item(source, part, name) for name, part in zip(names, parts, strict=False)]
+    x, y = items[0]
+    task = kind or ("classification" if declared is not None or not _is_float(y)
+                    else "regression")
+    shape = _shape(x)
+    for name, (x_i, y_i) in zip(names, items, strict=False):
+        if _shape(x_i) != shape:
+            raise DataError(f"--data {source}: the first {name} item's input has shape "
+                            f"{list(_shape(x_i))}, but the training set's has {list(shape)}")
+        if task == "classification" and not _is_label(y_i):
+            raise DataError(f"--data {source}: classification needs integer class labels "
+                            f"(0, 1, ...), but the first {name} item's target is {y_i!r} "
+                            f"({type(y_i).__name__})")
+        if task == "regression" and not (_is_float(y_i) or _is_label(y_i)):
+            raise DataError(f"--data {source}: a regression needs numeric targets, but the "
+                            f"first {name} item's is {y_i!r} ({type(y_i).__name__})")
     classes: tuple[Any, ...] | None = None
     n_outputs = 1
     if task == "classification":
-        declared = getattr(train, "classes", None)
+        sets = list(zip(names, parts, strict=False))
         if declared is not None:
             classes = tuple(declared)
+            # Checked where it costs nothing: sets that list their targets.
+            tops = [(name, _labels(source, part, name)) for name, part in sets
+                    if getattr(part, "targets", None) is not None]
         else:
-            top = max(_labels(source, part, name) for name, part
-                      in zip(names, parts, strict=False))
-            classes = tuple(range(top + 1))
+            tops = [(name, _labels(source, part, name)) for name, part in sets]
+            classes = tuple(range(max(top for _, top in tops) + 1))
         n_outputs = len(classes)
+        for name, top in tops:
+            if top >= n_outputs:
+                raise DataError(f"--data {source}: the {name} set has label {top}, but the "
+                                f"training set's classes are {n_outputs} (labels 0 to "
+                                f"{n_outputs - 1})")
         if n_outputs < 2:
             raise DataError(f"--data {source}: the targets have a single class; "
                             "classification needs at least two")
     return DatasetSplits(train, parts[1], parts[2] if len(parts) == 3 else None, task,
                          n_outputs, shape, classes)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in (x if isinstance(x, torch.Tensor) else torch.as_tensor(
+        np.asarray(x))).shape)
+
+
+def _is_label(value: Any) -> bool:
+    """An integer class label: a Python or NumPy integer, or an integer tensor of one."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_floating_point() and not value.is_complex()
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _item(source: str, dataset: Any, name: str) -> tuple[Any, Any]:
@@ -219,6 +254,11 @@ def _item(source: str, dataset: Any, name: str) -> tuple[Any, Any]:
     if not isinstance(item, (tuple, list)) or len(item) < 2:
         raise DataError(f"--data {source}: the items of a Dataset must be (x, y) pairs, but "
                         f"the first {name} item is {type(item).__name__}")
+    try:
+        _shape(item[0])
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"--data {source}: the first {name} item's input must be a tensor or "
+                        f"an array of numbers, but is {type(item[0]).__name__}") from None
     return item[0], item[1]
 
 

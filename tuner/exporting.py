@@ -120,12 +120,20 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> ExportedModel:
     >>> model.predict(x_raw)            # doctest: +SKIP
     """
     payload = read_payload(path)
+    _check_payload(payload, str(path))
     builder = _builder(payload, str(path), trust_code)
     network = build_network(payload["spec"], payload["config"], builder)
     if payload.get("folded"):
         # Folding a fresh network gives the folded layout; the file holds folded weights.
         network = fold_batchnorm(network)
-    network.load_state_dict(payload["state_dict"])
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, KeyError) as exc:
+        # torch's message: a heading, then one line per mismatch; the first says which.
+        lines = [line.strip() for line in str(exc).strip().splitlines()] or [repr(exc)]
+        raise DataError(f"--model {path}: its weights do not fit its network (the file was "
+                        f"altered, or its builder changed): {lines[min(1, len(lines) - 1)]}"
+                        ) from None
     pre = payload["preprocessing"]
     shape = payload["spec"].get("input_shape")
     return ExportedModel(network, task=pre["task"], x_mean=pre["x_mean"], x_std=pre["x_std"],
@@ -133,6 +141,32 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> ExportedModel:
                          config=payload["config"], info=payload["info"],
                          input_shape=tuple(shape) if builder is not None and shape else None
                          ).eval()
+
+
+def _check_payload(payload: dict[str, Any], path: str) -> None:
+    """Refuse, in one line, a model file whose parts are missing or do not agree (a file
+    altered after export, or not one of ours)."""
+    spec, pre = payload.get("spec"), payload.get("preprocessing")
+
+    def fail(what: str) -> None:
+        raise DataError(f"--model {path}: {what} (the file was altered, or is not a tuner "
+                        "export)")
+
+    if not isinstance(spec, dict) or not isinstance(pre, dict) or not isinstance(
+            payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
+        fail("it lacks its network's spec, config, weights or preprocessing")
+    assert isinstance(spec, dict) and isinstance(pre, dict)
+    if not isinstance(spec.get("model"), str) or not all(
+            isinstance(spec.get(k), int) and spec[k] >= 1 for k in ("n_features", "n_outputs")):
+        fail(f"its network's spec is malformed: {spec!r:.200}")
+    if pre.get("task") not in ("classification", "regression") or not all(
+            isinstance(pre.get(k), torch.Tensor) for k in ("x_mean", "x_std")):
+        fail("its preprocessing is malformed")
+    classes = pre.get("classes")
+    if pre["task"] == "classification" and classes is not None and (
+            not isinstance(classes, list) or len(classes) != spec["n_outputs"]):
+        count = len(classes) if isinstance(classes, list) else type(classes).__name__
+        fail(f"it names {count} classes for a network of {spec['n_outputs']} outputs")
 
 
 def _builder(payload: dict[str, Any], path: str, trust_code: bool) -> Builder | None:
@@ -148,41 +182,54 @@ def _builder(payload: dict[str, Any], path: str, trust_code: bool) -> Builder | 
         raise DataError(f"--model {path}: its network is built by {reference}, which the file "
                         "names but does not carry (an export from an older tuner); pass "
                         "--trust-code (trust_code=True) to import that builder from here")
-    source = Source(str(embedded["module"]), str(embedded["filename"]), str(embedded["text"]),
-                    str(embedded["function"]))
-    if _importable_with_source(reference, source):
+    try:
+        source = Source(str(embedded["module"]), str(embedded["filename"]),
+                        str(embedded["text"]), str(embedded["function"]))
+    except KeyError as exc:
+        raise DataError(f"--model {path}: the builder's source it carries lacks {exc} (the "
+                        "file was altered)") from None
+    if embedded.get("sha256") != source.sha256:
+        raise DataError(f"--model {path}: the builder's source it carries does not match the "
+                        f"SHA-256 recorded with it ({str(embedded.get('sha256'))[:12]}, but the "
+                        f"source's is {source.sha256[:12]}): the file was altered after export")
+    local = _local_source(reference, source)
+    if local == "same":
         return import_reference(reference, "--model")
     if trust_code:
         return load_source(source)
+    here = f" ({local} here has other source)" if local not in ("same", "") else ""
     raise DataError(f"--model {path}: it carries the source of its network's builder "
                     f"({source.filename}, function {source.function}, sha256 "
                     f"{source.sha256[:12]}), and loading it runs that code: pass --trust-code "
                     "(trust_code=True) if you trust where the file came from, or load it "
-                    f"where {reference} is importable with the same source")
+                    f"where {reference} is importable with that same source{here}")
 
 
-def _importable_with_source(reference: str, source: Source) -> bool:
-    """Whether ``reference`` names, here, a file that is exactly the embedded ``source``
-    (same name, same function, same SHA-256), found without importing anything: only
-    then may it be imported without the user's trust. The file's text is checked to
-    define the function at top level, so that a file of known contents that defines no
-    such builder (a module of Python's, say) is never imported for it."""
+def _local_source(reference: str, source: Source) -> str:
+    """``same`` when ``reference`` names, here, a file that is exactly the embedded
+    ``source`` (same name, same function, same SHA-256), found without importing
+    anything: only then may it be imported without the user's trust; the file's name when
+    it is there with other text; empty otherwise. The file's text is checked to define the
+    function at top level, so that a file of known contents that defines no such builder
+    (a module of Python's, say) is never imported for it."""
     module, _, function = reference.rpartition(":")
     if function != source.function:
-        return False
+        return ""
     if module.endswith(".py"):
         file: str | None = module
     elif module != source.module or module.split(".")[0] in sys.stdlib_module_names:
-        return False
+        return ""
     else:
         file = _module_file(module)
     if file is None or Path(file).name != source.filename or Path(file).stem == "__main__":
-        return False
+        return ""
     try:
         text = Path(file).read_text()
     except (OSError, UnicodeDecodeError):
-        return False
-    return source_hash(text) == source.sha256 and _defines(text, function)
+        return ""
+    if source_hash(text) != source.sha256:
+        return file
+    return "same" if _defines(text, function) else ""
 
 
 def _module_file(name: str) -> str | None:

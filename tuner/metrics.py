@@ -86,6 +86,9 @@ def task_loss(task: Any) -> Loss | None:
                      else type(value).__name__)
             raise TrialFailed(f"task.loss {reference}: must return a scalar (0-d) tensor, but "
                               f"returned {shape}")
+        if not value.requires_grad and output.requires_grad:
+            raise TrialFailed(f"task.loss {reference}: returned a tensor with no gradient; "
+                              "compute it from the outputs (with torch operations)")
         return value
 
     return loss
@@ -131,6 +134,8 @@ def user_metric(metric: Metric, output: torch.Tensor, target: torch.Tensor) -> f
         raise TrialFailed(f"task.metric {metric.name}: raised {type(exc).__name__}: "
                           f"{exc}") from exc
     try:
+        if isinstance(value, (str, bytes, bool)):
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
         raise TrialFailed(f"task.metric {metric.name}: must return a number, but returned "

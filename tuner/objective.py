@@ -16,12 +16,12 @@ import torch
 
 from tuner.config import TrialConfig
 from tuner.data import load_task_data
-from tuner.errors import TunerError
+from tuner.errors import TrialFailed, TunerError
 from tuner.metrics import is_better, task_loss, task_metric
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space
 from tuner.space._catalogue import MODELS
-from tuner.storage import TrialRecorder
+from tuner.storage import DATABASE_ERRORS, TrialRecorder
 from tuner.train import (
     Checkpoint,
     Data,
@@ -235,14 +235,26 @@ class Objective:
                 # Keep the epochs that were trained; the original error is the one to raise.
                 with contextlib.suppress(Exception):
                     writer.flush()
+                if isinstance(exc, Exception) and not isinstance(
+                        exc, (RuntimeError, TunerError, *DATABASE_ERRORS)):
+                    # What data or code of yours raised mid-trial (a label out of range,
+                    # say): that trial fails with it, as a RuntimeError does.
+                    raise self._failed(trial, TrialFailed(
+                        f"{type(exc).__name__}: {exc}".strip())) from exc
                 if isinstance(exc, RuntimeError):  # e.g. out of memory: the trial fails
-                    trial.set_user_attr("error", str(exc).strip().splitlines()[0][:500])
+                    self._failed(trial, exc)
                 raise
             return self.conclude(trial, config, result, lambda: model, writer,
                                  checkpointed=saved)
         finally:
             if self.compile:
                 uncompile_model(model)
+
+    @staticmethod
+    def _failed(trial: optuna.Trial, exc: BaseException) -> BaseException:
+        """Record why ``trial`` fails (the first line of ``exc``) on it; ``exc``."""
+        trial.set_user_attr("error", str(exc).strip().splitlines()[0][:500])
+        return exc
 
     def conclude(self, trial: optuna.Trial, config: TrialConfig, result: TrainResult,
                  trained: Callable[[], torch.nn.Module], writer: TrialWriter, *,

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from tuner import heap
 from tuner.claims import budget_lock
@@ -32,7 +31,13 @@ from tuner.heartbeat import Heartbeat
 from tuner.objective import Objective
 from tuner.samplers import grid_size
 from tuner.space import EngineSpec, Space
-from tuner.storage import GRACE_PERIOD, TunerStorage, display_url, trial_info
+from tuner.storage import (
+    DATABASE_ERRORS,
+    GRACE_PERIOD,
+    TunerStorage,
+    display_url,
+    trial_info,
+)
 from tuner.study import count_states, finished, open_study
 
 if TYPE_CHECKING:
@@ -190,9 +195,6 @@ def summarize(storage: TunerStorage, study: optuna.Study, budget: int, before: i
                       _recorded_error(study) if failed else None)
 
 
-# What a dropped database connection looks like from here: Optuna wraps SQLAlchemy's
-# errors in StorageInternalError, the tuner's own session in StorageError.
-DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageError, SQLAlchemyError)
 
 
 class Backoff:

@@ -7,19 +7,21 @@ can rebuild the same space from the database alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 
 from tuner.config import TrialConfig
-from tuner.errors import StudyMismatchError, StudyNotFoundError, UsageError
+from tuner.errors import StudyMismatchError, StudyNotFoundError, TunerError, UsageError
 from tuner.samplers import build_pruner, build_sampler
 from tuner.space import Space, parse_space
+from tuner.space._params import describe, walk
 from tuner.storage import TunerStorage
 
 SPACE_ATTR = "tuner:space"
@@ -69,11 +71,12 @@ def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
             raise StudyMismatchError(f"study {name!r} exists but was not created by tuner; "
                                      "choose another --study name")
         if stored != space.fingerprint():
+            differs = _difference(storage, name, space)
             raise StudyMismatchError(
                 f"study {name!r} was created with a different search space "
                 f"({attrs.get(NAME_ATTR, '?')}, fingerprint {stored}) than {space.source} with "
-                f"these options (fingerprint {space.fingerprint()}); resume it with the same "
-                "space and options, or choose another --study name")
+                f"these options (fingerprint {space.fingerprint()}){differs}; resume it with "
+                "the same space and options, or choose another --study name")
         study = _load(storage, space, name)
         if study.direction.name.lower() != direction:
             raise StudyMismatchError(f"study {name!r} is {study.direction.name.lower()}d, "
@@ -91,6 +94,30 @@ def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
         optuna.delete_study(study_name=name, storage=storage.optuna)
         raise
     return study
+
+
+def _difference(storage: TunerStorage, name: str, space: Space) -> str:
+    """What differs between the space study ``name`` was created with and ``space``, as
+    ``: <key> was <then>, now <now>`` (empty when the stored space cannot be rebuilt)."""
+    try:
+        before = stored_space(storage, name)
+    except TunerError:
+        return ""
+    pairs: list[tuple[str, Any, Any]] = [
+        *((f"task.{f.name}", getattr(before.task, f.name), getattr(space.task, f.name))
+          for f in dataclasses.fields(space.task)),
+        ("seed", before.seed, space.seed), ("sampler", before.sampler, space.sampler),
+        ("pruner", before.pruner, space.pruner),
+        ("early_stopping", before.early_stopping, space.early_stopping)]
+    for section in ("params", "user_params"):
+        old = {p.name: describe(p) for p in walk(getattr(before, section))}
+        new = {p.name: describe(p) for p in walk(getattr(space, section))}
+        pairs += [(f"{section}.{key}", old.get(key, "absent"), new.get(key, "absent"))
+                  for key in dict.fromkeys([*old, *new])]
+    for key, then, now in pairs:
+        if then != now:
+            return f": {key} was {then!r}, now {now!r}"
+    return ""
 
 
 def _load(storage: TunerStorage, space: Space, name: str) -> optuna.Study:

@@ -45,10 +45,9 @@ from tuner.objective import REPORT_EVERY, TrialWriter, root_number, worker_id
 from tuner.optim import build_scheduler
 from tuner.regularizers import apply_max_norm, penalized_weights
 from tuner.regularizers import penalty as weight_penalty
-from tuner.runner import DATABASE_ERRORS
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space
-from tuner.storage import TrialRecorder
+from tuner.storage import DATABASE_ERRORS, TrialRecorder
 from tuner.train import EpochMetrics
 from tuner.train import optimizer_for as _optimizer_for
 from tuner.usercode import import_reference
@@ -62,7 +61,7 @@ FORMAT = "tuner-user-checkpoint/1"
 PASSED_ON = (*DATABASE_ERRORS, optuna.exceptions.UpdateFinishedTrialError)
 # report()'s keywords that are columns of tuner_epochs; other names are further metrics.
 COLUMNS = ("train_loss", "val_loss", "lr", "seconds")
-RESERVED = ("trial", "epoch", "val_metric", "checkpoint")
+RESERVED = ("trial", "epoch", "value", "val_metric", "checkpoint")
 
 
 # -- helpers for a loop of yours ---------------------------------------------------------
@@ -155,7 +154,7 @@ class Reporter:
         if is_better(self.metric, metrics.val_metric, best, self.min_delta):
             self.best_epoch, self.best_value = metrics.epoch, metrics.val_metric
 
-    def __call__(self, epoch: int, value: Any, *, checkpoint: Any = None,
+    def __call__(self, epoch: int, value: Any, /, *, checkpoint: Any = None,
                  **metrics: Any) -> bool:
         last = self.history[-1].epoch if self.history else 0
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= last:
@@ -180,12 +179,18 @@ class Reporter:
         if not self.pruned and self.patience is not None and (
                 epoch - self.best_epoch >= self.patience):
             self.stopped_early = True
-        if checkpoint is not None and not (self.pruned or self.stopped_early) and (
-                time.monotonic() - self._saved_at >= self.checkpoint_every):
-            self._checkpoint(epoch, checkpoint)
+        if checkpoint is not None and not (self.pruned or self.stopped_early):
+            due = time.monotonic() - self._saved_at >= self.checkpoint_every
+            if due or not self._checked:  # the first is checked, due or not
+                blob = self._serialize(epoch, checkpoint)
+                if due:
+                    self.save(epoch, blob)
+                    self._saved_at = time.monotonic()
         return self.pruned or self.stopped_early
 
-    def _checkpoint(self, epoch: int, state: Any) -> None:
+    def _serialize(self, epoch: int, state: Any) -> bytes:
+        """The checkpoint as bytes; the first is read back at once, so that one the safe
+        loader refuses fails now, not hours later when a retry needs it."""
         buffer = io.BytesIO()
         try:
             torch.save({"format": FORMAT, "epoch": epoch, "state": state,
@@ -204,8 +209,7 @@ class Reporter:
                                 "give state dicts, tensors, numbers, strings, lists and "
                                 "dicts") from None
             self._checked = True
-        self.save(epoch, blob)
-        self._saved_at = time.monotonic()
+        return blob
 
     def value(self, returned: Any, reference: str) -> float:
         """The trial's value: what the function returned, or (None) the best reported."""

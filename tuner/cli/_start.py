@@ -130,8 +130,10 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
              "model": model, "loss": loss, "metric": metric, "direction": direction,
              "objective": objective}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    # Everything is validated before the database is touched.
-    parsed = load_space(space, overrides)
+    # Everything is validated before the database is touched; a bad option's message
+    # names the option.
+    named = {key: "--task" if key == "kind" else f"--{key.replace('_', '-')}" for key in given}
+    parsed = load_space(space, overrides, named)
     how = engine_spec(parsed.engine, engine, population, precision, compile_models)
     check_engine(parsed, how)
     placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,

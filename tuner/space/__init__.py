@@ -56,12 +56,15 @@ def builtin_spaces() -> dict[str, Path]:
     return {p.stem: p for p in sorted(spaces_dir().glob("*.yaml"))}
 
 
-def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> Space:
+def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None,
+               named: Mapping[str, str] | None = None) -> Space:
     """Load a built-in space by name, or any YAML file by path, and validate it.
 
     ``overrides`` are merged into the mapping before validation: top-level keys
     (``seed``, ``trials``, ``engine``) directly, and ``task`` keys (``epochs``, ``dataset``) into
-    the task, so they are checked and recorded like the file's own values.
+    the task, so they are checked and recorded like the file's own values. ``named``
+    gives how a message names an override (``{"metric": "--metric"}``; default: as a key
+    of the file).
     """
     path = Path(name_or_path)
     builtin = builtin_spaces()
@@ -71,11 +74,15 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = N
         raise SpaceError(f"no search space {str(name_or_path)!r}: not a file, and not one of the "
                          f"built-in spaces ({', '.join(builtin)})")
     raw = read_yaml(path)
+    origins = {}
     for key, value in (overrides or {}).items():
+        where = key if key in ("seed", "trials", "engine") else f"task.{key}"
         if key in ("seed", "trials", "engine"):
             raw[key] = value
         else:
             task = raw.get("task")
             raw["task"] = {**(task if isinstance(task, Mapping) else {}), key: value}
+        if named and key in named:
+            origins[where] = named[key]
     source = str(path) if path.parent != spaces_dir() else f"search_spaces/{path.name}"
-    return parse_space(raw, name=path.stem, source=source)
+    return parse_space(raw, name=path.stem, source=source, origins=origins)

@@ -98,13 +98,19 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_
 
 
 class _Context:
-    """Carries the source name so every message has the same shape."""
+    """Carries the source name so every message has the same shape; a value given as an
+    option (``origins``: key path -> option, e.g. ``task.metric`` -> ``--metric``) is
+    named by its option instead."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, origins: Mapping[str, str] | None = None) -> None:
         self.source = source
+        self.origins = dict(origins or {})
 
     def fail(self, path: str, message: str) -> NoReturn:
-        raise SpaceError(f"{self.source}: {path}: {message}")
+        option = self.origins.get(path)
+        if option is None:
+            raise SpaceError(f"{self.source}: {path}: {message}")
+        raise SpaceError(message if message.startswith(option) else f"{option}: {message}")
 
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if value is None:
@@ -136,9 +142,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
-def parse_space(raw: Mapping[str, Any], *, name: str, source: str) -> Space:
-    """Validate a mapping (as read from YAML) and freeze it into a :class:`Space`."""
-    ctx = _Context(source)
+def parse_space(raw: Mapping[str, Any], *, name: str, source: str,
+                origins: Mapping[str, str] | None = None) -> Space:
+    """Validate a mapping (as read from YAML) and freeze it into a :class:`Space`;
+    ``origins`` names the options some values came from (``{"task.metric": "--metric"}``)
+    for messages about them."""
+    ctx = _Context(source, origins)
     top = ctx.mapping(raw, "", TOP_KEYS)
     task = _parse_task(ctx, top.get("task"))
     params = _parse_params(ctx, top.get("params"), "params")

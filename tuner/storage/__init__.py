@@ -2,6 +2,7 @@
 
 from tuner.storage._recorder import MemoryRecorder, TrialRecord, TrialRecorder
 from tuner.storage._store import (
+    DATABASE_ERRORS,
     DB_INT_MAX,
     DEFAULT_STORAGE,
     GRACE_PERIOD,
@@ -10,6 +11,6 @@ from tuner.storage._store import (
 )
 from tuner.storage._tables import epoch_metrics, epochs, trial_info
 
-__all__ = ["DB_INT_MAX", "DEFAULT_STORAGE", "GRACE_PERIOD", "MemoryRecorder", "TrialRecord",
-           "TrialRecorder", "TunerStorage", "display_url", "epoch_metrics", "epochs",
-           "trial_info"]
+__all__ = ["DATABASE_ERRORS", "DB_INT_MAX", "DEFAULT_STORAGE", "GRACE_PERIOD", "MemoryRecorder",
+           "TrialRecord", "TrialRecorder", "TunerStorage", "display_url", "epoch_metrics",
+           "epochs", "trial_info"]

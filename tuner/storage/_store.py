@@ -40,6 +40,9 @@ from tuner.storage._tables import (
 from tuner.storage._views import create_views
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
+# What a dropped database connection looks like from the tuner: Optuna wraps SQLAlchemy's
+# errors in StorageInternalError, the tuner's own session in StorageError.
+DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageError, SQLAlchemyError)
 # The largest integer a column holds (SQLite's integers, PostgreSQL's BIGINT).
 DB_INT_MAX = 2 ** 63 - 1
 # Seconds between a running trial's heartbeats, and the silence after which a RUNNING
