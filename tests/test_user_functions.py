@@ -145,19 +145,17 @@ def test_a_bad_metric_fails_its_trials_with_its_message_not_the_study(
     assert {t.user_attrs["error"] for t in trials} == {expected}
 
 
-def test_a_loss_without_a_gradient_fails_the_trial_saying_so(functions: Path) -> None:
+@pytest.mark.parametrize(("name", "message"), [
+    ("constant", r"task.loss .*:constant: returned a tensor with no gradient; compute it from "
+                 r"the outputs"),
+    ("vector", r"task.loss .*:vector: must return a scalar \(0-d\) tensor, but returned a "
+               r"tensor of shape \[32\]"),
+])
+def test_a_loss_that_cannot_train_fails_the_trial_saying_why(functions: Path, name: str,
+                                                             message: str) -> None:
     data = load_splits("iris", seed=0)
-    task = load_space("quick", {"dataset": "iris", "loss": f"{functions}:constant"}).task
-    with pytest.raises(TrialFailed, match=r"task.loss .*:constant: returned a tensor with no "
-                                          r"gradient; compute it from the outputs"):
-        _curve(data, CONFIG, METRICS["accuracy"], task_loss(task))
-
-
-def test_a_loss_that_returns_no_scalar_fails_the_trial(functions: Path) -> None:
-    data = load_splits("iris", seed=0)
-    task = load_space("quick", {"dataset": "iris", "loss": f"{functions}:vector"}).task
-    with pytest.raises(TrialFailed, match=r"must return a scalar \(0-d\) tensor, but returned "
-                                          r"a tensor of shape \[32\]"):
+    task = load_space("quick", {"dataset": "iris", "loss": f"{functions}:{name}"}).task
+    with pytest.raises(TrialFailed, match=message):
         _curve(data, CONFIG, METRICS["accuracy"], task_loss(task))
 
 

@@ -288,7 +288,8 @@ def test_report_says_stop_when_early_stopping_runs_out_of_patience(
     ("pickled", {}, "report(checkpoint=...): the checkpoint cannot be read back with "
                     "torch.load(weights_only=True)"),
     ("unsaveable", {}, "report(checkpoint=...): torch.save cannot write the checkpoint"),
-    ("clash", {}, "raised ValueError: report(): 'value' cannot name a metric (reserved: "),
+    ("clash", {}, "raised ValueError: report(): 'value' is given twice (it is the trial's "
+                  "own; name your metric otherwise)"),
 ])
 def test_a_function_that_fails_fails_its_trials_and_start_says_why_in_one_line(
         runner: CliRunner, write_space: Any, storage_url: str, loop: tuple[Path, Path],
@@ -379,7 +380,7 @@ def test_the_python_api_takes_a_function_object(write_space: Any, storage_url: s
     def fit(config: Config, report: Any) -> float:
         calls.append(config.number)
         value = 1.0 - config.user["width"] / 10
-        report(1, value, extra=2.0)
+        report(epoch=1, value=value, extra=2.0)  # by keyword too
         return value
 
     space = _space(write_space)

@@ -195,8 +195,6 @@ def summarize(storage: TunerStorage, study: optuna.Study, budget: int, before: i
                       _recorded_error(study) if failed else None)
 
 
-
-
 class Backoff:
     """Retry after a database error with exponential backoff, then give up with one line."""
 

@@ -154,8 +154,8 @@ class Reporter:
         if is_better(self.metric, metrics.val_metric, best, self.min_delta):
             self.best_epoch, self.best_value = metrics.epoch, metrics.val_metric
 
-    def __call__(self, epoch: int, value: Any, /, *, checkpoint: Any = None,
-                 **metrics: Any) -> bool:
+    def __call__(self, *args: Any, checkpoint: Any = None, **metrics: Any) -> bool:
+        epoch, value = self._epoch_and_value(args, metrics)
         last = self.history[-1].epoch if self.history else 0
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= last:
             raise ValueError(f"report(): epoch must be an integer > {last} (the last "
@@ -187,6 +187,26 @@ class Reporter:
                     self.save(epoch, blob)
                     self._saved_at = time.monotonic()
         return self.pruned or self.stopped_early
+
+    @staticmethod
+    def _epoch_and_value(args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
+        """``report(epoch, value, ...)`` or ``report(epoch=..., value=..., ...)``: the two
+        taken out of ``metrics``, each given once."""
+        if len(args) > 2:
+            raise TypeError(f"report(epoch, value, **metrics) takes 2 positional arguments, "
+                            f"but got {len(args)}")
+        given = dict(zip(("epoch", "value"), args, strict=False))
+        for key in ("epoch", "value"):
+            if key in metrics:
+                if key in given:
+                    raise ValueError(f"report(): {key!r} is given twice (it is the trial's "
+                                     "own; name your metric otherwise)")
+                given[key] = metrics.pop(key)
+        missing = [key for key in ("epoch", "value") if key not in given]
+        if missing:
+            raise TypeError(f"report() needs the epoch and its value, but got no "
+                            f"{' and no '.join(missing)}")
+        return given["epoch"], given["value"]
 
     def _serialize(self, epoch: int, state: Any) -> bytes:
         """The checkpoint as bytes; the first is read back at once, so that one the safe
