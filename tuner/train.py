@@ -350,8 +350,8 @@ def train(model: nn.Module, data: Data, config: TrialConfig, *, metric: Metric,
                                       f"inputs, but the Dataset's items are {xb.dtype}: "
                                       "convert them in its __getitem__")
                 if augment is not None:
-                    xb = augment_images(xb, augment).view_as(xb) if shaped else augment_images(
-                        xb, augment)
+                    warped = augment_images(xb, augment)  # flat images
+                    xb = warped.view_as(xb) if shaped else warped
                 if noise:
                     xb = add_input_noise(xb, noise)
                 with mixed():

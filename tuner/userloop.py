@@ -59,8 +59,6 @@ FORMAT = "tuner-user-checkpoint/1"
 # What report() may raise that is not the function's failure: the database went away, or
 # another worker took the trial for dead. The runner handles these as for its own loop.
 PASSED_ON = (*DATABASE_ERRORS, optuna.exceptions.UpdateFinishedTrialError)
-# report()'s keywords that are columns of tuner_epochs; other names are further metrics.
-COLUMNS = ("train_loss", "val_loss", "lr", "seconds")
 RESERVED = ("trial", "epoch", "value", "val_metric", "checkpoint")
 
 
