@@ -40,6 +40,11 @@ class StorageError(TunerError):
     """The study database cannot be opened, reached or written."""
 
 
+class StorageUnavailable(StorageError):
+    """The study database did not answer (a lost connection, a lock held too long):
+    waiting and trying again may help, unlike for a write the data itself refuses."""
+
+
 class TrialFailed(TunerError, RuntimeError):
     """One trial cannot go on (code of yours raised, or returned what it must not): that
     trial fails, with this message recorded on it, and the study goes on."""

@@ -3,12 +3,15 @@
 Each worker is a process (not a thread: training holds the GIL) that rebuilds the
 search space from the study database and runs :func:`tuner.runner.run_study` on its
 own device. The parent watches the database for progress and owns shutdown: on
-Ctrl-C or SIGTERM every worker fails its current trial (it is retried on resume)
-and exits within a few seconds; stragglers are terminated.
+Ctrl-C or SIGTERM every worker fails its current trial (queued again at once, it
+resumes on the next run) and exits within a few seconds; stragglers are terminated. If
+the parent itself is killed, its workers get SIGTERM from the kernel and stop the same
+way.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import signal
@@ -46,9 +49,10 @@ def _stop_once(signum: int, frame: FrameType | None) -> None:
 
 def worker_main(args: WorkerArgs) -> None:
     """A worker process (started as :func:`tuner.spawn.worker_process`): join the study
-    and work until its budget is reached."""
+    and work until its budget is reached, or until the command that started it dies."""
     signal.signal(signal.SIGINT, _stop_once)
     signal.signal(signal.SIGTERM, _stop_once)
+    _stop_with_parent(args.parent_pid)
     try:
         import torch
 
@@ -73,6 +77,25 @@ def worker_main(args: WorkerArgs) -> None:
         sys.exit(130)
 
 
+def _stop_with_parent(parent_pid: int | None) -> None:
+    """Have the kernel send this worker SIGTERM when the process that started it dies
+    (even by ``kill -9``), so that no worker goes on claiming trials unwatched: it fails
+    its trial, which is queued again, and exits. Linux only (``PR_SET_PDEATHSIG``);
+    elsewhere the parent's own shutdown is all there is."""
+    if not sys.platform.startswith("linux") or parent_pid is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return
+    if os.getppid() != parent_pid:  # it died before the request was in place
+        sys.exit(130)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: list[str], *,
              timeout: float | None = None, checkpoint_every: float = 30.0,
              engine: EngineSpec | None = None, on_start: Callable[[Snapshot], None] | None = None,
@@ -86,7 +109,7 @@ def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: l
     processes = [context.Process(
         target=worker_process, name=f"tuner-worker-{i}",
         args=(WorkerArgs(storage.url, study.study_name, budget, device, threads, timeout,
-                         None, checkpoint_every, engine),))
+                         None, checkpoint_every, engine, parent_pid=os.getpid()),))
         for i, device in enumerate(devices)]
     if on_start is not None:
         on_start(snapshot(storage, study, budget))

@@ -2,9 +2,12 @@
 
 The budget is the study's total of finished (complete + pruned) trials, wherever they
 ran. A worker claims a slot under the study's lock (:mod:`tuner.claims`) only while
-``finished + running < budget``, so any number of workers end with exactly the budget.
-Failed trials do not count, so a resumed study makes up for them; trials left RUNNING
-by a dead worker are failed once their heartbeat goes stale, and retried.
+``finished + running + waiting < budget``, so any number of workers end with exactly the
+budget. Failed trials do not count, so a resumed study makes up for them. A WAITING
+trial (a retry, or one enqueued by hand) is claimed before anything new is sampled, and
+a study is not over while one waits. Trials left RUNNING by a dead worker are failed
+once their heartbeat goes stale, and retried; trials stopped by Ctrl-C or SIGTERM are
+failed and queued again at once (:mod:`tuner.retries`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -29,6 +33,7 @@ from tuner.claims import budget_lock
 from tuner.errors import StorageError, TunerError
 from tuner.heartbeat import Heartbeat
 from tuner.objective import Objective
+from tuner.retries import requeue
 from tuner.samplers import grid_size
 from tuner.space import EngineSpec, Space
 from tuner.storage import (
@@ -238,21 +243,23 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # A dead worker's trial is failed here, and queued again (WAITING) for a retry.
-        optuna.storages.fail_stale_trials(study)
         # Optuna warns that heartbeats are meant for Study.optimize; this loop beats itself.
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         with budget_lock(storage, study._study_id):
+            # A dead worker's trial is failed here, and queued again (WAITING) for a retry:
+            # under the lock, so that no claim sees the slot free before the retry is queued.
+            optuna.storages.fail_stale_trials(study)
             counts = count_states(storage, study)
-            if finished(counts) >= budget:
+            waiting = counts[TrialState.WAITING]  # retries and enqueued trials: taken first
+            if finished(counts) >= budget and not waiting:
                 return Claim.FULL
-            room = budget - finished(counts) - counts[TrialState.RUNNING]
-            if room <= 0:
+            room = max(0, budget - finished(counts) - counts[TrialState.RUNNING] - waiting)
+            if room + waiting <= 0:
                 return Claim.WAIT
             trials: list[optuna.Trial] = []
             try:
-                for _ in range(min(n, room)):
-                    trials.append(study.ask())  # a WAITING (retried) trial first
+                for _ in range(min(n, room + waiting)):
+                    trials.append(study.ask())  # a WAITING trial first
                     if storage.optuna.get_heartbeat_interval():
                         storage.optuna.record_heartbeat(trials[-1]._trial_id)
             except BaseException:
@@ -262,12 +269,20 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
 
 
 def fail_untold(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
-    """Tell trials that will not run FAIL (they are retried on resume), whatever arrives
-    meanwhile; a trial already finished elsewhere is left as it is."""
+    """Tell trials that will not run on FAIL, whatever arrives meanwhile; a trial already
+    finished elsewhere is left as it is. Called while an exception is handled: if it is an
+    interruption (Ctrl-C, SIGTERM), each trial that had its parameters is queued again at
+    once (:func:`tuner.retries.requeue`), to resume from its checkpoint."""
+    interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt | SystemExit)
     with signals_ignored():
         for trial in trials:
             with contextlib.suppress(*DATABASE_ERRORS):
+                frozen = study._storage.get_trial(trial._trial_id)
+                if frozen.state.is_finished():
+                    continue
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                if interrupted and frozen.params:
+                    requeue(study, frozen, interrupted=True)
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial,
@@ -280,8 +295,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial,
 def tell_outcome(study: optuna.Study, trial: optuna.Trial,
                  run: Callable[[], float]) -> FrozenTrial:
     """Tell ``trial`` what ``run()`` gave: its value (COMPLETE), ``TrialPruned`` (PRUNED)
-    or a ``RuntimeError`` (FAIL; the study goes on). On Ctrl-C, SIGTERM or any other
-    error the trial is told FAIL (it is retried on resume) and the error is raised.
+    or a ``RuntimeError`` (FAIL; the study goes on). On Ctrl-C or SIGTERM the trial is
+    told FAIL and queued again (the next run resumes it), on any other error told FAIL;
+    the error is raised.
 
     A trial that another worker took for dead (its heartbeat stalled) and failed, which
     queued a retry, is left failed: its result is dropped.

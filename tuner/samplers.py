@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 
 from tuner.space._params import Fixed, grid_values
@@ -50,21 +51,63 @@ class _BudgetedGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def build_sampler(space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded with the sampler's own seed or the space's, plus ``offset``."""
+def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded per trial from the sampler's own seed or the space's
+    (see :func:`seed_per_trial`)."""
     spec = space.sampler
     kwargs = spec.kwargs
-    kwargs["seed"] = kwargs.get("seed", space.seed) + offset
+    kwargs["seed"] = kwargs.get("seed", space.seed)
+    sampler: optuna.samplers.BaseSampler
     if spec.name == "grid":
         grid = {p.name: grid_values(p) or [] for p in space.all_params()
                 if not isinstance(p, Fixed)}
-        return _BudgetedGridSampler(grid, seed=kwargs["seed"])
-    if (spec.name == "tpe" and kwargs.get("multivariate") is not False
-            and any(p.name in ("optimizer", "schedule") for p in space.params)):
-        # Conditional branches: let multivariate TPE model each branch's group jointly.
-        kwargs.setdefault("group", True)
-    sampler: optuna.samplers.BaseSampler = SAMPLERS[spec.name](**kwargs)
+        sampler = _BudgetedGridSampler(grid, seed=kwargs["seed"])
+    else:
+        if (spec.name == "tpe" and kwargs.get("multivariate") is not False
+                and any(p.name in ("optimizer", "schedule") for p in space.params)):
+            # Conditional branches: let multivariate TPE model each branch's group jointly.
+            kwargs.setdefault("group", True)
+        sampler = SAMPLERS[spec.name](**kwargs)
+    return seed_per_trial(sampler, kwargs["seed"])
+
+
+def seed_per_trial(sampler: optuna.samplers.BaseSampler,
+                   seed: int) -> optuna.samplers.BaseSampler:
+    """Reseed ``sampler``'s random states before each trial from ``(seed, trial number)``.
+
+    A sampler seeded once draws the same sequence in every process, so workers that load
+    a study at the same moment would suggest the same configurations, and a resumed study
+    would replay its first random points. Trial numbers are unique within a study, so
+    seeding each trial by its number gives every trial its own draws, whichever worker
+    runs it, while one worker's study stays reproducible from its seed.
+
+    Optuna's samplers keep their generators as attributes (``_rng``, ``_cma_rng``, and
+    those of the nested samplers they fall back on): each is reseeded in place.
+    """
+    before_trial = sampler.before_trial
+
+    def reseeded(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        for i, state in enumerate(_random_states(sampler)):
+            entropy = np.random.SeedSequence([seed % 2 ** 32, trial.number, i])
+            state.seed(int(entropy.generate_state(1)[0]))
+        before_trial(study, trial)
+
+    sampler.before_trial = reseeded  # type: ignore[method-assign]
     return sampler
+
+
+def _random_states(sampler: optuna.samplers.BaseSampler,
+                   depth: int = 2) -> list[np.random.RandomState]:
+    """The NumPy generators of ``sampler`` and of the samplers nested in it, in a fixed
+    order (attributes by name)."""
+    states = []
+    for _, value in sorted(vars(sampler).items()):
+        rng = getattr(value, "rng", value)  # Optuna's LazyRandomState wraps one
+        if isinstance(rng, np.random.RandomState):
+            states.append(rng)
+        elif isinstance(value, optuna.samplers.BaseSampler) and depth > 0:
+            states.extend(_random_states(value, depth - 1))
+    return states
 
 
 def grid_size(space: Space) -> int:

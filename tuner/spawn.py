@@ -25,6 +25,7 @@ class WorkerArgs:
     max_trials: int | None = None
     checkpoint_every: float = 30.0
     engine: EngineSpec | None = None  # None: the study's stored space's
+    parent_pid: int | None = None  # the command that started it: the worker dies with it
 
 
 def worker_process(args: WorkerArgs) -> None:

@@ -83,7 +83,7 @@ def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
                                      f"but the space's metric is {direction}d")
         return study
     study = optuna.create_study(storage=storage.studies, study_name=name, direction=direction,
-                                sampler=build_sampler(space, 0),
+                                sampler=build_sampler(space),
                                 pruner=build_pruner(space.pruner, space.task.epochs))
     try:
         study.set_user_attr(SPACE_ATTR, json.dumps(space.raw, default=str))
@@ -121,21 +121,21 @@ def _difference(storage: TunerStorage, name: str, space: Space) -> str:
 
 
 def _load(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
-    # Offset the sampler's seed by the trials so far, so that a resumed study does not
-    # replay the random start-up points it has already tried.
-    n = len(storage.optuna.get_all_trials(storage.optuna.get_study_id_from_name(name),
-                                          deepcopy=False))
+    # The sampler is seeded per trial number: a resumed study, or several workers
+    # loading it at once, never replays draws (tuner.samplers.seed_per_trial).
     return optuna.load_study(study_name=name, storage=storage.studies,
-                             sampler=build_sampler(space, n),
+                             sampler=build_sampler(space),
                              pruner=build_pruner(space.pruner, space.task.epochs))
 
 
-def count_states(storage: TunerStorage, study: optuna.Study) -> dict[TrialState, int]:
-    """Trials per state, counted in SQL (no trial is loaded into Python)."""
+def count_states(storage: TunerStorage, study: optuna.Study | int) -> dict[TrialState, int]:
+    """Trials per state of a study (or a study id), counted in SQL (no trial is loaded
+    into Python)."""
     counts = dict.fromkeys(TrialState, 0)
+    study_id = study if isinstance(study, int) else study._study_id
     with storage.session() as conn:
         rows = conn.execute(text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
-                                 "GROUP BY state"), {"sid": study._study_id})
+                                 "GROUP BY state"), {"sid": study_id})
         for state, n in rows:
             counts[TrialState[state]] = n
     return counts

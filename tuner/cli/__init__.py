@@ -8,7 +8,11 @@ Commands parse options, call the library and format its output. Library errors
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
+import threading
 import warnings
+from types import FrameType
 from typing import Any
 
 import click
@@ -17,15 +21,36 @@ from tuner.errors import TunerError
 
 
 class TunerGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["tuner.argv"] = list(args)  # for the line that says how to resume
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
+        # SIGTERM (a scheduler, `timeout`, systemd) stops a command as Ctrl-C does: the
+        # running trials are failed and queued again, nothing is left RUNNING.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)
         try:
             return super().invoke(ctx)
         except TunerError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            click.echo(_interrupted(ctx), err=True)
             ctx.exit(130)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupted(ctx: click.Context) -> str:
+    """The line a stopped command ends with; for those that run trials, how to resume."""
+    if ctx.invoked_subcommand not in ("start", "worker"):
+        return "Interrupted."
+    command = shlex.join(["tuner", *ctx.meta.get("tuner.argv", [ctx.invoked_subcommand])])
+    return ("Interrupted: the trials that were running are queued to run again (from their "
+            f"last checkpoint). Resume with: {command}")
 
 
 @click.group(cls=TunerGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -58,6 +83,7 @@ from tuner.cli import (  # noqa: E402, F401  (registers the commands)
     _bench,
     _bench_query,
     _dashboard,
+    _database,
     _export,
     _query,
     _report,

@@ -25,24 +25,34 @@ from optuna.storages._rdb.models import (
 from optuna.trial import Trial
 from sqlalchemy import Connection, bindparam, create_engine, event, inspect, make_url, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tuner.errors import StorageError, UsageError
+from tuner.errors import StorageError, StorageUnavailable, UsageError
+from tuner.retries import RetryStale
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
+from tuner.storage._schema import drop_views, ensure_schema
 from tuner.storage._tables import (
     checkpoints,
     epoch_metrics,
     epochs,
-    metadata,
     models,
     trial_info,
 )
-from tuner.storage._views import create_views
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
-# What a dropped database connection looks like from the tuner: Optuna wraps SQLAlchemy's
-# errors in StorageInternalError, the tuner's own session in StorageError.
-DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageError, SQLAlchemyError)
+# What a dropped or busy database looks like from the tuner, to wait out and retry:
+# SQLAlchemy's errors of the connection (not of the data, such as a violated constraint),
+# Optuna's wrapping of them, and the tuner's own session's (StorageUnavailable).
+DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageUnavailable,
+                   OperationalError, InterfaceError, InternalError, PoolTimeout)
 # The largest integer a column holds (SQLite's integers, PostgreSQL's BIGINT).
 DB_INT_MAX = 2 ** 63 - 1
 # Seconds between a running trial's heartbeats, and the silence after which a RUNNING
@@ -104,7 +114,7 @@ OPTUNA_TABLES = ("studies", "study_directions", "trials", "trial_params", "trial
 TUNER_TABLES = (epochs.name, trial_info.name)
 
 
-def _check_schema(url: str, engine_kwargs: dict[str, Any]) -> bool:
+def _check_schema(url: str, engine_kwargs: dict[str, Any], complete: bool = True) -> bool:
     """Check, without writing anything, that ``url`` holds an Optuna study database.
 
     Returns whether the tuner's own tables are there too (a plain Optuna database
@@ -118,7 +128,8 @@ def _check_schema(url: str, engine_kwargs: dict[str, Any]) -> bool:
     if "studies" not in names or "trials" not in names:
         raise StorageError(f"{display_url(url)} is not an Optuna study database (it has no "
                            "`studies` and `trials` tables); check --storage")
-    missing = [t for t in OPTUNA_TABLES if t not in names]
+    missing = [t for t in (OPTUNA_TABLES if complete else ())
+               if t not in names]
     if missing:
         raise StorageError(f"{display_url(url)} is not a complete Optuna study database "
                            f"(missing tables: {', '.join(missing)})")
@@ -174,31 +185,17 @@ class TunerStorage:
         self.tuner_tables = create
 
     def open(self) -> TunerStorage:
-        try:
-            parsed = make_url(self.url)
-        except ArgumentError:
-            raise UsageError(f"--storage: not a database URL: {self.url!r} (expected e.g. "
-                             f"{DEFAULT_STORAGE} or postgresql://user@host/db)") from None
-        engine_kwargs: dict[str, Any] = {}
+        engine_kwargs = self._connect_options()
         path = _sqlite_path(self.url)
-        if parsed.drivername.startswith("sqlite"):
-            if path is not None and self.create:
-                _prepare_sqlite(path, self.create)
-            elif path is not None and not path.exists():
-                raise StorageError(f"no study database at {path}; run `tuner start` first, "
-                                   "or pass --storage")
-            engine_kwargs["connect_args"] = {"timeout": 60}
-        elif parsed.drivername.startswith("postgresql"):
-            if parsed.drivername == "postgresql":
-                self.url = parsed.set(drivername="postgresql+psycopg").render_as_string(
-                    hide_password=False)
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
-            engine_kwargs["pool_pre_ping"] = True
+        if path is not None and self.create:
+            _prepare_sqlite(path, self.create)
+        elif path is not None and not path.exists():
+            raise StorageError(f"no study database at {path}; run `tuner start` first, "
+                               "or pass --storage")
         heartbeat = dict(
             heartbeat_interval=self.heartbeat_interval,
             grace_period=self.grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=3),
+            heartbeat_stale_trial_callback=RetryStale(),
         ) if self.heartbeat else {}
         try:
             if not self.create:
@@ -210,12 +207,67 @@ class TunerStorage:
                     # Optuna's set-up left connections in the pool, opened before the
                     # listener: without this they would fsync every commit (~5 ms each).
                     self.engine.dispose()
-                metadata.create_all(self.engine)
-                create_views(self.engine)
+                ensure_schema(self.engine, self.url)
         except (SQLAlchemyError, ModuleNotFoundError, ValueError, RuntimeError) as exc:
+            if "optuna storage upgrade" in str(exc):
+                raise StorageError(
+                    f"the study database {display_url(self.url)} has an older Optuna schema "
+                    f"than Optuna {optuna.__version__} reads: run `tuner upgrade --storage "
+                    f"{display_url(self.url)}` (it upgrades Optuna's schema and keeps the "
+                    "tuner's tables and views)") from None
             raise StorageError(f"cannot open the study database {display_url(self.url)}: "
                                f"{_first_line(exc)}") from None
         return self
+
+    def _connect_options(self) -> dict[str, Any]:
+        """Normalize :attr:`url` (PostgreSQL through psycopg 3) and the engine's options."""
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError:
+            raise UsageError(f"--storage: not a database URL: {self.url!r} (expected e.g. "
+                             f"{DEFAULT_STORAGE} or postgresql://user@host/db)") from None
+        engine_kwargs: dict[str, Any] = {}
+        if parsed.drivername.startswith("sqlite"):
+            engine_kwargs["connect_args"] = {"timeout": 60}
+        elif parsed.drivername.split("+")[0] in ("postgresql", "postgres"):
+            if parsed.drivername in ("postgresql", "postgres"):  # `postgres`: Heroku's alias
+                self.url = parsed.set(drivername="postgresql+psycopg").render_as_string(
+                    hide_password=False)
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+            engine_kwargs["pool_pre_ping"] = True
+        return engine_kwargs
+
+    def upgrade(self) -> tuple[str, str]:
+        """Bring an existing database up to the installed Optuna's schema and the tuner's:
+        the views are dropped, Optuna's migration runs (its own code, as ``optuna storage
+        upgrade`` runs it), then the tuner's tables, ties and views are brought up to
+        date. Returns Optuna's schema revision before and after."""
+        engine_kwargs = self._connect_options()
+        path = _sqlite_path(self.url)
+        if path is not None and not path.exists():
+            raise StorageError(f"no study database at {path}; check --storage")
+        try:
+            _check_schema(self.url, engine_kwargs, complete=False)  # older: fewer tables
+            engine = create_engine(self.url, **engine_kwargs)
+            try:
+                with engine.begin() as conn:
+                    drop_views(conn)
+            finally:
+                engine.dispose()
+            rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
+                                             skip_compatibility_check=True,
+                                             skip_table_creation=True)
+            before, head = rdb.get_current_version(), rdb.get_head_version()
+            if before != head:
+                rdb.upgrade()
+            rdb.engine.dispose()
+        except (SQLAlchemyError, ModuleNotFoundError, ValueError, RuntimeError) as exc:
+            raise StorageError(f"cannot upgrade the study database {display_url(self.url)}: "
+                               f"{_first_line(exc)} (the tuner's views are recreated by the "
+                               "next `tuner upgrade` or `tuner start`)") from None
+        self.create = True
+        self.open()
+        return before, head
 
     @property
     def optuna(self) -> TunerRDBStorage:
@@ -241,12 +293,26 @@ class TunerStorage:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
+        except (OperationalError, InterfaceError, InternalError, PoolTimeout) as exc:
+            raise StorageUnavailable(f"database error on {display_url(self.url)}: "
+                                     f"{_first_line(exc)}") from None
+        except SQLAlchemyError as exc:  # the data, not the connection: retrying cannot help
             raise StorageError(f"database error on {display_url(self.url)}: "
                                f"{_first_line(exc)}") from None
 
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def delete_study(self, study_id: int) -> None:
+        """Delete a study, its trials and every row of the tuner's that belongs to them,
+        in one transaction (Optuna's deletion, whose rows the schema's ties follow)."""
+        try:
+            if self.tuner_tables:
+                ensure_schema(self.engine, self.url)  # the ties, on a database from before
+            self.optuna.delete_study(study_id)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot delete the study from {display_url(self.url)}: "
+                               f"{_first_line(exc)}") from None
 
     def write_trial(self, trial: Trial, values: Sequence[tuple[int, float]] = (),
                     user_attrs: Mapping[str, Any] | None = None) -> None:

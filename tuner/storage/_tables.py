@@ -65,3 +65,12 @@ models = Table(
     Column("trial_id", Integer, primary_key=True, autoincrement=False),
     Column("state", LargeBinary, nullable=False),
 )
+
+schema_version = Table(
+    "tuner_schema",
+    metadata,
+    # One row: the version of the tuner's tables and ties, and the SHA-256 of the views'
+    # definitions (tuner.storage._schema), so that a changed view reaches old databases.
+    Column("version", Integer, nullable=False),
+    Column("views", String(64)),
+)

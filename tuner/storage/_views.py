@@ -7,15 +7,12 @@ per trial (``trial_summary``) and one row per trial and epoch (``epoch_summary``
     sqlite3 storage/tuner.db "select * from trial_summary order by value desc limit 5"
 
 works without knowing Optuna's schema. storage/README.md documents their columns.
-They are created, when missing, whenever the tuner opens a database for writing
-(``tuner start``, ``tuner worker``); read-back commands never create anything.
+They are created, and recreated when their definition changes, whenever the tuner
+opens a database for writing (``tuner start``, ``tuner worker``; see
+:mod:`tuner.storage._schema`); read-back commands never create anything.
 """
 
 from __future__ import annotations
-
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 # What differs between the dialects: JSON functions, durations and enum-typed states.
 _DIALECT = {
@@ -100,20 +97,3 @@ def view_sql(dialect: str) -> dict[str, str]:
     parts = dict(_DIALECT[dialect])
     parts["choice"] = parts["choice"].format(path=parts.pop("path"))
     return {"trial_summary": _TRIAL_SUMMARY.format(**parts), "epoch_summary": _EPOCH_SUMMARY}
-
-
-def create_views(engine: Engine) -> None:
-    """Create the views that are missing (other dialects get none: they are a convenience)."""
-    if engine.dialect.name not in _DIALECT:
-        return
-    existing = set(inspect(engine).get_view_names())
-    for name, select in view_sql(engine.dialect.name).items():
-        if name in existing:
-            continue
-        try:
-            with engine.begin() as conn:
-                conn.execute(text(f"CREATE VIEW {name} AS {select}"))
-        except SQLAlchemyError:
-            # Another worker created it at the same moment: fine. Anything else, raise.
-            if name not in inspect(engine).get_view_names():
-                raise
