@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -59,24 +60,44 @@ def _draws(sampler: optuna.samplers.BaseSampler, space: Space, n: int = 5) -> li
     return [sample(space.params, study.ask()) for _ in range(n)]
 
 
-def test_sampler_is_seeded_from_the_space_plus_offset() -> None:
+def _first_draw(seed: int, number: int, space: Space) -> dict[str, Any]:
+    """What a RandomSampler seeded per trial draws for trial ``number``: a fresh
+    RandomSampler seeded from (seed, number) as tuner.samplers.seed_per_trial derives it."""
+    entropy = np.random.SeedSequence([seed, number, 0]).generate_state(1)[0]
+    return _draws(optuna.samplers.RandomSampler(seed=int(entropy)), space, 1)[0]
+
+
+def test_sampler_is_seeded_per_trial_from_the_space() -> None:
     space = _space(seed=5, sampler={"name": "random"},
                    params={"lr": {"low": 1e-4, "high": 1e-1, "log": True},
                            "hidden": {"low": 8, "high": 64}})
-    reference = _draws(optuna.samplers.RandomSampler(seed=5), space)
-    assert _draws(build_sampler(space), space) == reference
-    assert _draws(build_sampler(space), space) == reference
-    # A resumed study offsets the seed so it does not replay its first points.
-    assert _draws(build_sampler(space, 3), space) == _draws(
-        optuna.samplers.RandomSampler(seed=8), space)
-    assert _draws(build_sampler(space, 3), space) != reference
+    draws = _draws(build_sampler(space), space)
+    assert draws == _draws(build_sampler(space), space)  # reproducible from the seed
+    assert draws == [_first_draw(5, n, space) for n in range(5)]
+    assert len({tuple(d.items()) for d in draws}) == 5
+
+
+def test_workers_loading_a_study_at_once_draw_different_configurations() -> None:
+    """Two samplers built alike (two workers that load the study at the same moment)
+    on one study: each trial's draws come from its number, so no two coincide."""
+    for name in ("random", "tpe", "qmc", "cmaes"):
+        space = _space(seed=3, sampler={"name": name},
+                       params={"lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                               "dropout": {"low": 0.0, "high": 0.5}})
+        storage = optuna.storages.InMemoryStorage()
+        first = optuna.create_study(storage=storage, sampler=build_sampler(space))
+        second = optuna.load_study(study_name=first.study_name, storage=storage,
+                                   sampler=build_sampler(space))
+        trials = [study.ask() for _ in range(3) for study in (first, second)]
+        params = [tuple(sample(space.params, trial).items()) for trial in trials]
+        assert len(set(params)) == len(params), name
 
 
 def test_sampler_own_seed_wins_over_the_space_seed() -> None:
     space = _space(seed=5, sampler={"name": "random", "seed": 11},
                    params={"lr": {"low": 1e-4, "high": 1e-1, "log": True}})
-    assert _draws(build_sampler(space), space) == _draws(
-        optuna.samplers.RandomSampler(seed=11), space)
+    assert _draws(build_sampler(space), space) == [_first_draw(11, n, space)
+                                                   for n in range(5)]
 
 
 @pytest.mark.parametrize("sampler", [

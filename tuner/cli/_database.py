@@ -42,7 +42,7 @@ def delete(storage: str, name: str, yes: bool) -> None:
     what = (f"study {name!r} ({total} trial{'' if total == 1 else 's'}"
             f"{f', {running} running' if running else ''}) from {display_url(db.url)}")
     if not yes:
-        if not sys.stdin.isatty():
+        if not can_ask():
             raise UsageError("deleting a study needs a confirmation: run it in a terminal, or pass --yes")
         click.confirm(f"Delete {what}?", abort=True, err=True)
     db.delete_study(study_id)
@@ -52,6 +52,11 @@ def delete(storage: str, name: str, yes: bool) -> None:
         click.echo(f"Deleted {what}.")
         return
     raise click.ClickException(f"study {name!r} is still there after deleting it")
+
+
+def can_ask() -> bool:
+    """Whether there is a terminal to ask for a confirmation on."""
+    return sys.stdin.isatty()
 
 
 @cli.command()
