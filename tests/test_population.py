@@ -193,12 +193,21 @@ def test_ctrl_c_fails_every_member_and_the_study_resumes(
     with pytest.raises(KeyboardInterrupt):
         run_study(space(), storage=storage, study_name="c", budget=6, device=CPU,
                   engine=fused(3))
-    states = [t.state for t in trials_of(storage, "c")]
-    assert states == [TrialState.FAIL] * 3  # nothing left RUNNING
+    trials = trials_of(storage, "c")
+    # Nothing left RUNNING: the members are failed, and queued again with their params.
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
+    failed = {t.number: t.params for t in trials if t.state == TrialState.FAIL}
+    queued = {t.number: t for t in trials if t.state == TrialState.WAITING}
+    assert sorted(t.system_attrs["failed_trial"] for t in queued.values()) == sorted(failed)
+    assert all(t.params == failed[t.system_attrs["failed_trial"]] for t in queued.values())
     monkeypatch.setattr(population_module, "train_population", real)
     summary = run_study(space(), storage=storage, study_name="c", budget=6, device=CPU,
                         engine=fused(3))
     assert summary.finished == 6
+    after = {t.number: t for t in trials_of(storage, "c")}
+    assert all(after[n].state.is_finished() and after[n].state != TrialState.FAIL
+               for n in queued)  # the retries ran
+    assert len(after) == 9
 
 
 def test_a_member_failed_elsewhere_is_dropped(storage: TunerStorage,
@@ -298,8 +307,12 @@ def test_claimed_trials_beat_at_once_and_ctrl_c_while_sampling_fails_them(
     with pytest.raises(KeyboardInterrupt):
         run_study(space(), storage=storage, study_name="k", budget=8, device=CPU,
                   engine=fused(4))
-    # The one sampled and the three not sampled: all told FAIL, none left RUNNING.
-    assert [t.state for t in trials_of(storage, "k")] == [TrialState.FAIL] * 4
+    # The one sampled and the three not sampled: all told FAIL, none left RUNNING; the
+    # one that had its parameters is queued again, the others had nothing to keep.
+    trials = trials_of(storage, "k")
+    assert [t.state for t in trials] == [TrialState.FAIL] * 4 + [TrialState.WAITING]
+    assert trials[4].system_attrs["failed_trial"] == 0 and trials[4].params == trials[0].params
+    assert trials[0].params and not any(t.params for t in trials[1:4])
 
 
 def test_pruning_decides_every_member_of_an_epoch_on_one_read(

@@ -212,7 +212,9 @@ def test_sigint_stops_every_worker_and_leaves_the_study_resumable(tmp_path: Path
     counts = states(url, "stop")
     assert counts[TrialState.RUNNING] == 0
     assert counts[TrialState.FAIL] == 2
+    assert counts[TrialState.WAITING] == 2  # queued again, for the next run to resume
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] < 3
+    assert out.strip().splitlines()[-1].startswith("Interrupted: the trials that were running")
 
 
 def test_worker_joins_a_study_from_the_database_alone(tmp_path: Path) -> None:
