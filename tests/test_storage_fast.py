@@ -7,6 +7,7 @@ FrozenTrials, the same sampled parameters, the same errors, the same stale trial
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,56 @@ def test_the_trial_read_at_ask_is_a_copy_and_later_reads_see_the_database(
     assert storage.studies._fresh == {}
 
 
+def test_the_first_read_of_a_new_trial_unchanged_is_its_creation_copy(
+        storage: TunerStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    trial_id = storage.studies.create_new_trial(study._study_id)
+    full_reads = []
+    read = storage.optuna.get_trial
+    monkeypatch.setattr(storage.optuna, "get_trial",
+                        lambda t: full_reads.append(t) or read(t))
+    first = storage.studies.get_trial(trial_id)
+    assert full_reads == []
+    assert _rows(first) == _rows(RDB.get_trial(storage.optuna, trial_id))
+    assert _rows(storage.studies.get_trial(trial_id)) == _rows(first)
+    assert full_reads == [trial_id]  # a copy serves one read only
+    study.enqueue_trial({"x": 0.5})  # created from a template: never a copy
+    assert storage.studies._fresh == {}
+
+
+# What another process may do to a trial between its creation and its first read.
+_ELSEWHERE = {
+    "completes it": lambda s, t: s.set_trial_state_values(t, TrialState.COMPLETE, [0.0]),
+    "sets a param": lambda s, t: s.set_trial_param(t, "x", 0.5, FloatDistribution(0, 1)),
+    "writes a value": lambda s, t: s.set_trial_state_values(t, TrialState.RUNNING, [1.0]),
+    "reports": lambda s, t: s.set_trial_intermediate_value(t, 1, 0.5),
+    "sets a user attr": lambda s, t: s.set_trial_user_attr(t, "k", 1),
+    "sets a system attr": lambda s, t: s.set_trial_system_attr(t, "k", 1),
+    "restarts it": lambda s, t: (s.set_trial_state_values(t, TrialState.WAITING),
+                                 s.set_trial_state_values(t, TrialState.RUNNING)),
+}
+
+
+@pytest.mark.parametrize("change", list(_ELSEWHERE))
+def test_a_new_trial_changed_by_another_process_is_read_from_the_database(
+        storage: TunerStorage, change: str) -> None:
+    """Optuna's ``test_read_trials_from_remote_storage``, for each kind of change."""
+    study = optuna.create_study(storage=storage.studies, study_name="s")
+    trial_id = storage.studies.create_new_trial(study._study_id)
+    created = storage.optuna.get_trial(trial_id)
+    other = TunerStorage(storage.url, heartbeat=False).open()  # its own engine and cache
+    try:
+        _ELSEWHERE[change](other.optuna, trial_id)
+        theirs = RDB.get_trial(other.optuna, trial_id)
+        assert _rows(theirs) != _rows(created)
+        assert _rows(storage.studies.get_trial(trial_id)) == _rows(theirs)
+        other.optuna.delete_study(study._study_id)
+        with pytest.raises(KeyError):
+            storage.studies.get_trial(trial_id)
+    finally:
+        other.engine.dispose()
+
+
 def test_parameter_writes_check_as_optuna_does(storage: TunerStorage) -> None:
     study = optuna.create_study(storage=storage.studies, study_name="s")
     first = study.ask()
@@ -165,6 +216,15 @@ def test_parameter_writes_check_as_optuna_does(storage: TunerStorage) -> None:
     study.tell(second, 0.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         set_param(second._trial_id, "x", 0.5, FloatDistribution(0, 1))
+    # A finished trial is refused before its distribution is compared, as in Optuna.
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_param(second._trial_id, "x", 1.0, optuna.distributions.IntDistribution(0, 3))
+    incompatible = (second._trial_id, "x", 1.0, optuna.distributions.IntDistribution(0, 3),
+                    FloatDistribution(0, 1))
+    for set_on in (storage.optuna._set_trial_param,
+                   functools.partial(RDB._set_trial_param, storage.optuna)):
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            set_on(*incompatible)
     with pytest.raises(optuna.exceptions.StorageInternalError):  # the same name twice
         set_param(first._trial_id, "x", 0.5, FloatDistribution(0, 1))
     with pytest.raises(KeyError):

@@ -11,7 +11,9 @@ suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
   only when there is does Optuna's reload run.
 * The ``Trial`` that ``ask`` builds reads back the trial it has just created.
   :class:`StudyStorage` hands that first reader the :class:`~optuna.trial.FrozenTrial`
-  the creation returned (a copy), instead of reading five tables again.
+  the creation returned (a copy) once one ``SELECT`` has shown that the trial is still
+  as created (RUNNING since the same start, nothing written to it: another process may
+  have changed it in between), instead of the six of a full read.
 * ``ask`` creates the trial, and ``tell`` sets its state and values, each in an ORM
   session that loads the study or trial row under a row lock. :class:`TunerRDBStorage`
   runs the same statements under the same lock (``FOR UPDATE``) in one Core
@@ -124,6 +126,11 @@ _RUNNING_BEATS = (select(TrialHeartbeatModel.trial_id, TrialHeartbeatModel.heart
                   .where(TrialModel.study_id == _STUDY, TrialModel.state == TrialState.RUNNING))
 _NOW = select(func.now())
 _STUDY_EXISTS = select(StudyModel.study_id).where(StudyModel.study_id == _STUDY)
+# A trial's state and times, and whether each child table has a row of it.
+_AS_CREATED = select(TrialModel.state, TrialModel._datetime_start_utc,
+                     TrialModel._datetime_complete_utc,
+                     *(select(columns[0]).where(columns[0] == _ID).exists()
+                       for columns in _CHILD_COLUMNS)).where(TrialModel.trial_id == _ID)
 # Trial creation and state changes, with the row locks Optuna's sessions take (FOR
 # UPDATE; SQLite serializes writers instead and omits the clause).
 _LOCK_STUDY = _STUDY_EXISTS.with_for_update()
@@ -163,7 +170,7 @@ def _trials_query(with_states: bool, mode: str) -> tuple[Select[Any], tuple[Sele
     return cast("Select[Any]", trials), _children(conditions)
 
 
-# Fresh trials nobody read (created WAITING by enqueue_trial, say) are forgotten past this.
+# Copies of new trials nobody read (created other than by study.ask) are forgotten past this.
 _MAX_FRESH = 256
 
 
@@ -179,6 +186,19 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
                 raise KeyError(NOT_FOUND_MSG)
             children = [[r[1:] for r in conn.execute(statement, key)] for statement in _TRIAL_ROWS]
         return _frozen(row, *children)
+
+    def _is_as_created(self, trial: FrozenTrial) -> bool:
+        """Whether the database still holds ``trial``, a trial :meth:`_create_new_trial`
+        created without a template, as it was created: RUNNING since the same start, with
+        no values, parameters, attributes or intermediate values. One statement, so one
+        snapshot: what anyone (another process included) wrote to it since makes it False."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_AS_CREATED, {"trial_id": trial._trial_id}).first()
+        if row is None:
+            return False
+        state, start, complete, *written = row
+        return (state == TrialState.RUNNING and complete is None and not any(written)
+                and _local_time("start", start) == trial.datetime_start)
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None,
                     included_trial_ids: set[int], trial_id_greater_than: int) -> list[FrozenTrial]:
@@ -215,13 +235,15 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
             super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
                                      previous_distribution)
             return
-        distributions.check_distribution_compatibility(previous_distribution, distribution)
         try:
             with self.engine.begin() as conn:
                 state = conn.execute(TRIAL_STATE, {"trial_id": trial_id}).scalar()
                 if state is None:
-                    raise KeyError(f"No trial with trial_id {trial_id} exists.")
+                    raise KeyError(NOT_FOUND_MSG)
+                # Optuna's order: a finished trial is refused whatever the distribution.
                 self.check_trial_is_updatable(trial_id, state)
+                distributions.check_distribution_compatibility(previous_distribution,
+                                                               distribution)
                 conn.execute(_INSERT_PARAM, {
                     "trial_id": trial_id, "param_name": param_name,
                     "param_value": param_value_internal,
@@ -369,23 +391,32 @@ class StudyStorage(_CachedStorage):
     ``RDBStorage`` in a plain ``_CachedStorage``).
     """
 
+    _backend: TunerRDBStorage
+
     def __init__(self, backend: TunerRDBStorage) -> None:
         super().__init__(backend)
+        # Trials created here without a template and not read since, as created.
         self._fresh: dict[int, FrozenTrial] = {}
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
-        with self._lock:
-            _, number = self._trial_id_to_study_id_and_number[trial_id]
-            if len(self._fresh) >= _MAX_FRESH:
-                self._fresh.clear()
-            self._fresh[trial_id] = copy.deepcopy(self._studies[study_id].trials[number])
+        if template_trial is None:
+            with self._lock:
+                _, number = self._trial_id_to_study_id_and_number[trial_id]
+                if len(self._fresh) >= _MAX_FRESH:
+                    self._fresh.clear()
+                self._fresh[trial_id] = copy.deepcopy(self._studies[study_id].trials[number])
         return trial_id
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
+        """The trial: the copy taken at its creation the first time it is read, if the
+        database shows it unchanged since (one ``SELECT``); otherwise as Optuna's cache
+        serves it (a finished trial from the cache, an unfinished one from the database)."""
         with self._lock:
             fresh = self._fresh.pop(trial_id, None)
-        return fresh if fresh is not None else super().get_trial(trial_id)
+        if fresh is not None and self._backend._is_as_created(fresh):
+            return fresh
+        return super().get_trial(trial_id)
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -396,7 +427,8 @@ class StudyStorage(_CachedStorage):
                 return []
         return super().get_all_trials(study_id, deepcopy, states)
 
-    # Any write to a trial makes the copy taken at its creation stale.
+    # A write through this storage makes the copy taken at a trial's creation stale: it is
+    # forgotten without asking the database.
 
     def _written(self, trial_id: int) -> None:
         with self._lock:
