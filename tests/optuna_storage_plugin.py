@@ -48,9 +48,6 @@ NOT_THE_TUNERS = {
         "TunerStorage.open() reports a refused argument as tuner.errors.StorageError, not "
         "ValueError; the check itself is RDBStorage.__init__'s, which the tuner does not "
         "override"),
-    "test_heartbeat_experimental_warnings": (
-        "the tuner's heartbeat comes with a RetryHeartbeatStaleTrialCallback, itself "
-        "experimental: a second ExperimentalWarning where the test allows one"),
     "test_init_db_module_import_error": (
         "fails on Optuna's own RDBStorage too with SQLAlchemy 2.1, whose default "
         "PostgreSQL driver is psycopg (installed), not the psycopg2 the test hides"),

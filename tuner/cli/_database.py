@@ -43,7 +43,8 @@ def delete(storage: str, name: str, yes: bool) -> None:
             f"{f', {running} running' if running else ''}) from {display_url(db.url)}")
     if not yes:
         if not can_ask():
-            raise UsageError("deleting a study needs a confirmation: run it in a terminal, or pass --yes")
+            raise UsageError("deleting a study needs a confirmation: run it in a terminal, "
+                             "or pass --yes")
         click.confirm(f"Delete {what}?", abort=True, err=True)
     db.delete_study(study_id)
     try:
