@@ -244,11 +244,24 @@ def test_best_csv_and_table(runner: CliRunner, tiny_db: dict[str, Any]) -> None:
     # (exact CSV values are checked by test_trials_csv_reads_back_equal_to_optuna)
     assert float(row["value"]) == pytest.approx(best.value, rel=1e-5)
     assert int(row["seed"]) == best.user_attrs["seed"]
+
+
+
+def test_best_alone_is_shown_as_tuner_start_ends(runner: CliRunner,
+                                                 tiny_db: dict[str, Any]) -> None:
+    """One trial is a headline and a line per parameter, as `tuner start`'s summary."""
+    best = _study(tiny_db["url"]).best_trial
     table = _invoke(runner, ["best", "--study", "tiny", "--storage", tiny_db["url"]])
-    assert table.exit_code == 0
-    header, _, first = table.stdout.splitlines()
-    assert header.split()[:5] == ["number", "value", "test_metric", "best_epoch", "seed"]
-    assert int(first.split()[0]) == best.number
+    assert table.exit_code == 0, table.output
+    head, *params = table.stdout.splitlines()
+    summary = tiny_db["first"].stdout.splitlines()
+    at = next(i for i, line in enumerate(summary) if line.startswith("Best trial #"))
+    start_head, start_params = summary[at], summary[at + 1:at + 1 + len(best.params)]
+    # The same words, the seed and the duration added in the parentheses.
+    assert head.startswith(start_head.rstrip(")") + ", seed ")
+    assert f"seed {best.user_attrs['seed']}," in head
+    assert params == start_params
+    assert [line.split()[0] for line in params] == list(best.params)
 
 
 def test_best_top_k_is_ordered(runner: CliRunner, tiny_db: dict[str, Any]) -> None:

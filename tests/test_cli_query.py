@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from optuna.trial import TrialState
+from table_reader import read_table
 
 from tuner.cli import cli
 from tuner.runner import run_study
@@ -47,19 +48,17 @@ def _clean_error(result: Result, code: int, *fragments: str) -> str:
     return lines[-1]
 
 
-def _rows(result: Result, fmt: str) -> list[dict[str, Any]]:
-    """Parse any format back into rows of strings (json: of values)."""
+def _rows(result: Result, fmt: str, text: str | None = None) -> list[dict[str, Any]]:
+    """Parse any format back into rows of strings (json: of values); ``text``: this part
+    of the output instead of all of it."""
     assert result.exit_code == 0, result.output
+    text = result.stdout if text is None else text
     if fmt == "json":
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
+        return json.loads(text)  # type: ignore[no-any-return]
     if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(result.stdout)))
-    header, rule, *lines = result.stdout.splitlines()
-    starts = [i for i, c in enumerate(rule) if c == "-" and (i == 0 or rule[i - 1] == " ")]
-    names = header.split()
-    bounds = [*starts[1:], None]
-    return [{n: line[s:e].strip() for n, s, e in zip(names, starts, bounds, strict=True)}
-            for line in lines]
+        return list(csv.DictReader(io.StringIO(text)))
+    _, rows, same = read_table(text)
+    return [{**same, **row} for row in rows]  # what is the same in all is in every row
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +118,8 @@ def test_a_multi_objective_study_is_shown_with_every_direction(tmp_path: Path,
     before = db_snapshot(path)
     _clean_error(_invoke(["best", "--study", "multi", "--storage", url]), 1,
                  "has 2 objectives (minimize, maximize)", "no trial is best by one value")
+    _clean_error(_invoke(["curves", "--study", "multi", "--storage", url]), 1,
+                 "has 2 objectives", "give --trial N")
     assert db_snapshot(path) == before
 
 
@@ -289,3 +290,187 @@ def test_dashboard_on_a_port_in_use(db: dict[str, Any], db_snapshot: Any) -> Non
 def test_dashboard_port_out_of_range(db: dict[str, Any]) -> None:
     _clean_error(_invoke(["dashboard", "--storage", db["url"], "--port", "70000"]), 2,
                  "--port")
+
+
+# --- tables that fit, and show what differs -----------------------------------------------------
+
+LONG = "a_rather_long_regularization_knob"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An ask/tell study with parameters fixed in every trial (`width`, `kind`), a
+    conditional one (`momentum`) and one of a long name."""
+    path = tmp_path_factory.mktemp("mixed") / "mixed.db"
+    url = f"sqlite:///{path}"
+    study = optuna.create_study(study_name="mixed", storage=url, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=2))
+    for i in range(12):
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.suggest_int("width", 64, 64)
+        trial.suggest_categorical("kind", ["bernoulli"])
+        if trial.suggest_categorical("optimizer", ["adam", "momentum"]) == "momentum":
+            trial.suggest_float("momentum", 0.5, 0.99)
+        trial.suggest_float(LONG, 0.0, 1.0)
+        for j in range(6):
+            trial.suggest_float(f"extra_{j}", 0.0, 1.0)
+        study.tell(trial, 1.0 - lr * i)
+    return {"url": url, "trials": study.trials}
+
+
+def _differ(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[set[str], dict[str, Any]]:
+    """Which parameters differ between trials (one lacking it counts), by Optuna's API."""
+    names = {n for t in trials for n in t.params}
+    same = {n: trials[0].params[n] for n in names
+            if all(n in t.params for t in trials)
+            and len({repr(t.params[n]) for t in trials}) == 1}
+    return names - set(same), same
+
+
+@pytest.mark.parametrize("width", [60, 100, 140])
+def test_trials_table_fits_and_shows_what_differs(mixed: dict[str, Any], width: int) -> None:
+    result = CliRunner().invoke(cli, ["trials", "--study", "mixed", "--storage", mixed["url"]],
+                                env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= width
+    columns, rows, same = read_table(result.stdout)
+    trials = mixed["trials"]
+    differ, fixed = _differ(trials)
+    assert set(columns) == {"number", "state", "value", "duration", *differ}
+    assert "best_epoch" not in columns  # empty in every row: a plain Optuna study
+    assert same == {name: str(value) for name, value in fixed.items()} == {
+        "width": "64", "kind": "bernoulli"}
+    assert [int(r["number"]) for r in rows] == [t.number for t in trials]
+    for row, trial in zip(rows, trials, strict=True):
+        assert float(row["value"]) == pytest.approx(trial.value, rel=1e-5)
+        for name in differ:
+            if name in trial.params and name != "optimizer":
+                assert float(row[name]) == pytest.approx(trial.params[name], rel=1e-5)
+            else:
+                assert row[name] == trial.params.get(name, "")
+
+
+def test_a_table_not_on_a_terminal_is_120_wide(mixed: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli, ["trials", "--study", "mixed", "--storage", mixed["url"]],
+                                env={"COLUMNS": None})
+    wide = CliRunner().invoke(cli, ["trials", "--study", "mixed", "--storage", mixed["url"]],
+                              env={"COLUMNS": "1000"})
+    assert max(map(len, result.stdout.splitlines())) <= 120
+    assert max(map(len, wide.stdout.splitlines())) > 120  # it had to be fitted
+    assert read_table(result.stdout) == read_table(wide.stdout)  # the same cells
+
+
+def test_all_params_columns_and_machine_formats_keep_every_column(mixed: dict[str, Any]
+                                                                   ) -> None:
+    args = ["trials", "--study", "mixed", "--storage", mixed["url"]]
+    names = {n for t in mixed["trials"] for n in t.params}
+    columns, _, same = read_table(_invoke([*args, "--all-params"]).stdout)
+    assert names <= set(columns) and same == {}
+    columns, rows, same = read_table(_invoke([*args, "--columns", "number,kind,lr"]).stdout)
+    assert columns == ["number", "kind", "lr"] and same == {}
+    assert {r["kind"] for r in rows} == {"bernoulli"}
+    for fmt in ("json", "csv"):
+        out = _rows(_invoke([*args, "--format", fmt]), fmt)
+        assert set(out[0]) == {"number", "state", "value", "duration", "best_epoch", *names}
+    top = _rows(_invoke(["best", "--study", "mixed", "--storage", mixed["url"], "--top", "3",
+                         "--format", "json"]), "json")
+    assert {"width", "kind", "test_metric", "seed"} <= set(top[0])
+
+
+def test_best_top_k_table_names_what_is_the_same(mixed: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli, ["best", "--study", "mixed", "--storage", mixed["url"],
+                                      "--top", "3"], env={"COLUMNS": "80"})
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    columns, rows, same = read_table(result.stdout)
+    best = sorted(mixed["trials"], key=lambda t: -t.value)[:3]
+    assert [int(r["number"]) for r in rows] == [t.number for t in best]
+    differ, fixed = _differ(best)
+    assert set(columns) == {"number", "value", *differ}
+    assert same == {name: f"{v:.4g}" if isinstance(v, float) else str(v)
+                    for name, v in fixed.items()}
+
+
+def test_one_trial_is_shown_as_a_list(mixed: dict[str, Any]) -> None:
+    trial = mixed["trials"][5]
+    result = _invoke(["trials", "--study", "mixed", "--storage", mixed["url"], "--where",
+                      "number == 5"])
+    head, *lines = result.stdout.splitlines()
+    assert head.startswith(f"Trial #5 (complete): value {trial.value:.4f} (")
+    assert {line.split()[0]: line.split()[1] for line in lines} == {
+        k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in trial.params.items()}
+
+
+# --- JSON: the stored doubles, exactly ------------------------------------------------------------
+
+
+def _sqlite(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_json_is_the_stored_double_and_accuracy_an_exact_fraction(db: dict[str, Any]) -> None:
+    stored = dict(_sqlite(db["path"], """
+        SELECT t.number, v.value FROM trials t JOIN studies s USING (study_id)
+        JOIN trial_values v USING (trial_id) WHERE s.study_name = 'tiny'"""))
+    tests = dict(_sqlite(db["path"], """
+        SELECT t.number, i.test_metric FROM trials t JOIN studies s USING (study_id)
+        JOIN tuner_trials i USING (trial_id) WHERE s.study_name = 'tiny'"""))
+    params = _sqlite(db["path"], """
+        SELECT t.number, p.param_name, p.param_value FROM trials t
+        JOIN studies s USING (study_id) JOIN trial_params p USING (trial_id)
+        WHERE s.study_name = 'tiny' AND p.param_name = 'lr'""")
+    rows = _rows(_invoke(["trials", "--study", "tiny", "--storage", db["url"], "--format",
+                          "json"]), "json")
+    assert {r["number"]: r["value"] for r in rows} == stored
+    assert {r["number"]: r["lr"] for r in rows} == {n: v for n, _, v in params}
+    best = _rows(_invoke(["best", "--study", "tiny", "--storage", db["url"], "--format",
+                          "json"]), "json")[0]
+    assert best["test_metric"] == tests[best["number"]]
+    epochs = dict(_sqlite(db["path"], f"""
+        SELECT e.epoch, e.val_metric FROM tuner_epochs e JOIN trials t USING (trial_id)
+        JOIN studies s USING (study_id)
+        WHERE s.study_name = 'tiny' AND t.number = {best['number']}"""))
+    curve = _rows(_invoke(["curves", "--study", "tiny", "--storage", db["url"], "--trial",
+                           str(best["number"]), "--format", "json"]), "json")
+    assert {r["epoch"]: r["val_metric"] for r in curve} == epochs
+    # Accuracy is hits / n (iris: n <= 150), not a float32's approximation of it.
+    for value in [*stored.values(), best["test_metric"], *epochs.values()]:
+        assert any(round(value * n) / n == value for n in range(1, 151)), value
+
+
+# --- curves: the best trial by default ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_curves_default_to_the_best_trial(db: dict[str, Any], fmt: str) -> None:
+    best = optuna.load_study(study_name="tiny", storage=db["url"]).best_trial
+    result = _invoke(["curves", "--study", "tiny", "--storage", db["url"], "--format", fmt])
+    note = f"No --trial given: the best trial, #{best.number} (validation accuracy "
+    text = result.stdout
+    if fmt == "table":
+        first, text = text.split("\n", 1)
+        assert first.startswith(note)
+    else:
+        assert result.stderr.startswith(note)  # stdout stays data
+    explicit = _invoke(["curves", "--study", "tiny", "--storage", db["url"], "--format", fmt,
+                        "--trial", str(best.number)])
+    rows = _rows(result, fmt, text)
+    assert rows == _rows(explicit, fmt)
+    assert {int(r["trial"]) for r in rows} == {best.number}
+
+
+def test_curves_help_says_the_default() -> None:
+    text = " ".join(_invoke(["curves", "--help"]).stdout.split())
+    assert "Default: the study's best trial." in text
+
+
+def test_curves_without_a_complete_trial_needs_a_trial(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    study = optuna.create_study(study_name="empty", storage=url)
+    study.ask()  # running, never complete
+    _clean_error(_invoke(["curves", "--study", "empty", "--storage", url]), 1,
+                 "no complete trial", "give --trial N")

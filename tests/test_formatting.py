@@ -9,6 +9,7 @@ import math
 from datetime import datetime
 
 import pytest
+from table_reader import read_table
 
 from tuner.formatting import FORMATS, format_rows
 
@@ -127,3 +128,68 @@ def test_format_rows_is_pure() -> None:
     for fmt in FORMATS:
         assert format_rows(rows, COLUMNS, fmt) == format_rows(rows, COLUMNS, fmt)
     assert rows == ROWS
+
+
+# --- tables that fit a width ---------------------------------------------------------------------
+
+WIDE_COLUMNS = ["number", "value", "best_epoch", "dropout_kind", "learning_rate", *(
+    f"knob_{i}" for i in range(8))]
+WIDE_ROWS = [{"number": n, "value": 0.5 + n / 7, "best_epoch": n % 4,
+              "dropout_kind": "gaussian" if n % 2 else "bernoulli",
+              "learning_rate": 10.0 ** -n, **{f"knob_{i}": i * n / 3 for i in range(8)}}
+             for n in range(5)]
+
+
+def _lines(text: str) -> list[str]:
+    return text.rstrip("\n").split("\n")
+
+
+def test_table_without_a_width_is_one_line_per_row() -> None:
+    lines = _lines(format_rows(WIDE_ROWS, WIDE_COLUMNS, "table"))
+    assert len(lines) == 2 + len(WIDE_ROWS)
+    assert lines[0].split() == WIDE_COLUMNS
+
+
+@pytest.mark.parametrize("width", [40, 60, 90, 130])
+def test_table_fits_the_width_and_keeps_every_cell(width: int) -> None:
+    text = format_rows(WIDE_ROWS, WIDE_COLUMNS, "table", width=width)
+    assert max(len(line) for line in _lines(text)) <= width
+    # Read back (headers rejoined, blocks joined on their rows), it is the unfitted table.
+    assert read_table(text) == read_table(format_rows(WIDE_ROWS, WIDE_COLUMNS, "table"))
+    columns, rows, _ = read_table(text)
+    assert columns == WIDE_COLUMNS
+    assert [int(r["number"]) for r in rows] == [r["number"] for r in WIDE_ROWS]
+
+
+def test_table_breaks_headers_before_it_splits_columns() -> None:
+    natural = _lines(format_rows(WIDE_ROWS, WIDE_COLUMNS, "table"))
+    width = len(natural[1]) - 4  # a little narrower than one line per row
+    lines = _lines(format_rows(WIDE_ROWS, WIDE_COLUMNS, "table", width=width))
+    assert "" not in lines  # one block
+    assert len(lines) == 3 + len(WIDE_ROWS)  # a header of two lines
+    assert "best_" in lines[0] and "epoch" in lines[1]
+    assert "knob_0" in lines[1]  # the others stay whole
+
+
+def test_table_blocks_repeat_the_leading_columns() -> None:
+    text = format_rows(WIDE_ROWS, WIDE_COLUMNS, "table", width=50, repeat=2)
+    blocks = text.rstrip("\n").split("\n\n")
+    assert len(blocks) > 1
+    for block in blocks:
+        body = _lines(block)[-len(WIDE_ROWS):]
+        assert [line.split()[:2] for line in body] == [
+            [str(r["number"]), f"{r['value']:.6g}"] for r in WIDE_ROWS]
+    assert read_table(text)[0] == WIDE_COLUMNS
+
+
+def test_table_numbers_align_right_text_left() -> None:
+    rows = [{"n": 1, "s": "a"}, {"n": 100, "s": "bbb"}]
+    assert _lines(format_rows(rows, ["n", "s"], "table")) == [
+        "  n  s", "---  ---", "  1  a", "100  bbb"]
+
+
+def test_a_cell_wider_than_the_width_is_cut() -> None:
+    rows = [{"n": 1, "path": "x" * 200}]
+    lines = _lines(format_rows(rows, ["n", "path"], "table", width=50))
+    assert max(map(len, lines)) <= 50
+    assert lines[-1].endswith("…")

@@ -420,3 +420,15 @@ def test_a_member_resumed_from_its_checkpoint_continues_as_if_uninterrupted(
             torch.testing.assert_close(value.to(torch.float64),
                                        uninterrupted[i].state_dict[name].to(torch.float64),
                                        rtol=1e-6, atol=1e-6, msg=f"member {i} {name}")
+
+
+def test_accuracy_per_epoch_is_hits_over_n_when_training_in_float32() -> None:
+    """The value stored for a trial is hits / n as Python divides them, not float32's
+    approximation (0.98611110448837 for 355/360)."""
+    data = load_splits("iris", seed=0)  # float32, as studies train
+    assert data.x_train.dtype == torch.float32
+    configs = [_config({"optimizer": "adam", "lr": 0.01}, seed=s, epochs=2) for s in (1, 2)]
+    results = train_population(configs, data, metric=METRICS["accuracy"], seed=0)
+    n = len(data.y_val)
+    values = [epoch.val_metric for r in results for epoch in r.history]
+    assert values and all(round(v * n) / n == v for v in values), values

@@ -148,3 +148,25 @@ def test_is_better_when_minimizing(value: float, best: float | None, min_delta: 
 def test_nan_is_never_better(name: str) -> None:
     assert not is_better(METRICS[name], math.nan, None)
     assert not is_better(METRICS[name], math.nan, 0.5)
+
+
+def test_accuracy_is_exactly_hits_over_n() -> None:
+    """355 hits of 360 is 355 / 360 as Python divides them: float32 would store
+    0.98611110448837 (in the study database, and every output after it)."""
+    labels = torch.zeros(360, dtype=torch.long)
+    logits = torch.zeros(360, 2)
+    logits[355:, 1] = 1.0  # the last five are wrong
+    value = metric_value(METRICS["accuracy"], logits, labels)
+    assert value.item() == 355 / 360
+    assert float(torch.stack([torch.tensor(0.5), value])[1]) == 355 / 360  # as train reads it
+
+
+def test_fused_accuracy_is_exactly_hits_over_n() -> None:
+    from tuner.fused._metrics import member_metric
+
+    target = torch.zeros(360, dtype=torch.long)
+    output = torch.zeros(3, 360, 2)  # [members, samples, classes]
+    for k, wrong in enumerate((0, 5, 7)):
+        output[k, :wrong, 1] = 1.0
+    values = member_metric(METRICS["accuracy"], output, target).tolist()
+    assert values == [1.0, 355 / 360, 353 / 360]

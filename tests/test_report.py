@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,8 @@ from optuna.trial import TrialState
 
 from tuner.cli import cli
 from tuner.report import write_report
-from tuner.report._charts import by_choice, l2_by_batchnorm, learning_curves
+from tuner.report._charts import ChartSkipped, by_choice, l2_by_batchnorm, learning_curves
+from tuner.report._optuna_plots import parallel_params, robust_range
 from tuner.storage import TunerStorage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +91,10 @@ def test_report_says_what_it_left_out(storage_url: str, tmp_path: Path) -> None:
     assert {p.stem for p in files.pngs} == {"optimization_history", "parallel_coordinate",
                                             "param_importances"}
     assert all(p.stat().st_size > 0 for p in files.pngs)
-    assert any(s.startswith("metric by optimizer: not in this study") for s in files.skipped)
+    assert "metric by optimizer: optimizer is not a parameter of this study's complete trials" in (
+        files.skipped)
+    assert not any(s.startswith("metric against l2") and "batchnorm" not in s
+                   for s in files.skipped)
     assert "plain" in files.html.read_text()
 
     optuna.create_study(study_name="empty", storage=storage.optuna)
@@ -108,19 +113,121 @@ def test_chart_data_against_optuna(reg_db: tuple[TunerStorage, str]) -> None:
     rows = [r for r in queries.trials(storage, "reg-study") if r["state"] == "complete"]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     chart = by_choice(rows, "optimizer", "accuracy")
-    assert chart is not None
     by_label = {s.label: sorted(s.y) for s in chart.series}
     for opt in ("adam", "sgd", "momentum"):
-        assert by_label[opt] == sorted(t.value for t in complete
-                                       if t.params["optimizer"] == opt)
+        values = sorted(t.value for t in complete if t.params["optimizer"] == opt)
+        assert by_label[f"{opt} (n={len(values)})"] == values  # each box says its n
     scatter = l2_by_batchnorm(rows, "accuracy")
-    assert scatter is not None and scatter.log_x
-    on = next(s for s in scatter.series if s.label == "batchnorm True")
+    assert scatter.log_x
+    on = next(s for s in scatter.series if s.label.startswith("batchnorm True (n="))
     assert sorted(on.x) == sorted(t.params["l2"] for t in complete if t.params["batchnorm"])
-    assert l2_by_batchnorm([{"params": {"x": 1}, "value": 1.0}], "m") is None
+    assert on.label == f"batchnorm True (n={len(on.x)})"
     curves = queries.curves(storage, "reg-study", [1, 0])
     lines = learning_curves(curves, top=[1], pruned=[0], metric="accuracy")
-    assert lines is not None
     best, pruned = lines.series
     assert not best.dashed and pruned.dashed
     assert dict(zip(pruned.x, pruned.y, strict=True)) == study.trials[0].intermediate_values
+
+
+# --- focused plots: what they show and what they say they left out --------------------------
+
+WIDE = [f"p{i:02d}" for i in range(12)]
+OUTLIER = 17  # the trial whose value is far below every other
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A plain Optuna study of 13 searched parameters (a few matter), one optimizer
+    choice, no batch normalization, one outlying trial; and its report."""
+    folder = tmp_path_factory.mktemp("wide")
+    storage = TunerStorage(f"sqlite:///{folder / 'wide.db'}", heartbeat=False).open()
+    study = optuna.create_study(study_name="wide", storage=storage.optuna,
+                                direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=3))
+    for i in range(40):
+        trial = study.ask()
+        xs = [trial.suggest_float(name, 0.0, 1.0) for name in WIDE]
+        trial.suggest_float("l2", 1e-6, 1e-2, log=True)
+        trial.suggest_categorical("optimizer", ["adam"])
+        value = 0.9 - 0.3 * xs[0] ** 2 - 0.2 * xs[1] - 0.1 * xs[2] - 0.01 * sum(xs[3:])
+        study.tell(trial, -50.0 if i == OUTLIER else value)
+    files = write_report(storage, "wide", folder / "report")
+    return {"study": study, "files": files,
+            "sections": {s.name: s for s in files.sections}}
+
+
+def test_parallel_coordinates_show_the_most_important_parameters(
+        wide_report: dict[str, Any]) -> None:
+    study = wide_report["study"]
+    section = wide_report["sections"]["parallel_coordinate"]
+    axes = list(section.figure.layout.xaxis.ticktext)[1:]  # one axis a tick, after the value
+    # Optuna's own ranking of the same study, by the report's evaluator.
+    ranking = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    varying = [*WIDE, "l2"]  # optimizer has one choice: no axis of its own
+    expected = [p for p in ranking if p in varying][:8]
+    assert len(axes) == 8 and sorted(axes) == sorted(expected)
+    assert "optimizer" not in axes
+    caption = section.caption
+    assert f"8 of the {len(varying)} parameters that vary" in caption
+    shown, left = caption.split("Left out: ")
+    assert all(p in shown for p in expected)
+    assert sorted(left.rstrip(".").split(", ")) == sorted(set(varying) - set(expected))
+    assert section.caption in wide_report["files"].html.read_text()
+
+
+def test_optimization_history_leaves_the_outlier_out_and_says_so(
+        wide_report: dict[str, Any]) -> None:
+    study = wide_report["study"]
+    values = [t.value for t in study.trials]
+    others = [v for i, v in enumerate(values) if i != OUTLIER]
+    section = wide_report["sections"]["optimization_history"]
+    low, high = section.figure.layout.yaxis.range
+    assert values[OUTLIER] < low <= min(others)
+    assert high >= study.best_value
+    assert (high - low) < 2 * (max(others) - min(others))  # not squashed
+    assert "1 outlying trial(s)" in section.caption and "1 below" in section.caption
+
+
+def test_charts_of_a_parameter_the_study_lacks_or_fixes_are_left_out(
+        wide_report: dict[str, Any]) -> None:
+    files = wide_report["files"]
+    drawn = {p.stem for p in files.pngs}
+    assert "l2_by_batchnorm" not in drawn and "by_optimizer" not in drawn
+    assert ("metric against l2 by batchnorm: batchnorm is not a parameter of this study's "
+            "complete trials") in files.skipped
+    assert "metric by optimizer: optimizer is 'adam' in every complete trial" in files.skipped
+    assert "slice_regularization" in drawn  # l2 varies
+
+
+def test_l2_by_batchnorm_needs_batchnorm_to_vary() -> None:
+    rows = [{"params": {"l2": 10.0 ** -k, "batchnorm": True}, "value": 0.5 + k / 10}
+            for k in range(1, 5)]
+    with pytest.raises(ChartSkipped, match="batchnorm is True in every complete trial"):
+        l2_by_batchnorm(rows, "accuracy")
+    rows[0]["params"]["batchnorm"] = False
+    chart = l2_by_batchnorm(rows, "accuracy")
+    assert sorted(s.label for s in chart.series) == ["batchnorm False (n=1)",
+                                                     "batchnorm True (n=3)"]
+    with pytest.raises(ChartSkipped, match="batchnorm is not a parameter"):
+        l2_by_batchnorm([{"params": {"l2": 0.1}, "value": 1.0}] * 2, "accuracy")
+
+
+def test_robust_range() -> None:
+    gen = np.random.default_rng(0)
+    values = list(0.9 + 0.02 * gen.standard_normal(50))
+    assert robust_range(values, max(values)) is None  # nothing to leave out
+    limits = robust_range([*values, 0.0, -3.0], max(values))
+    assert limits is not None and (limits.below, limits.above) == (2, 0)
+    assert 0.0 < limits.low <= min(values) and limits.high >= max(values)
+    # The best value stays in view even when it is far from the rest.
+    limits = robust_range([*values, 5.0, -3.0], 5.0)
+    assert limits is not None and limits.high >= 5.0 and limits.below == 1
+    assert robust_range([1.0, 2.0], 2.0) is None  # too few to tell
+
+
+def test_parallel_params_order() -> None:
+    shown, left = parallel_params(["a", "b", "c", "d"], {"c": 0.6, "a": 0.3, "b": 0.1},
+                                  top=3)
+    assert (shown, left) == (["c", "a", "b"], ["d"])  # d (conditional) has no importance
+    assert parallel_params(["a", "b"], None, top=1) == (["a"], ["b"])

@@ -22,7 +22,10 @@ def report(study: str, storage: str, out: Path) -> None:
     Optimization history, learning curves of the best and of pruned trials, parameter
     importances, parallel coordinates, slices of the regularization strengths, the
     validation metric by optimizer, by schedule, and against L2 by batch normalization;
-    each also as a PNG file beside the page.
+    each also as a PNG file beside the page. Parallel coordinates show the 8 most
+    important parameters, the history's y-axis leaves outlying trials out, and a chart
+    grouped by a parameter is drawn only when that parameter varies: each plot's caption,
+    and the page's "Left out" list, say what was left out.
 
     \b
     Example:

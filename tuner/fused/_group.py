@@ -236,7 +236,9 @@ class Group:
         val_loss, val_metric = evaluate_members(model, data.x_val, data.y_val, data.task,
                                                 metric, data.y_std)
         # The one host sync of the epoch, for all members.
-        rows = torch.stack([loss_sum / n, val_loss.to(x.dtype), val_metric.to(x.dtype)])
+        # (float64 when the metric is: an accuracy's hits / n stays exact.)
+        rows = torch.stack([loss_sum / n, val_loss.to(x.dtype), val_metric.to(
+            torch.promote_types(x.dtype, val_metric.dtype))])
         train_loss, val_loss_h, val_metric_h = rows.double().tolist()
         self.schedule.step(torch.tensor(val_metric_h, dtype=torch.float64))
         seconds = time.perf_counter() - start

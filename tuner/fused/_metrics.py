@@ -34,7 +34,7 @@ def member_metric(metric: Metric, output: Tensor, target: Tensor,
     if metric.name == "accuracy":
         # max(...).indices is argmax (the first maximal index) by a faster kernel.
         predicted = output.transpose(1, 2).max(dim=1).indices
-        return (predicted == target).float().mean(1)
+        return (predicted == target).to(torch.float64).mean(1)  # exact, as metric_value
     if metric.name == "cross_entropy":
         return member_loss("classification", output, target)
     error = output[..., 0] - target

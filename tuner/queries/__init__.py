@@ -13,7 +13,7 @@ and become SQL with bound parameters.
 from tuner.queries._curves import CURVE_COLUMNS, curve_columns, curves
 from tuner.queries._filter import FilterError, parse
 from tuner.queries._schema import STATES
-from tuner.queries._studies import STUDY_COLUMNS, studies
+from tuner.queries._studies import STUDY_COLUMNS, studies, study_metric
 from tuner.queries._trials import TRIAL_FIELDS, best_trials, param_names, trials
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "param_names",
     "parse",
     "studies",
+    "study_metric",
     "trials",
 ]

@@ -6,8 +6,10 @@ from typing import Any
 
 from sqlalchemy import text
 
+from tuner.errors import TunerError
 from tuner.queries._trials import as_datetime
 from tuner.storage import TunerStorage
+from tuner.study import require_study, stored_space
 
 STUDY_COLUMNS = ("study", "direction", "complete", "pruned", "running", "failed", "waiting",
                  "best_value", "created", "last_activity")
@@ -57,3 +59,14 @@ def studies(storage: TunerStorage) -> list[dict[str, Any]]:
         row["created"] = as_datetime(row["created"])
         row["last_activity"] = as_datetime(row["last_activity"])
     return rows
+
+
+def study_metric(storage: TunerStorage, study: str) -> str | None:
+    """The name of the metric a study's value is (a function of yours: its name), or None
+    for a study the tuner did not create (or whose stored space it cannot read)."""
+    require_study(storage, study)  # a study that does not exist is an error, not None
+    try:
+        space = stored_space(storage, study)
+    except TunerError:  # no stored space, or one this version cannot read
+        return None
+    return str(space.task.metric).rpartition(":")[2]

@@ -19,21 +19,26 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
 section { margin: 2em 0; }
 .note { color: #666; font-size: 0.9em; }
+.caption { color: #444; font-size: 0.9em; margin: 0.3em 0; }
+.wide { overflow-x: auto; }
 """
 
 
 @dataclass(frozen=True)
 class Section:
+    name: str  # the plot's name: its PNG's file stem
     title: str
     figure: Any  # a plotly figure
     png: str  # the PNG's file name, beside the page
+    caption: str = ""  # what the plot shows and leaves out
 
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns)
                    + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    # A study of many parameters makes a wide table: it scrolls, the page does not.
+    return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def render(study: str, summary: Mapping[str, Any], best: Sequence[Mapping[str, Any]],
@@ -55,7 +60,9 @@ def render(study: str, summary: Mapping[str, Any], best: Sequence[Mapping[str, A
         parts.append("<p class='note'>No complete trial yet.</p>")
     for i, section in enumerate(sections):
         div = section.figure.to_html(full_html=False, include_plotlyjs=(i == 0))
-        parts += [f"<section><h2>{html.escape(section.title)}</h2>{div}",
+        caption = (f"<p class='caption'>{html.escape(section.caption)}</p>"
+                   if section.caption else "")
+        parts += [f"<section><h2>{html.escape(section.title)}</h2>{div}{caption}",
                   f"<p class='note'><a href='{html.escape(section.png)}'>PNG</a></p></section>"]
     if skipped:
         items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped)
