@@ -132,7 +132,8 @@ def _check_schema(url: str, engine_kwargs: dict[str, Any], complete: bool = True
                if t not in names]
     if missing:
         raise StorageError(f"{display_url(url)} is not a complete Optuna study database "
-                           f"(missing tables: {', '.join(missing)})")
+                           f"(missing tables: {', '.join(missing)}); if an older Optuna "
+                           f"created it, run `tuner upgrade --storage {display_url(url)}`")
     return all(t in names for t in TUNER_TABLES)
 
 
