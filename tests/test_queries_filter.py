@@ -236,3 +236,38 @@ def test_float_comparisons_are_exact(study_db: tuple[TunerStorage, str, Path]) -
     rows = queries.trials(storage, "s", where=f"dropout == {trial.params['dropout']!r}")
     assert [r["number"] for r in rows] == [trial.number]
     assert math.isclose(rows[0]["params"]["dropout"], trial.params["dropout"], rel_tol=0)
+
+
+@pytest.mark.parametrize(("source", "rule"), [
+    ("(" * 5000 + "lr > 0" + ")" * 5000, "at most 10,000 characters"),
+    ("(" * 60 + "lr > 0" + ")" * 60, "more than 50 nested brackets or `not`s"),
+    ("not " * 60 + "lr > 0", "more than 50 nested brackets or `not`s"),
+    (" or ".join(["lr > 0"] * 300), "more than 200 comparisons"),
+])
+def test_filters_past_the_bounds_are_refused_in_one_short_line(source: str, rule: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        parse(source)
+    message = str(caught.value)
+    assert rule in message and "\n" not in message and len(message) < 200
+
+
+def test_a_filter_at_the_bounds_runs_in_the_database(
+        runner: Any, tiny_path: Path, storage_url: str) -> None:
+    """200 comparisons, 50 brackets deep: compiled and run (SQLite caps its expression
+    tree at a depth of 1000), with the rows of the plain filter."""
+    from tuner.cli import cli
+
+    started = runner.invoke(cli, ["start", "--space", str(tiny_path), "--storage", storage_url,
+                                  "--study", "b", "--trials", "3", "--quiet"])
+    assert started.exit_code == 0, started.output
+
+    def numbers(where: str) -> str:
+        result = runner.invoke(cli, ["trials", "--study", "b", "--storage", storage_url,
+                                     "--where", where, "--columns", "number", "--format",
+                                     "csv"])
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+
+    plain = numbers("lr > 0.01")
+    assert numbers(" or ".join(["lr > 0.01"] * 200)) == plain
+    assert numbers("(" * 50 + "lr > 0.01" + ")" * 50) == plain

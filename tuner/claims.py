@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url, text
 
+from tuner.errors import StorageError
 from tuner.storage import TunerStorage
 
 try:
@@ -45,7 +46,13 @@ def budget_lock(storage: TunerStorage, study_id: int) -> Iterator[None]:
     database = make_url(storage.url).database
     if dialect == "sqlite" and database not in (None, "", ":memory:") and fcntl is not None:
         lock_path = Path(f"{database}.lock")
-        with open(lock_path, "a") as handle:
+        try:
+            handle = open(lock_path, "a")  # noqa: SIM115 (closed by the `with` below)
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file {lock_path} next to the study "
+                               f"database: {exc.strerror}; it must be writable by whoever "
+                               "runs trials on this database") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -92,7 +92,8 @@ class _Token:
 
 
 def _error(source: str, pos: int, what: str) -> FilterError:
-    return FilterError(f"--where {source!r}: {what} at position {pos + 1}")
+    shown = source if len(source) <= 80 else f"{source[:60]}…"
+    return FilterError(f"--where {shown!r}: {what} at position {pos + 1}")
 
 
 def tokenize(source: str) -> list[_Token]:
@@ -130,11 +131,24 @@ def tokenize(source: str) -> list[_Token]:
     return tokens
 
 
+# Bounds on a filter, well past any written by hand: its length, its nesting (brackets
+# and `not`, which the parser recurses into), and its comparisons (each is a few nodes of
+# the database's expression tree, which SQLite caps at a depth of 1000).
+MAX_LENGTH = 10_000
+MAX_DEPTH = 50
+MAX_COMPARISONS = 200
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
+        if len(source) > MAX_LENGTH:
+            raise FilterError(f"--where: a filter is at most {MAX_LENGTH:,} characters, "
+                              f"but got {len(source):,}")
         self.source = source
         self.tokens = tokenize(source)
         self.i = 0
+        self.depth = 0
+        self.comparisons = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.i]
@@ -180,14 +194,23 @@ class _Parser:
         return items[0] if len(items) == 1 else And(tuple(items))
 
     def not_expr(self) -> Node:
-        if self.at("keyword", "not"):
-            self.take()
-            return Not(self.not_expr())
-        if self.at("punct", "("):
-            self.take()
-            node = self.expr()
-            self.expect("punct", ")", "`)`")
+        if self.at("keyword", "not") or self.at("punct", "("):
+            token = self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _error(self.source, token.pos, f"more than {MAX_DEPTH} nested "
+                             "brackets or `not`s")
+            if token.text == "not":
+                node: Node = Not(self.not_expr())
+            else:
+                node = self.expr()
+                self.expect("punct", ")", "`)`")
+            self.depth -= 1
             return node
+        self.comparisons += 1
+        if self.comparisons > MAX_COMPARISONS:
+            raise _error(self.source, self.peek().pos, f"more than {MAX_COMPARISONS} "
+                         "comparisons (use `in (...)` for a list of values)")
         return self.comparison()
 
     def literal(self) -> Literal:
