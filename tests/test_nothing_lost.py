@@ -386,3 +386,24 @@ def test_a_database_of_a_newer_tuner_is_refused(tmp_path: Path, runner: CliRunne
                                  "--storage", url, "--trials", "1", "--quiet"])
     assert result.exit_code == 1
     assert "tuner schema version 99, newer than this tuner's 2" in result.output
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path, runner: CliRunner,
+                                                       db_snapshot) -> None:  # type: ignore[no-untyped-def]
+    db = tmp_path / "l.db"
+    url = f"sqlite:///{db}"
+    space = str(tiny_space(tmp_path))
+    first = runner.invoke(cli, ["start", "--space", space, "--study", "l", "--storage", url,
+                                "--trials", "1", "--quiet"])
+    assert first.exit_code == 0, first.output
+    lock = Path(f"{db}.lock")
+    lock.unlink()
+    lock.mkdir()  # what no one can open as a file (root ignores permission bits)
+    before = db_snapshot(db)
+    result = runner.invoke(cli, ["start", "--space", space, "--study", "l", "--storage", url,
+                                 "--trials", "1", "--quiet"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot open the lock file {lock} next to the study database: Is a directory; "
+        "it must be writable by whoever runs trials on this database"]
+    assert db_snapshot(db) == before
