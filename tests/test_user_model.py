@@ -193,3 +193,36 @@ def test_user_model_is_exported_loaded_and_predicts(runner: CliRunner, write_spa
     assert cli_out.exit_code == 0, cli_out.output
     lines = cli_out.output.strip().splitlines()
     assert lines[0] == "prediction" and lines[1:] == predicted
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("return nn.Linear(input_shape[0], n_outputs + 3)",
+     "your model returns outputs of shape [2, 5] for a batch of 2, but the classification "
+     "loss needs [2, 2] (batch, classes)"),
+    ("return nn.Sequential(nn.Linear(input_shape[0], 1), nn.Flatten(0))",
+     "your model returns outputs of shape [2] for a batch of 2, but the classification "
+     "loss needs [2, 2] (batch, classes)"),
+    ("return Ints()",
+     "your model must return a floating-point tensor of logits, but returned a tensor of "
+     "torch.int64"),
+    ("return nn.Linear(input_shape[0] + 1, n_outputs)",
+     "your model's forward pass fails on a batch of 2 validation examples of shape [2, 5]"),
+])
+def test_a_model_with_the_wrong_output_is_refused_before_the_study(
+        runner: CliRunner, write_space, csv_path: Path, storage_url: str, db_path: Path,
+        tmp_path: Path, body: str, message: str) -> None:
+    """One forward pass on a tiny batch of the real data, before anything is written."""
+    module = tmp_path / "wrong.py"
+    module.write_text("import torch\nimport torch.nn as nn\n"
+                      "class Ints(nn.Module):\n"
+                      "    def forward(self, x):\n"
+                      "        return torch.zeros(len(x), 2, dtype=torch.long)\n"
+                      f"def build(config, input_shape, n_outputs):\n    {body}\n")
+    space = write_space({"task": {"epochs": 1}, "params": {"hidden": 8}})
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--trials", "1", "--quiet", "--data", str(csv_path),
+                                 "--target", "label", "--model", f"{module}:build"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not db_path.exists()

@@ -16,7 +16,7 @@ import torch
 
 from tuner.config import TrialConfig
 from tuner.data import load_task_data
-from tuner.errors import TrialFailed, TunerError
+from tuner.errors import TrialFailed, TunerError, UsageError
 from tuner.metrics import is_better, task_loss, task_metric
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space
@@ -59,6 +59,52 @@ def root_number(trial: optuna.Trial) -> int:
     if frozen is None:
         frozen = trial.study._storage.get_trial(trial._trial_id)
     return int(frozen.system_attrs.get("failed_trial", trial.number))
+
+
+def check_output(model: torch.nn.Module, data: Any, custom_loss: bool = False,
+                 n: int = 2) -> None:
+    """Run ``model`` once on ``n`` validation examples of the real data and refuse an
+    output the loss cannot take: not a floating tensor, or not ``[N, n_outputs]``
+    (``[N]`` or ``[N, 1]`` for regression). With a loss of yours only the batch axis
+    is checked (your loss decides what it takes)."""
+    from torch.utils.data import default_collate
+
+    if hasattr(data, "x_val"):
+        x = data.x_val[:n]
+    else:  # Datasets: their first examples, collated as a loader would
+        items = [data.val[i] for i in range(min(n, len(data.val)))]
+        x = default_collate(items)[0]
+    batch = int(x.shape[0])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(x)
+    except Exception as exc:  # the user's forward: any error is theirs to see
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"your model's forward pass fails on a batch of {batch} validation "
+                         f"examples of shape {list(x.shape)}: {first}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        kind = (f"a tensor of {output.dtype}" if isinstance(output, torch.Tensor)
+                else type(output).__name__)
+        raise UsageError(f"your model must return a floating-point tensor of logits, but "
+                         f"returned {kind} (checked before creating the study)")
+    shape = list(output.shape)
+    if custom_loss:
+        ok = bool(shape) and shape[0] == batch
+        expected = f"[{batch}, ...] (the batch first)"
+    elif data.task == "regression":
+        ok = shape in ([batch], [batch, 1])
+        expected = f"[{batch}, 1] or [{batch}]"
+    else:
+        ok = shape == [batch, data.n_outputs]
+        expected = f"[{batch}, {data.n_outputs}] (batch, classes)"
+    if not ok:
+        raise UsageError(f"your model returns outputs of shape {shape} for a batch of {batch}, "
+                         f"but the {data.task} loss needs {expected} (checked on the real "
+                         "data before creating the study)")
 
 
 def _outcome(result: TrainResult) -> str:
@@ -185,10 +231,13 @@ class Objective:
             trial = draw.ask()
             config = self.config(trial, 0)
             try:
-                check_aux_head(build_for(config, data), config, data)
-                return
+                model = build_for(config, data)
+                check_aux_head(model, config, data)
             except TunerError as exc:
                 first = first or (exc, trial.params)
+                continue
+            check_output(model, data, custom_loss=bool(self.space.task.loss))
+            return
         assert first is not None
         error, params = first
         drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
