@@ -6,6 +6,7 @@ import contextlib
 import gc
 import io
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -59,6 +60,24 @@ def root_number(trial: optuna.Trial) -> int:
     if frozen is None:
         frozen = trial.study._storage.get_trial(trial._trial_id)
     return int(frozen.system_attrs.get("failed_trial", trial.number))
+
+
+def out_of_memory(exc: BaseException, config: TrialConfig, doing: str) -> str | None:
+    """A trial's error message when ``exc`` is running out of memory (torch's, on a GPU
+    or the CPU, or Python's), with the allocation that failed and the model's size
+    knobs; None for any other error."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if not (isinstance(exc, MemoryError | torch.OutOfMemoryError)
+            or "out of memory" in text.lower() or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"(?:allocate|allocating) (\d+) bytes", text)
+    gib = re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    size = (f" ({int(asked.group(1)) / 2 ** 30:.1f} GiB in one allocation)" if asked
+            else f" ({gib.group(1)} in one allocation)" if gib else "")
+    knobs = ", ".join(f"{k}={getattr(config, k)}" for k in ("hidden", "layers", "batch_size")
+                      if getattr(config, k, None) is not None)
+    return (f"ran out of memory {doing} the model{size} with {knobs}: {first}"[:500])
 
 
 def check_output(model: torch.nn.Module, data: Any, custom_loss: bool = False,
@@ -261,7 +280,11 @@ class Objective:
         writer.set_user_attr("seed", config.seed)
         writer.set_user_attr("worker", worker_id())
         self.record_how(writer)
-        model = build_for(config, data)
+        try:
+            model = build_for(config, data)
+        except (RuntimeError, MemoryError) as exc:
+            raise self._failed(trial, TrialFailed(out_of_memory(exc, config, "building")
+                                                  or str(exc).strip())) from None
         if self.compile:
             compile_model(model)
         resume = self._resume(study_id, root, trial)
@@ -290,7 +313,10 @@ class Objective:
                     # say): that trial fails with it, as a RuntimeError does.
                     raise self._failed(trial, TrialFailed(
                         f"{type(exc).__name__}: {exc}".strip())) from exc
-                if isinstance(exc, RuntimeError):  # e.g. out of memory: the trial fails
+                oom = out_of_memory(exc, config, "training")
+                if oom is not None:
+                    raise self._failed(trial, TrialFailed(oom)) from None
+                if isinstance(exc, RuntimeError):  # the trial fails with its message
                     self._failed(trial, exc)
                 raise
             return self.conclude(trial, config, result, lambda: model, writer,
