@@ -338,3 +338,20 @@ def test_builtin_quick_space_runs_on_iris(storage: TunerStorage, storage_url: st
     study = optuna.load_study(study_name="quick", storage=storage_url)
     for t in study.trials:
         assert ("momentum" in t.params) == (t.params["optimizer"] == "momentum")
+
+
+def test_a_refused_resume_names_the_first_differences_and_counts_the_rest(
+        runner, storage_url: str) -> None:  # type: ignore[no-untyped-def]
+    from tuner.cli import cli
+
+    first = runner.invoke(cli, ["start", "--space", "quick", "--study", "demo", "--trials", "1",
+                                "--epochs", "1", "--storage", storage_url, "--quiet"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(cli, ["start", "--space", "optimizers", "--study", "demo",
+                                "--trials", "1", "--epochs", "1", "--storage", storage_url,
+                                "--quiet"])
+    assert again.exit_code == 2
+    line = again.output.strip()
+    assert "\n" not in line
+    assert "sampler was {'name': 'tpe', 'n_startup_trials': 5}, now {'name': 'tpe'," in line
+    assert "; and " in line and " more; resume it with the same space and options" in line

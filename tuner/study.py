@@ -20,7 +20,7 @@ from sqlalchemy import text
 from tuner.config import TrialConfig
 from tuner.errors import StudyMismatchError, StudyNotFoundError, TunerError, UsageError
 from tuner.samplers import build_pruner, build_sampler
-from tuner.space import Space, parse_space
+from tuner.space import PrunerSpec, SamplerSpec, Space, parse_space
 from tuner.space._params import describe, walk
 from tuner.storage import TunerStorage
 
@@ -98,7 +98,8 @@ def open_study(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
 
 def _difference(storage: TunerStorage, name: str, space: Space) -> str:
     """What differs between the space study ``name`` was created with and ``space``, as
-    ``: <key> was <then>, now <now>`` (empty when the stored space cannot be rebuilt)."""
+    ``: <key> was <then>, now <now>; ...`` (the first three, and how many more; empty
+    when the stored space cannot be rebuilt)."""
     try:
         before = stored_space(storage, name)
     except TunerError:
@@ -114,10 +115,22 @@ def _difference(storage: TunerStorage, name: str, space: Space) -> str:
         new = {p.name: describe(p) for p in walk(getattr(space, section))}
         pairs += [(f"{section}.{key}", old.get(key, "absent"), new.get(key, "absent"))
                   for key in dict.fromkeys([*old, *new])]
-    for key, then, now in pairs:
-        if then != now:
-            return f": {key} was {then!r}, now {now!r}"
-    return ""
+    differs = [f"{key} was {_shown(then)}, now {_shown(now)}" for key, then, now in pairs
+               if then != now]
+    if not differs:
+        return ""
+    more = len(differs) - 3
+    return ": " + "; ".join(differs[:3]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _shown(value: Any) -> str:
+    """A setting as the space file spells it: a sampler or pruner as its name and options."""
+    if isinstance(value, SamplerSpec | PrunerSpec):
+        shown: dict[str, Any] = {"name": value.name, **dict(value.options)}
+        if isinstance(value, PrunerSpec) and value.wrapped is not None:
+            shown["wrapped"] = _shown(value.wrapped)
+        return repr(shown)
+    return repr(value)
 
 
 def _load(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
