@@ -49,3 +49,48 @@ def test_bad_requests_name_the_problem(kwargs: dict[str, object], match: str) ->
     device = kwargs.pop("device", "cuda")
     with pytest.raises(UsageError, match=match):
         assign_devices(1, device, **kwargs)  # type: ignore[arg-type]
+
+
+def test_more_workers_than_the_cores_can_run_are_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from tuner import placement
+    from tuner.errors import UsageError
+
+    monkeypatch.setattr(placement.os, "cpu_count", lambda: 2)
+    assert assign_devices(8, "cpu") == ["cpu"] * 8  # 4 per core
+    with pytest.raises(UsageError) as caught:
+        assign_devices(100_000, "cpu")
+    assert str(caught.value).startswith(
+        "--workers 100000: at most 4 worker processes per CPU core, and this machine has 2")
+    assert "use at most 8" in str(caught.value)
+
+
+def test_workers_the_database_cannot_serve_are_refused(pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    import sqlalchemy
+
+    from tuner.errors import UsageError
+    from tuner.storage import TunerStorage
+
+    storage = TunerStorage(pg_url).open()
+    with storage.session() as conn:
+        limit = int(conn.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
+    storage.check_connections(1)  # one worker is always served
+    with pytest.raises(UsageError) as caught:
+        storage.check_connections(limit)
+    assert f"would need up to {limit * 3} connections" in str(caught.value)
+    assert f"which allows {limit}" in str(caught.value)
+    storage.engine.dispose()
+
+
+def test_workers_100000_is_one_line_and_touches_nothing(runner, tiny_path, storage_url,  # type: ignore[no-untyped-def]
+                                                        db_path) -> None:
+    from tuner.cli import cli
+
+    result = runner.invoke(cli, ["start", "--space", str(tiny_path), "--storage", storage_url,
+                                 "--workers", "100000", "--quiet"])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    assert "--workers 100000: at most 4 worker processes per CPU core" in result.output
+    assert not db_path.exists()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from tuner.errors import UsageError
+
+# A worker is a process with its own copy of torch and the data: past a few per core they
+# only wait for each other (and for the machine's memory).
+MAX_WORKERS_PER_CORE = 4
 
 
 def assign_devices(n_workers: int, device: str = "auto", *, gpus: Sequence[int] | None = None,
@@ -21,6 +26,13 @@ def assign_devices(n_workers: int, device: str = "auto", *, gpus: Sequence[int] 
     """
     if n_workers < 1:
         raise UsageError(f"--workers: must be >= 1, but got {n_workers}")
+    cores = os.cpu_count() or 1
+    if n_workers > MAX_WORKERS_PER_CORE * cores:
+        raise UsageError(f"--workers {n_workers}: at most {MAX_WORKERS_PER_CORE} worker "
+                         f"processes per CPU core, and this machine has {cores} "
+                         f"(each worker is a process that trains; more cores than workers "
+                         f"keeps them busy); use at most {MAX_WORKERS_PER_CORE * cores}, or "
+                         "`tuner worker` on other machines")
     if workers_per_gpu < 1:
         raise UsageError(f"--workers-per-gpu: must be >= 1, but got {workers_per_gpu}")
     spec = device.strip().lower()

@@ -102,6 +102,7 @@ def run_pool(storage: TunerStorage, study: optuna.Study, budget: int, devices: l
              on_progress: Callable[[Snapshot], None] | None = None,
              poll: float = 0.5) -> RunSummary:
     """Run ``len(devices)`` workers on the study until it has ``budget`` finished trials."""
+    storage.check_connections(len(devices))
     threads = CPU_THREADS  # per process: small models train fastest on one (tuner.device)
     context = mp.get_context("spawn")  # CUDA cannot be used in forked children
     before = finished(count_states(storage, study))

@@ -23,7 +23,16 @@ from optuna.storages._rdb.models import (
     TrialUserAttributeModel,
 )
 from optuna.trial import Trial
-from sqlalchemy import Connection, bindparam, create_engine, event, inspect, make_url, select
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
     ArgumentError,
@@ -48,6 +57,8 @@ from tuner.storage._tables import (
 )
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
+# The most database connections one worker process holds at once (trials, heartbeat).
+CONNECTIONS_PER_WORKER = 3
 # What a dropped or busy database looks like from the tuner, to wait out and retry:
 # SQLAlchemy's errors of the connection (not of the data, such as a violated constraint),
 # Optuna's wrapping of them, and the tuner's own session's (StorageUnavailable).
@@ -303,6 +314,23 @@ class TunerStorage:
 
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def check_connections(self, workers: int) -> None:
+        """Refuse ``workers`` processes the database cannot serve: on PostgreSQL, each
+        holds up to :data:`CONNECTIONS_PER_WORKER` connections (its trials, its
+        heartbeat), against the server's ``max_connections`` less those in use."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.session() as conn:
+            limit = int(conn.execute(text("SHOW max_connections")).scalar_one())
+            used = int(conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity")).scalar_one())
+        needed = workers * CONNECTIONS_PER_WORKER
+        if needed > limit - used:
+            raise UsageError(
+                f"--workers {workers}: they would need up to {needed} connections to "
+                f"{display_url(self.url)}, which allows {limit} and has {used} in use; use "
+                f"at most {max(1, (limit - used) // CONNECTIONS_PER_WORKER)} workers, or raise "
+                "the server's max_connections")
 
     def delete_study(self, study_id: int) -> None:
         """Delete a study, its trials and every row of the tuner's that belongs to them,
