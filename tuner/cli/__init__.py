@@ -82,8 +82,10 @@ def main() -> None:
 from tuner.cli import (  # noqa: E402, F401  (registers the commands)
     _bench,
     _bench_query,
+    _copy,
     _dashboard,
     _database,
+    _enqueue,
     _export,
     _query,
     _report,

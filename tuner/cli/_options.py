@@ -67,7 +67,9 @@ device_option: Callable[[Any], Any] = click.option(
     help="Where trials train: auto (CUDA when present), cpu, cuda or cuda:N.")
 
 quiet_option: Callable[[Any], Any] = click.option(
-    "--quiet", "-q", is_flag=True, help="No progress bar; print only the summary.")
+    "--quiet", "-q", is_flag=True,
+    help="No progress (the bar on a terminal, a line per finished trial in a log or a "
+         "pipe); print only the summary.")
 
 
 engine_option: Callable[[Any], Any] = click.option(

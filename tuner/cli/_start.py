@@ -22,6 +22,7 @@ from tuner.cli._options import (
     timeout_option,
 )
 from tuner.errors import UsageError
+from tuner.plural import plural
 from tuner.space._catalogue import DATASET_NAMES
 
 # Heavy modules (torch, scikit-learn, Optuna) are imported inside the commands, so that
@@ -36,8 +37,10 @@ from tuner.space._catalogue import DATASET_NAMES
                    "resumed.")
 @storage_option
 @click.option("--trials", type=click.IntRange(min=1),
-              help="The study's total budget of finished (complete + pruned) trials, across "
-                   "runs and workers (default: the space's `trials`).")
+              help="The study's total budget of finished (complete + pruned) trials, counted "
+                   "across runs, workers and machines: it is stored with the study, a study "
+                   "that has them runs nothing, and `tuner worker` stops there too (default: "
+                   "the space's `trials`). Failed trials do not count.")
 @timeout_option
 @device_option
 @click.option("--seed", type=click.IntRange(min=0),
@@ -81,6 +84,11 @@ from tuner.space._catalogue import DATASET_NAMES
               help="GPUs for the workers, round-robin (default: every visible GPU).")
 @click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many workers may share one GPU.")
+@click.option("--enqueue", "queued", multiple=True, metavar="JSON",
+              help="A trial to run before any sampled one, its parameters as a JSON object "
+                   "checked against the space, as `tuner enqueue --params` takes them "
+                   "(repeat for several). Queued once: a study that already has a trial "
+                   "with these parameters does not queue it again when it is resumed.")
 @engine_option
 @population_option
 @precision_option
@@ -93,7 +101,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
           features: str | None, aux_target: str | None, model: str | None,
           loss: str | None, metric: str | None, direction: str | None,
           objective: str | None, workers: int,
-          devices: list[int] | None, workers_per_gpu: int, engine: str | None,
+          devices: list[int] | None, workers_per_gpu: int, queued: tuple[str, ...],
+          engine: str | None,
           population: int | None, precision: str | None, compile_models: bool | None,
           checkpoint_every: float,
           quiet: bool) -> None:
@@ -106,6 +115,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space regularization --trials 200 --study reg --seed 0
       tuner start --space quick --trials 100 --workers 4
       tuner start --space quick --trials 256 --engine fused --population 64
+      tuner start --space quick --study demo --enqueue '{"lr": 0.01, "optimizer": "adam"}'
       tuner start --space quick --data my.csv --target label --model my_net.py:build
       tuner start --space my_space.yaml --objective my_train.py:fit --direction maximize
     """
@@ -114,8 +124,11 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     import torch
     from rich.console import Console
 
-    from tuner.cli._display import RunProgress, summary_text
+    from tuner.cli._display import summary_text
+    from tuner.cli._enqueue import parse_params
+    from tuner.cli._progress import run_display
     from tuner.device import resolve_device
+    from tuner.enqueue import check_params
     from tuner.placement import assign_devices
     from tuner.pool import run_pool
     from tuner.runner import run_study
@@ -134,6 +147,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     # names the option.
     named = {key: "--task" if key == "kind" else f"--{key.replace('_', '-')}" for key in given}
     parsed = load_space(space, overrides, named)
+    first = [check_params(parsed, parse_params(text, "--enqueue"), "--enqueue")
+             for text in queued]
     how = engine_spec(parsed.engine, engine, population, precision, compile_models)
     check_engine(parsed, how)
     placed = assign_devices(workers, device, gpus=devices, workers_per_gpu=workers_per_gpu,
@@ -150,6 +165,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     db = TunerStorage(storage).open()
     opened = open_study(db, parsed, name)
     save_budget(opened, budget)
+    for params in first:
+        opened.enqueue_trial(params, skip_if_exists=True)
     console = Console(stderr=True)
     if not quiet:
         where = ", ".join(sorted(set(placed)))
@@ -159,11 +176,11 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
             fused += " · compiled" if how.name == "sequential" else (
                 " · compiled (trials trained one at a time)")
         console.print(f"Study [bold]{name}[/] · space {parsed.source} · {what_trains(parsed)} · "
-                      f"{workers} worker(s) on {where}{fused} · {display_url(db.url)}",
+                      f"{plural(workers, 'worker')} on {where}{fused} · {display_url(db.url)}",
                       highlight=False, soft_wrap=True)
         for note in start_notes(parsed, torch.device(placed[0])):
             console.print(f"  {note}", highlight=False, soft_wrap=True)
-    with RunProgress(console, quiet) as progress:
+    with run_display(console, quiet) as progress:
         if workers == 1:
             summary = run_study(parsed, storage=db, study_name=name, budget=budget,
                                 device=torch.device(placed[0]), timeout=timeout,
@@ -226,7 +243,8 @@ def spaces() -> None:
     for name in builtin_spaces():
         space = load_space(name)
         searched = [p.name for p in space.all_params() if describe(p)[0] != "="]
-        rows.append((name, f"{space.task.dataset}/{space.task.model}, {space.trials} trials, "
+        rows.append((name, f"{space.task.dataset}/{space.task.model}, "
+                     f"{plural(space.trials, 'trial')}, "
                      f"{len(searched)} searched: {space.description}"))
     width = max(len(n) for n, _ in rows)
     for name, text in rows:

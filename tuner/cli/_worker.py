@@ -18,14 +18,18 @@ from tuner.cli._options import (
     storage_option,
     timeout_option,
 )
+from tuner.plural import plural
 
 
 @cli.command()
 @click.option("--study", required=True, metavar="NAME", help="The study to join.")
 @storage_option
 @click.option("--trials", type=click.IntRange(min=1),
-              help="Run at most this many trials here (default: work until the study's "
-                   "budget is reached).")
+              help="A cap on this worker alone: run at most this many trials here "
+                   "(finished or failed), then stop. It is not the study's budget, which "
+                   "`tuner start --trials` sets for every worker and which this one never "
+                   "changes; the worker stops sooner when the budget is reached (default: "
+                   "no cap, work until the budget is reached).")
 @timeout_option
 @device_option
 @engine_option
@@ -40,9 +44,10 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
            checkpoint_every: float, quiet: bool) -> None:
     """Join a study from any machine and work until its budget is reached.
 
-    The worker reads the study's search space and budget from the database, so it
-    needs nothing but the storage URL and the study's name. It trains as the space
-    says (`engine`) unless --engine says otherwise: workers of one study may mix engines.
+    The worker reads the study's search space and budget (the total of finished trials
+    set by `tuner start --trials`) from the database, so it needs nothing but the
+    storage URL and the study's name. It trains as the space says (`engine`) unless
+    --engine says otherwise: workers of one study may mix engines.
 
     \b
     Example:
@@ -53,11 +58,12 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     click.get_current_context().call_on_close(heap.settle)
     from rich.console import Console
 
-    from tuner.cli._display import RunProgress, summary_text
-    from tuner.cli._start import check_engine
+    from tuner.cli._display import summary_text
+    from tuner.cli._progress import run_display
+    from tuner.cli._start import check_engine, what_trains
     from tuner.device import resolve_device
     from tuner.runner import run_study
-    from tuner.storage import TunerStorage
+    from tuner.storage import TunerStorage, display_url
     from tuner.study import stored_budget, stored_space
 
     torch_device = resolve_device(device)
@@ -67,7 +73,12 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
     how = engine_spec(parsed.engine, engine, population, precision, compile_models)
     check_engine(parsed, how)
     console = Console(stderr=True)
-    with RunProgress(console, quiet) as progress:
+    if not quiet:
+        cap = "" if trials is None else f", at most {plural(trials, 'trial')} here"
+        console.print(f"Worker on {torch_device} · study [bold]{study}[/] · "
+                      f"{what_trains(parsed)} · budget {budget}{cap} · "
+                      f"{display_url(db.url)}", highlight=False, soft_wrap=True)
+    with run_display(console, quiet) as progress:
         summary = run_study(parsed, storage=db, study_name=study, budget=budget,
                             device=torch_device, timeout=timeout, max_trials=trials,
                             checkpoint_every=checkpoint_every, engine=how,
