@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tuner.errors import UsageError
+from tuner.plural import plural
 
 # What torch would use on its own (one thread per physical core), read before the
 # tuner changes it; `tuner bench` measures the machine's matmul peak with it.
@@ -237,7 +238,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+            count = plural(torch.cuda.device_count(), "CUDA device")
+            raise UsageError(f"--device {spec}: only {count}")
     elif device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
         reuse_freed_memory()

@@ -27,6 +27,7 @@ from rich.progress import (
 )
 
 from tuner.formatting import format_rows
+from tuner.plural import plural
 
 if TYPE_CHECKING:
     from tuner.runner import RunSummary, Snapshot
@@ -85,11 +86,12 @@ def summary_text(s: RunSummary, metric: str, worker: bool = False) -> str:
         more = ("A worker's --trials caps its own share; `tuner start` with the study's "
                 "space and a larger --trials raises the budget" if worker
                 else "Raise --trials to run more")
-        head = (f"Study {name!r} already has {s.finished} finished trials (budget {s.budget}): "
+        done = plural(s.finished, "finished trial")
+        head = (f"Study {name!r} already has {done} (budget {s.budget}): "
                 f"nothing to do. {more}.")
     else:
         why = " (timeout)" if s.stop_reason == "timeout" else ""
-        head = (f"Study {name!r}: ran {s.ran} trials in {_duration(s.elapsed)}{why}; "
+        head = (f"Study {name!r}: ran {plural(s.ran, 'trial')} in {_duration(s.elapsed)}{why}; "
                 f"{s.finished}/{s.budget} finished ({s.pruned} pruned, {s.failed} failed).")
     lines = [head]
     if s.failed and s.last_error and s.stop_reason != "already_done":

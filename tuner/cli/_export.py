@@ -11,6 +11,7 @@ import click
 from tuner.cli import cli
 from tuner.cli._options import db_int, storage_option
 from tuner.errors import TunerError
+from tuner.plural import plural
 
 trial_option = click.option(
     "--trial", "number", type=db_int(min=0), metavar="N",
@@ -136,8 +137,8 @@ def rerun(study: str, number: int, storage: str) -> None:
                "it ran on the CPU, one at a time, uncompiled, so it should have: another "
                "torch version or CPU may round differently")
         raise TunerError(f"trial {number} of study {study!r} did not reproduce: {differ} of "
-                         f"{len(replay.rows())} epochs differ ({why})")
-    click.echo(f"Trial {number} reproduced exactly ({len(replay.rerun)} epochs).")
+                         f"{plural(len(replay.rows()), 'epoch')} differ ({why})")
+    click.echo(f"Trial {number} reproduced exactly ({plural(len(replay.rerun), 'epoch')}).")
 
 
 def _num(value: float | None) -> str:
