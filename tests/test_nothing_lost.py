@@ -407,3 +407,26 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path, runner: C
         f"Error: cannot open the lock file {lock} next to the study database: Is a directory; "
         "it must be writable by whoever runs trials on this database"]
     assert db_snapshot(db) == before
+
+
+def test_workers_started_together_never_draw_the_same_configuration(tmp_path: Path) -> None:
+    """Both workers load the study at the same count of trials: with one seed per
+    process they drew the same parameters; seeded per trial number they cannot."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    run = tuner("start", "--space", str(tiny_space(tmp_path)), "--study", "twins", "--storage",
+                url, "--trials", "6", "--workers", "2", "--quiet")
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, out
+    trials = _trials(url, "twins")
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both took part
+    drawn = [t.params["lr"] for t in trials]
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_postgres_urls_in_heroku_spelling_are_accepted(pg_url: str) -> None:
+    alias = pg_url.replace("postgresql://", "postgres://", 1)
+    storage = TunerStorage(alias).open()
+    assert storage.url.startswith("postgresql+psycopg://")
+    assert isinstance(storage.study_names(), list)
+    storage.engine.dispose()
