@@ -23,14 +23,12 @@ alter a column a view uses), then brings the tuner's part up to date.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-from sqlalchemy import Connection, inspect, make_url, select, text
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.engine import Engine
 
 from tuner.errors import StorageError
+from tuner.storage._lock import database_lock
 from tuner.storage._tables import (
     checkpoints,
     epoch_metrics,
@@ -42,11 +40,6 @@ from tuner.storage._tables import (
 )
 from tuner.storage._views import VIEWS, view_sql
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: one process per database there
-    fcntl = None  # type: ignore[assignment]
-
 # 1: the tables, unversioned (before deletions cascaded). 2: ties to Optuna's rows.
 SCHEMA_VERSION = 2
 
@@ -55,8 +48,8 @@ _BY_TRIAL = (epochs.name, epoch_metrics.name, trial_info.name, models.name)
 _BY_STUDY = (checkpoints.name, trial_info.name)
 _TRIGGERS = {"tuner_trial_deleted": ("trials", "trial_id", _BY_TRIAL),
              "tuner_study_deleted": ("studies", "study_id", _BY_STUDY)}
-# The first key of PostgreSQL's two-key advisory locks ("tunr"), and the schema's second.
-_LOCK_CLASS, _LOCK_SCHEMA = 0x74756E72, -1
+# The key of the schema's lock (the budget's claims use study ids, which are positive).
+_LOCK_SCHEMA = -1
 
 
 def ensure_schema(engine: Engine, url: str) -> None:
@@ -65,7 +58,7 @@ def ensure_schema(engine: Engine, url: str) -> None:
     with engine.connect() as conn:
         if _current(conn):
             return
-    with _exclusive(engine, url), engine.begin() as conn:
+    with database_lock(engine, url, _LOCK_SCHEMA), engine.begin() as conn:
         _migrate(conn)
 
 
@@ -169,36 +162,3 @@ def _add_foreign_keys(conn: Connection) -> None:
 def drop_views(conn: Connection) -> None:
     for name in VIEWS:
         conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
-
-
-@contextmanager
-def _exclusive(engine: Engine, url: str) -> Iterator[None]:
-    """One process at a time changes the schema: PostgreSQL's advisory lock, or an
-    exclusive lock on the file next to a SQLite database (the budget's lock file)."""
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:c, :s)"),
-                         {"c": _LOCK_CLASS, "s": _LOCK_SCHEMA})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:c, :s)"),
-                             {"c": _LOCK_CLASS, "s": _LOCK_SCHEMA})
-                conn.commit()
-        return
-    database = make_url(url).database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:") or fcntl is None:
-        yield
-        return
-    lock = Path(f"{database}.lock")
-    try:
-        handle = open(lock, "a")  # noqa: SIM115 (closed by the `with` below)
-    except OSError as exc:
-        raise StorageError(f"cannot open the lock file {lock}: {exc.strerror}") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
