@@ -556,3 +556,20 @@ def test_console_script_output_is_clean(tiny_path: Path, storage_url: str, write
     assert len(lines) == 1 and lines[0].startswith("Error: "), failed.stderr
     assert "params.l2" in lines[0]
     assert not other.exists()
+
+
+@pytest.mark.parametrize(("name", "rule"), [
+    ("", "a study name must not be blank"),
+    ("   ", "a study name must not be blank"),
+    ("a\nb", "must be printable (no newlines, tabs or control characters), but got 'a\\nb'"),
+    ("bell\x07", "must be printable"),
+    ("x" * 100_000, "a study name is at most 200 characters, but got 100,000"),
+])
+def test_a_study_name_that_would_garble_listings_is_refused(
+        runner: CliRunner, tiny_path: Path, storage_url: str, db_path: Path, name: str,
+        rule: str) -> None:
+    result = runner.invoke(cli, ["start", "--space", str(tiny_path), "--study", name,
+                                 "--storage", storage_url, "--trials", "1", "--quiet"])
+    _assert_usage_error(result, "Invalid value for '--study'", rule)
+    assert len(result.stderr.strip().splitlines()[-1]) < 200
+    assert not db_path.exists()

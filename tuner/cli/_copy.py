@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tuner.cli import cli
+from tuner.cli._options import StudyName
 from tuner.plural import plural
 from tuner.storage import DEFAULT_STORAGE
 
@@ -17,7 +18,7 @@ from tuner.storage import DEFAULT_STORAGE
               help="The database to copy it into, as an SQLAlchemy URL; created when it is "
                    "a SQLite file that does not exist.")
 @click.option("--study", required=True, metavar="NAME", help="The study to copy.")
-@click.option("--as", "new_name", metavar="NEW",
+@click.option("--as", "new_name", metavar="NEW", type=StudyName(),
               help="The copy's name (default: the study's); it must not exist in --to.")
 def copy(source: str, destination: str, study: str, new_name: str | None) -> None:
     """Copy a study into another database, with everything the tuner recorded.

@@ -10,6 +10,7 @@ from tuner import heap
 from tuner.cli import cli
 from tuner.cli._options import (
     GpuList,
+    StudyName,
     checkpoint_option,
     compile_option,
     device_option,
@@ -32,9 +33,9 @@ from tuner.space._catalogue import DATASET_NAMES
 @cli.command()
 @click.option("--space", default="regularization", show_default=True, metavar="NAME|PATH",
               help="A built-in search space (see `tuner spaces`) or the path of a YAML file.")
-@click.option("--study", metavar="NAME",
-              help="The study's name (default: the space's name). A study that exists is "
-                   "resumed.")
+@click.option("--study", metavar="NAME", type=StudyName(),
+              help="The study's name (default: the space's name): 1 to 200 printable "
+                   "characters. A study that exists is resumed.")
 @storage_option
 @click.option("--trials", type=click.IntRange(min=1),
               help="The study's total budget of finished (complete + pruned) trials, counted "
