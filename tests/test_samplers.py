@@ -6,7 +6,6 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -60,21 +59,21 @@ def _draws(sampler: optuna.samplers.BaseSampler, space: Space, n: int = 5) -> li
     return [sample(space.params, study.ask()) for _ in range(n)]
 
 
-def _first_draw(seed: int, number: int, space: Space) -> dict[str, Any]:
-    """What a RandomSampler seeded per trial draws for trial ``number``: a fresh
-    RandomSampler seeded from (seed, number) as tuner.samplers.seed_per_trial derives it."""
-    entropy = np.random.SeedSequence([seed, number, 0]).generate_state(1)[0]
-    return _draws(optuna.samplers.RandomSampler(seed=int(entropy)), space, 1)[0]
-
-
 def test_sampler_is_seeded_per_trial_from_the_space() -> None:
     space = _space(seed=5, sampler={"name": "random"},
                    params={"lr": {"low": 1e-4, "high": 1e-1, "log": True},
                            "hidden": {"low": 8, "high": 64}})
     draws = _draws(build_sampler(space), space)
     assert draws == _draws(build_sampler(space), space)  # reproducible from the seed
-    assert draws == [_first_draw(5, n, space) for n in range(5)]
+    assert draws != _draws(build_sampler(_space(seed=6, sampler={"name": "random"},
+                                                params=space.raw["params"])), space)
     assert len({tuple(d.items()) for d in draws}) == 5
+    # A trial's draws do not depend on what other trials drew meanwhile: asking a whole
+    # population first (the fused engine), then sampling it backwards, draws the same.
+    study = optuna.create_study(sampler=build_sampler(space))
+    trials = [study.ask() for _ in range(5)]
+    backwards = [sample(space.params, trial) for trial in reversed(trials)]
+    assert backwards[::-1] == draws
 
 
 def test_workers_loading_a_study_at_once_draw_different_configurations() -> None:
@@ -94,10 +93,10 @@ def test_workers_loading_a_study_at_once_draw_different_configurations() -> None
 
 
 def test_sampler_own_seed_wins_over_the_space_seed() -> None:
-    space = _space(seed=5, sampler={"name": "random", "seed": 11},
-                   params={"lr": {"low": 1e-4, "high": 1e-1, "log": True}})
-    assert _draws(build_sampler(space), space) == [_first_draw(11, n, space)
-                                                   for n in range(5)]
+    own = _space(seed=5, sampler={"name": "random", "seed": 11},
+                 params={"lr": {"low": 1e-4, "high": 1e-1, "log": True}})
+    same = _space(seed=11, sampler={"name": "random"}, params=own.raw["params"])
+    assert _draws(build_sampler(own), own) == _draws(build_sampler(same), same)
 
 
 @pytest.mark.parametrize("sampler", [

@@ -7,6 +7,7 @@ number of epochs as the pruners' maximum resource).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -81,19 +82,40 @@ def seed_per_trial(sampler: optuna.samplers.BaseSampler,
     seeding each trial by its number gives every trial its own draws, whichever worker
     runs it, while one worker's study stays reproducible from its seed.
 
+    What a trial samples jointly (right after its creation) is seeded by its number; each
+    parameter sampled on its own (when the objective asks, maybe after other trials were
+    created) by its number and the parameter's name, so no interleaving changes a draw.
     Optuna's samplers keep their generators as attributes (``_rng``, ``_cma_rng``, and
     those of the nested samplers they fall back on): each is reseeded in place.
     """
-    before_trial = sampler.before_trial
+    before_trial, sample_independent = sampler.before_trial, sampler.sample_independent
+
+    def reseed(*key: int | str) -> None:
+        words = [seed % 2 ** 32, *(_word(k) for k in key)]
+        for i, state in enumerate(_random_states(sampler)):
+            state.seed(int(np.random.SeedSequence([*words, i]).generate_state(1)[0]))
 
     def reseeded(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        for i, state in enumerate(_random_states(sampler)):
-            entropy = np.random.SeedSequence([seed % 2 ** 32, trial.number, i])
-            state.seed(int(entropy.generate_state(1)[0]))
+        reseed(trial.number)  # what the trial samples jointly, right after this
         before_trial(study, trial)
 
+    def independent(study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                    param_distribution: optuna.distributions.BaseDistribution) -> Any:
+        # Sampled when the objective asks, maybe after other trials were created (a
+        # fused population asks for all its members first): seeded by the parameter too.
+        reseed(trial.number, param_name)
+        return sample_independent(study, trial, param_name, param_distribution)
+
     sampler.before_trial = reseeded  # type: ignore[method-assign]
+    sampler.sample_independent = independent  # type: ignore[method-assign]
     return sampler
+
+
+def _word(key: int | str) -> int:
+    """A 32-bit word of a seed from a trial number or a parameter's name."""
+    if isinstance(key, int):
+        return key % 2 ** 32
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
 def _random_states(sampler: optuna.samplers.BaseSampler,

@@ -86,8 +86,13 @@ class BaselineObjective:
 def create_baseline_study(storage: str | optuna.storages.RDBStorage, seed: int,
                           name: str | None = None) -> optuna.Study:
     """The study the recipe creates; run it with
-    ``study.optimize(BaselineObjective(...), n_trials=...)`` after ``torch.manual_seed(seed)``."""
+    ``study.optimize(BaselineObjective(...), n_trials=...)`` after ``torch.manual_seed(seed)``.
+    Its random sampler is reseeded per trial as the tuner's is
+    (:func:`tuner.samplers.seed_per_trial`, a few microseconds a trial), so that both
+    train the same configurations."""
+    from tuner.samplers import seed_per_trial
+
     return optuna.create_study(
         storage=storage, study_name=name, direction="maximize",
-        sampler=optuna.samplers.RandomSampler(seed=seed),
+        sampler=seed_per_trial(optuna.samplers.RandomSampler(seed=seed), seed),
         pruner=optuna.pruners.NopPruner())
