@@ -136,7 +136,9 @@ def test_studies_json_matches_optuna(runner: CliRunner, tiny_db: dict[str, Any])
 
 @pytest.mark.parametrize("fmt", ["table", "csv"])
 def test_studies_table_and_csv(runner: CliRunner, tiny_db: dict[str, Any], fmt: str) -> None:
-    result = _invoke(runner, ["studies", "--storage", tiny_db["url"], "--format", fmt])
+    # Wide enough for every column on one header line (the fitting is test_display's).
+    result = runner.invoke(cli, ["studies", "--storage", tiny_db["url"], "--format", fmt],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].replace(",", " ").split() == ["study", "direction", "complete", "pruned",
@@ -192,7 +194,8 @@ def test_trials_csv_reads_back_with_pandas(runner: CliRunner, tiny_db: dict[str,
 
 
 def test_trials_table(runner: CliRunner, tiny_db: dict[str, Any]) -> None:
-    result = _invoke(runner, ["trials", "--study", "tiny", "--storage", tiny_db["url"]])
+    result = runner.invoke(cli, ["trials", "--study", "tiny", "--storage", tiny_db["url"]],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split()[:5] == ["number", "state", "value", "duration", "best_epoch"]

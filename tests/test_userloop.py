@@ -61,7 +61,7 @@ def own_loop(config: Config, data: Any) -> list[float]:
             tuner.regularize_step(model, config)
         model.eval()
         with torch.no_grad():
-            values.append((model(data.x_val).argmax(1) == data.y_val).float().mean().item())
+            values.append((model(data.x_val).argmax(1) == data.y_val).double().mean().item())
         scheduler.step()
     return values
 
