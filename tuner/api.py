@@ -19,6 +19,7 @@ from tuner.errors import UsageError
 from tuner.runner import run_study
 from tuner.space import Space, load_space, parse_engine, parse_space
 from tuner.storage import DEFAULT_STORAGE, TunerStorage
+from tuner.study import check_study_name
 from tuner.usercode import register
 
 
@@ -75,7 +76,8 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
         parsed = parse_space(raw, name=space.name, source=space.source) if overrides else space
     else:
         parsed = load_space(space, overrides, {k: f"tuner.optimize({k}=...)" for k in overrides})
-    name = study_name or parsed.name
+    name = check_study_name(study_name or parsed.name,
+                            "tuner.optimize(study_name=...)" if study_name else parsed.source)
     with warnings.catch_warnings():
         # Notices that heartbeats and grouped TPE are "experimental" (stable for years).
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -30,6 +30,32 @@ FINGERPRINT_ATTR = "tuner:fingerprint"
 BUDGET_ATTR = "tuner:budget"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_STUDY_NAME = 200
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a new study, or None: a name is 1 to 200 printable
+    characters, not blank (Optuna stores any string; names with newlines or control
+    characters would garble every listing)."""
+    shown = repr(name if len(name) <= 40 else name[:40] + "…")
+    if not name.strip():
+        return f"a study name must not be blank, but got {shown}"
+    if len(name) > MAX_STUDY_NAME:
+        return (f"a study name is at most {MAX_STUDY_NAME} characters, but got "
+                f"{len(name):,}: {shown}")
+    if not name.isprintable():
+        return (f"a study name must be printable (no newlines, tabs or control characters), "
+                f"but got {shown}")
+    return None
+
+
+def check_study_name(name: str, where: str) -> str:
+    """``name``, or a UsageError that ``where`` (e.g. the space file it came from) gives a
+    name no study may have."""
+    problem = study_name_problem(name)
+    if problem is not None:
+        raise UsageError(f"{where}: {problem}")
+    return name
 
 
 def study_exists(storage: TunerStorage, name: str) -> bool:

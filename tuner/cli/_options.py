@@ -33,28 +33,19 @@ format_option: Callable[[Any], Any] = click.option(
     help="Output as an aligned table, CSV (pandas reads it back) or JSON (jq reads it).")
 
 
-MAX_STUDY_NAME = 200
-
-
 class StudyName(click.ParamType):
-    """A name for a new study: 1 to 200 printable characters, not blank (Optuna stores
-    any string; names with newlines or control characters would garble every listing)."""
+    """A name for a new study (see ``tuner.study.study_name_problem``)."""
 
     name = "name"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> str:
-        text = str(value)
-        shown = repr(text if len(text) <= 40 else text[:40] + "…")
-        if not text.strip():
-            self.fail(f"a study name must not be blank, but got {shown}", param, ctx)
-        if len(text) > MAX_STUDY_NAME:
-            self.fail(f"a study name is at most {MAX_STUDY_NAME} characters, but got "
-                      f"{len(text):,}: {shown}", param, ctx)
-        if not text.isprintable():
-            self.fail(f"a study name must be printable (no newlines, tabs or control "
-                      f"characters), but got {shown}", param, ctx)
-        return text
+        from tuner.study import study_name_problem
+
+        problem = study_name_problem(str(value))
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return str(value)
 
 
 class GpuList(click.ParamType):

@@ -135,7 +135,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.runner import run_study
     from tuner.space import load_space
     from tuner.storage import TunerStorage, display_url
-    from tuner.study import open_study, save_budget
+    from tuner.study import check_study_name, open_study, save_budget
 
     if data is not None and dataset is not None:
         raise UsageError(f"--data {data} and --dataset {dataset} both name the data: give one")
@@ -161,7 +161,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
 
     if not parsed.task.objective:
         Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model()
-    name = study or parsed.name
+    name = study or check_study_name(parsed.name, f"{parsed.source} (its name is the study's, "
+                                                  "unless --study gives one)")
     budget = trials or parsed.trials
     db = TunerStorage(storage).open()
     opened = open_study(db, parsed, name)

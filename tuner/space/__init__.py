@@ -14,7 +14,7 @@ from typing import Any
 
 from tuner.errors import SpaceError
 from tuner.space._catalogue import CATALOGUE, OPTIMIZER_HYPER, SCHEDULE_HYPER
-from tuner.space._load import parse_engine, parse_space, read_yaml
+from tuner.space._load import check_as_written, parse_engine, parse_space, read_yaml
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, sample
 from tuner.space._schema import EarlyStopping, EngineSpec, PrunerSpec, SamplerSpec, Space, Task
 
@@ -74,6 +74,8 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = N
         raise SpaceError(f"no search space {str(name_or_path)!r}: not a file, and not one of the "
                          f"built-in spaces ({', '.join(builtin)})")
     raw = read_yaml(path)
+    source = str(path) if path.parent != spaces_dir() else f"search_spaces/{path.name}"
+    check_as_written(raw, overrides or {}, source)
     origins = {}
     for key, value in (overrides or {}).items():
         where = key if key in ("seed", "trials", "engine") else f"task.{key}"
@@ -84,5 +86,4 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = N
             raw["task"] = {**(task if isinstance(task, Mapping) else {}), key: value}
         if named and key in named:
             origins[where] = named[key]
-    source = str(path) if path.parent != spaces_dir() else f"search_spaces/{path.name}"
     return parse_space(raw, name=path.stem, source=source, origins=origins)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
@@ -52,8 +53,54 @@ OBJECTIVE_ARGS = ("config", "report")
 RANGE_KEYS = ("type", "low", "high", "log", "step")
 
 
+# Bounds on what a space file may cost to read: a search space is a few kilobytes, and
+# one from someone else may be built to exhaust the machine (a "billion laughs" alias
+# bomb expands nine aliases nine levels deep into 387 million nodes).
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # counting every alias as the nodes it stands for
+MAX_ALIASES = 1_000
+MAX_DEPTH = 64
+
+
+class _Limit(yaml.YAMLError):
+    """A space file past one of the bounds above, at ``mark``."""
+
+    def __init__(self, rule: str, mark: Any) -> None:
+        super().__init__(rule)
+        self.rule, self.mark = rule, mark
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), and
+    stops at the bounds above while composing, before any alias is expanded."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = self._aliases = self._depth = 0
+        self._sizes: dict[str, int] = {}  # anchor -> nodes under it, aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        before = self._nodes
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Limit(f"more than {MAX_ALIASES:,} aliases (*name)", event.start_mark)
+            self._nodes += self._sizes.get(str(anchor), 1)
+        else:
+            self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _Limit(f"more than {MAX_NODES:,} values once aliases are expanded (a "
+                         "search space has a few hundred)", event.start_mark)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Limit(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if anchor is not None and not isinstance(event, yaml.AliasEvent):
+            self._sizes[anchor] = self._nodes - before
+        return node
 
 
 _Loader.add_implicit_resolver(
@@ -64,11 +111,15 @@ _Loader.add_implicit_resolver(
 
 
 def _int_or_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float:
-    text = loader.construct_scalar(node)
+    text = str(loader.construct_scalar(node))
     try:
         return int(text)
     except ValueError:
+        pass
+    try:
         return float(text)
+    except ValueError:  # `.inf`, `.nan`, `1_000.5`: YAML's own spellings
+        return loader.construct_yaml_float(node)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:float", _int_or_float)
@@ -126,12 +177,11 @@ class _Context:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML file into a mapping, turning every failure into a SpaceError."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpaceError(f"{path}: cannot read the search space: {exc.strerror}") from None
+    text = _read_text(path)
     try:
         data = yaml.load(text, Loader=_Loader)
+    except _Limit as exc:
+        raise SpaceError(f"{path}: line {exc.mark.line + 1}: refused: {exc.rule}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -140,6 +190,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise SpaceError(f"{path}: a search space must be a YAML mapping, but got {data!r}")
     return dict(data)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, read only up to the size bound; never a FIFO or a device,
+    which could be read forever."""
+    try:
+        if not path.is_file():
+            raise SpaceError(f"{path}: not a regular file (a search space is a YAML file)")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read the search space: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SpaceError(f"{path}: refused: larger than {MAX_FILE_BYTES >> 20} MiB (a search "
+                         f"space is a few kilobytes; {path.stat().st_size:,} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpaceError(f"{path}: line {line}, column {column}: not UTF-8 text (byte "
+                         f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
 
 
 def parse_space(raw: Mapping[str, Any], *, name: str, source: str,
@@ -177,6 +249,58 @@ def parse_space(raw: Mapping[str, Any], *, name: str, source: str,
 
     _try_build(ctx, "sampler", lambda: build_sampler(space))
     return space
+
+
+def check_as_written(raw: Mapping[str, Any], keys: Iterable[str], source: str) -> None:
+    """Check the file's own values of the keys an option overrides (``seed``, ``engine``,
+    ``epochs``, ``dataset``, ...: top-level or task keys, as ``load_space`` takes them),
+    so that a file that is wrong as written (``epochs: "ten"``) is refused even when
+    ``--epochs`` hides the mistake for this run."""
+    ctx = _Context(source)
+    task = raw.get("task")
+    for key in keys:
+        top = key in ("seed", "trials", "engine")
+        values = raw if top else task
+        if not isinstance(values, Mapping) or values.get(key) is None:
+            continue
+        value, path = values[key], key if top else f"task.{key}"
+        check = _AS_WRITTEN.get(key, lambda c, v, p: _string(c, v, p))
+        try:
+            check(ctx, value, path)
+        except SpaceError as exc:
+            raise SpaceError(f"{exc} (an option overrides it for this run, but the file must "
+                             "be valid as written)") from None
+
+
+def _one_of(options: tuple[str, ...]) -> Any:
+    def check(ctx: _Context, value: Any, path: str) -> None:
+        if value not in options:
+            ctx.fail(path, f"expected one of: {', '.join(options)}, but got {value!r}")
+    return check
+
+
+def _dataset(ctx: _Context, value: Any, path: str) -> None:
+    from tuner.data import DATASETS
+
+    _one_of(tuple(DATASETS))(ctx, value, path)
+
+
+def _features(ctx: _Context, value: Any, path: str) -> None:
+    if not isinstance(value, str | list) or (
+            isinstance(value, list) and not all(isinstance(f, str) for f in value)):
+        ctx.fail(path, f"must be a list of column names, but got {value!r}")
+
+
+_AS_WRITTEN: dict[str, Any] = {
+    "seed": lambda ctx, v, p: _integer(ctx, v, p, minimum=0),
+    "trials": lambda ctx, v, p: _integer(ctx, v, p, minimum=1),
+    "engine": lambda ctx, v, p: parse_engine(v, ctx),
+    "epochs": lambda ctx, v, p: _integer(ctx, v, p, minimum=1),
+    "dataset": _dataset,
+    "direction": _one_of(DIRECTIONS),
+    "kind": _one_of(("classification", "regression")),
+    "features": _features,
+}
 
 
 def _string(ctx: _Context, value: Any, path: str) -> str:
@@ -357,8 +481,8 @@ def _check_value(ctx: _Context, rule: Rule, value: Any, path: str) -> Any:
         return _milestones(ctx, value, path)
     else:
         if not is_number(value) or (rule.kind == "int" and not isinstance(value, int)):
-            ctx.fail(path, f"must be {'an integer' if rule.kind == 'int' else 'a number'}, "
-                     f"but got {value!r}")
+            ctx.fail(path, f"must be {'an integer' if rule.kind == 'int' else 'a finite number'}"
+                     f", but got {value!r}")
         if not rule.check(value):
             ctx.fail(path, f"`{rule.text}` must hold, but got {value!r}")
         if rule.kind == "float":
@@ -601,11 +725,69 @@ def _options(ctx: _Context, raw: Mapping[str, Any], path: str, target: Any,
     """Keyword options for an Optuna class, checked against its constructor."""
     accepted = [p for p in inspect.signature(target).parameters if p not in ("self", *skip)]
     options = {k: v for k, v in raw.items() if k not in ("name", "wrapped")}
-    for key in options:
+    signature = inspect.signature(target).parameters
+    for key, value in options.items():
         if key not in accepted:
             ctx.fail(f"{path}.{key}", f"unknown setting {key!r} for {raw.get('name')!r}; "
                      f"expected one of: {', '.join(accepted)}")
+        _check_option(ctx, f"{path}.{key}", value, signature[key].annotation)
     return tuple(sorted(options.items()))
+
+
+# Domains of the samplers' and pruners' counts and rates, which Optuna does not always
+# check itself (TPE takes `n_startup_trials: -5` and treats it as 0): (low, high, whether
+# low itself is allowed).
+OPTION_DOMAINS: dict[str, tuple[float, float, bool]] = {
+    "n_startup_trials": (0, math.inf, True),
+    "n_startup_steps": (0, math.inf, True),
+    "n_warmup_steps": (0, math.inf, True),
+    "n_ei_candidates": (1, math.inf, True),
+    "n_min_trials": (1, math.inf, True),
+    "interval_steps": (1, math.inf, True),
+    "min_resource": (1, math.inf, True),
+    "max_resource": (1, math.inf, True),
+    "reduction_factor": (2, math.inf, True),
+    "min_early_stopping_rate": (0, math.inf, True),
+    "bootstrap_count": (0, math.inf, True),
+    "patience": (0, math.inf, True),
+    "min_delta": (0, math.inf, True),
+    "popsize": (1, math.inf, True),
+    "prior_weight": (0, math.inf, False),
+    "sigma0": (0, math.inf, False),
+    "percentile": (0, 100, True),
+    "p_threshold": (0, 1, True),
+}
+# What a YAML value may be, by the name of a type in Optuna's annotations.
+_YAML_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
+    "None": (type(None),), "dict": (Mapping,), "Mapping": (Mapping,), "list": (list,),
+    "Sequence": (list,),
+}
+
+
+def _check_option(ctx: _Context, path: str, value: Any, annotation: Any) -> None:
+    """A sampler's or pruner's setting against the type its constructor declares and
+    the domain in OPTION_DOMAINS, so that a wrong one fails here and not in a trial."""
+    if annotation is inspect.Parameter.empty:
+        return
+    names = ([annotation.__name__] if isinstance(annotation, type)
+             else [part.strip().split("[")[0] for part in str(annotation).split("|")])
+    if not any(n in _YAML_TYPES for n in names if n != "None"):
+        ctx.fail(path, f"takes a Python object ({annotation}), which a space file cannot give")
+    kinds = tuple(t for n in names for t in _YAML_TYPES.get(n, ()))
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        wanted = " or ".join("null" if n == "None" else n for n in names if n in _YAML_TYPES)
+        ctx.fail(path, f"must be {wanted}, but got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        ctx.fail(path, f"must be finite, but got {value!r}")
+    key = path.rsplit(".", 1)[-1]
+    domain = OPTION_DOMAINS.get(key)
+    if domain is not None and isinstance(value, int | float) and is_number(value):
+        low, high, closed = domain
+        if value < low or value > high or (value == low and not closed):
+            bound = (f"{key} {'>=' if closed else '>'} {low:g}" if high == math.inf
+                     else f"{low:g} <= {key} <= {high:g}")
+            ctx.fail(path, f"`{bound}` must hold, but got {value!r}")
 
 
 def _parse_sampler(ctx: _Context, raw: Any) -> SamplerSpec:
