@@ -50,13 +50,14 @@ def _assert_clean_error(result: Result, code: int, *fragments: str) -> str:
 
 
 def _assert_usage_error(result: Result, *fragments: str) -> None:
-    """click's own usage error: exit 2, usage lines, then one `Error:` line."""
+    """click's own usage error: exit 2, one `Error:` line that points to `--help`."""
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
-    assert result.stderr.startswith("Usage: ")
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: ")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    last = lines[0]
+    assert last.startswith("Error: ") and last.endswith(" --help)"), last
     for fragment in fragments:
         assert fragment in last, last
 

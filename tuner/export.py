@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,13 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     source = Path(path)
     if not source.exists():
         raise DataError(f"--model {path}: no such file")
+    if not source.is_file():  # a FIFO or a device would be read forever
+        raise DataError(f"--model {path}: not a regular file")
     try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's notice about a file's pickle protocol, which a crafted file triggers
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, or not ours
         raise DataError(f"--model {path}: not a tuner model file ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -35,6 +35,11 @@ class TunerGroup(click.Group):
         except TunerError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # One line, as for the tuner's own errors, instead of click's usage block.
+            where = exc.ctx.command_path if exc.ctx is not None else "tuner"
+            click.echo(f"Error: {exc.format_message()} (see: {where} --help)", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo(_interrupted(ctx), err=True)
             ctx.exit(130)
