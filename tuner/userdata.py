@@ -6,7 +6,8 @@
 
 Every problem is a :class:`~tuner.errors.DataError` that names the file, the column
 and the rule: a missing file or target column, non-numeric features, NaNs, a target
-with a single class.
+with a single class. The files themselves are read by :mod:`tuner.userfiles`, which
+trusts nothing in them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from tuner.errors import DataError
 from tuner.usercode import import_reference, is_reference
+from tuner.userfiles import check_file, read_npz, read_table
 
 if TYPE_CHECKING:
     from tuner.datasets import DatasetSplits
@@ -55,13 +57,12 @@ def read_user_data(spec: DataSpec) -> UserArrays | DatasetSplits:
     if is_reference(spec.source):
         return _from_function(spec)
     path = Path(spec.source)
-    if not path.exists():
-        raise DataError("no such file", spec.source)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _from_npz(path, spec)
     if suffix in (".csv", ".parquet", ".pq"):
         return _from_table(path, spec)
+    check_file(path)  # a missing file is that, whatever its name
     raise DataError(f"unsupported file type {suffix!r}; expected .csv, .npz or .parquet",
                     spec.source)
 
@@ -69,11 +70,7 @@ def read_user_data(spec: DataSpec) -> UserArrays | DatasetSplits:
 def _from_table(path: Path, spec: DataSpec) -> UserArrays:
     import pandas as pd
 
-    try:
-        frame = (pd.read_csv(path) if path.suffix.lower() == ".csv"
-                 else pd.read_parquet(path))
-    except Exception as exc:  # pandas raises many kinds; each becomes one line
-        raise DataError(f"cannot read it: {str(exc).splitlines()[0]}", str(path)) from None
+    frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if spec.target is None:
@@ -100,8 +97,7 @@ def _from_table(path: Path, spec: DataSpec) -> UserArrays:
 
 
 def _from_npz(path: Path, spec: DataSpec) -> UserArrays:
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = dict(archive)
+    arrays = read_npz(path)
     if all(k in arrays for k in SPLIT_KEYS):
         return _split_arrays(str(path), arrays, spec)
     x_key = next((k for k in ("x", "X") if k in arrays), None)
