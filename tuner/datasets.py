@@ -178,18 +178,18 @@ def dataset_splits(source: str, parts: Sequence[Any], kind: str | None) -> Datas
     ``classes``, where each item is read to find them)."""
     names = ("train", "val", "test")
     if len(parts) not in (2, 3):
-        raise DataError(f"--data {source}: Datasets come as (train, val) or (train, val, "
-                        f"test), but got {len(parts)}")
+        raise DataError(f"Datasets come as (train, val) or (train, val, test), but got "
+                        f"{len(parts)}", source)
     for name, part in zip(names, parts, strict=False):
         if isinstance(part, IterableDataset):
-            raise DataError(f"--data {source}: the {name} set is an IterableDataset, which "
-                            "the tuner cannot shuffle or size; give a map-style Dataset "
-                            "(with __len__ and __getitem__)")
+            raise DataError(f"the {name} set is an IterableDataset, which the tuner cannot "
+                            "shuffle or size; give a map-style Dataset (with __len__ and "
+                            "__getitem__)", source)
         if not (hasattr(part, "__len__") and hasattr(part, "__getitem__")):
-            raise DataError(f"--data {source}: the {name} set must be a torch Dataset with "
-                            f"__len__ and __getitem__, but got {type(part).__name__}")
+            raise DataError(f"the {name} set must be a torch Dataset with __len__ and "
+                            f"__getitem__, but got {type(part).__name__}", source)
         if len(part) < 1:
-            raise DataError(f"--data {source}: the {name} set is empty")
+            raise DataError(f"the {name} set is empty", source)
     train = parts[0]
     declared = getattr(train, "classes", None)
     items = [_item(source, part, name) for name, part in zip(names, parts, strict=False)]
@@ -199,15 +199,15 @@ def dataset_splits(source: str, parts: Sequence[Any], kind: str | None) -> Datas
     shape = _shape(x)
     for name, (x_i, y_i) in zip(names, items, strict=False):
         if _shape(x_i) != shape:
-            raise DataError(f"--data {source}: the first {name} item's input has shape "
-                            f"{list(_shape(x_i))}, but the training set's has {list(shape)}")
+            raise DataError(f"the first {name} item's input has shape {list(_shape(x_i))}, "
+                            f"but the training set's has {list(shape)}", source)
         if task == "classification" and not _is_label(y_i):
-            raise DataError(f"--data {source}: classification needs integer class labels "
-                            f"(0, 1, ...), but the first {name} item's target is {y_i!r} "
-                            f"({type(y_i).__name__})")
+            raise DataError(f"classification needs integer class labels (0, 1, ...), but "
+                            f"the first {name} item's target is {y_i!r} "
+                            f"({type(y_i).__name__})", source)
         if task == "regression" and not (_is_float(y_i) or _is_label(y_i)):
-            raise DataError(f"--data {source}: a regression needs numeric targets, but the "
-                            f"first {name} item's is {y_i!r} ({type(y_i).__name__})")
+            raise DataError(f"a regression needs numeric targets, but the first {name} "
+                            f"item's is {y_i!r} ({type(y_i).__name__})", source)
     classes: tuple[Any, ...] | None = None
     n_outputs = 1
     if task == "classification":
@@ -223,12 +223,12 @@ def dataset_splits(source: str, parts: Sequence[Any], kind: str | None) -> Datas
         n_outputs = len(classes)
         for name, top in tops:
             if top >= n_outputs:
-                raise DataError(f"--data {source}: the {name} set has label {top}, but the "
-                                f"training set's classes are {n_outputs} (labels 0 to "
-                                f"{n_outputs - 1})")
+                raise DataError(f"the {name} set has label {top}, but the training set's "
+                                f"classes are {n_outputs} (labels 0 to {n_outputs - 1})",
+                                source)
         if n_outputs < 2:
-            raise DataError(f"--data {source}: the targets have a single class; "
-                            "classification needs at least two")
+            raise DataError("the targets have a single class; classification needs at "
+                            "least two", source)
     return DatasetSplits(train, parts[1], parts[2] if len(parts) == 3 else None, task,
                          n_outputs, shape, classes)
 
@@ -249,16 +249,16 @@ def _item(source: str, dataset: Any, name: str) -> tuple[Any, Any]:
     try:
         item = dataset[0]
     except Exception as exc:  # code of yours: one line, its own words
-        raise DataError(f"--data {source}: reading the first item of the {name} set raised "
-                        f"{type(exc).__name__}: {exc}") from None
+        raise DataError(f"reading the first item of the {name} set raised "
+                        f"{type(exc).__name__}: {exc}", source) from None
     if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise DataError(f"--data {source}: the items of a Dataset must be (x, y) pairs, but "
-                        f"the first {name} item is {type(item).__name__}")
+        raise DataError(f"the items of a Dataset must be (x, y) pairs, but the first {name} "
+                        f"item is {type(item).__name__}", source)
     try:
         _shape(item[0])
     except (TypeError, ValueError, RuntimeError):
-        raise DataError(f"--data {source}: the first {name} item's input must be a tensor or "
-                        f"an array of numbers, but is {type(item[0]).__name__}") from None
+        raise DataError(f"the first {name} item's input must be a tensor or an array of "
+                        f"numbers, but is {type(item[0]).__name__}", source) from None
     return item[0], item[1]
 
 
@@ -275,8 +275,8 @@ def _labels(source: str, dataset: Any, name: str) -> int:
               else torch.as_tensor([int(_item_at(source, dataset, i, name))
                                     for i in range(len(dataset))]))
     if labels.numel() and int(labels.min()) < 0:
-        raise DataError(f"--data {source}: class labels must be 0, 1, ..., but the {name} set "
-                        f"has {int(labels.min())}")
+        raise DataError(f"class labels must be 0, 1, ..., but the {name} set has "
+                        f"{int(labels.min())}", source)
     return int(labels.max()) if labels.numel() else 0
 
 
@@ -284,5 +284,5 @@ def _item_at(source: str, dataset: Any, index: int, name: str) -> Any:
     try:
         return dataset[index][1]
     except Exception as exc:  # code of yours: one line, its own words
-        raise DataError(f"--data {source}: reading item {index} of the {name} set raised "
-                        f"{type(exc).__name__}: {exc}") from None
+        raise DataError(f"reading item {index} of the {name} set raised "
+                        f"{type(exc).__name__}: {exc}", source) from None

@@ -25,7 +25,21 @@ class SpaceError(UsageError):
 
 
 class DataError(UsageError):
-    """A dataset cannot be loaded or is unusable for the task."""
+    """A dataset cannot be loaded or is unusable for the task.
+
+    ``source`` is the data file or function at fault, when there is one, and ``problem``
+    what is wrong with it. The message names the source as the command line gives it,
+    ``--data SOURCE: problem``; a search space, which gives it as ``task.data``, names
+    it its own way from the two.
+    """
+
+    def __init__(self, problem: str, source: str | None = None) -> None:
+        super().__init__(problem if source is None else f"--data {source}: {problem}")
+        self.problem = problem
+        self.source = source
+
+    def __reduce__(self) -> tuple[type[DataError], tuple[str, str | None]]:
+        return type(self), (self.problem, self.source)  # both survive a worker's pickle
 
 
 class StudyNotFoundError(UsageError):

@@ -14,6 +14,7 @@ import numpy as np
 
 from tuner.errors import DataError
 from tuner.export import ExportedModel
+from tuner.userfiles import check_file, read_npz, read_table
 
 
 def read_features(path: str | Path, names: Sequence[str], n_features: int,
@@ -25,25 +26,20 @@ def read_features(path: str | Path, names: Sequence[str], n_features: int,
     ``n_features`` numeric ones.
     """
     source = Path(path)
-    if not source.exists():
-        raise DataError(f"--data {path}: no such file")
     suffix = source.suffix.lower()
     if suffix == ".npz":
-        with np.load(source, allow_pickle=False) as archive:
-            key = next((k for k in ("x", "X", "x_test") if k in archive), None)
-            if key is None:
-                raise DataError(f"--data {path}: an .npz needs an array 'x'; it has: "
-                                f"{', '.join(archive)}")
-            x = np.asarray(archive[key])
+        archive = read_npz(source)
+        key = next((k for k in ("x", "X", "x_test") if k in archive), None)
+        if key is None:
+            raise DataError(f"--data {path}: an .npz needs an array 'x'; it has: "
+                            f"{', '.join(archive)}")
+        x = archive[key]
         x = x.reshape(len(x), -1) if x.ndim != 1 else x[:, None]
         columns: list[str] = []
     elif suffix in (".csv", ".parquet", ".pq"):
         import pandas as pd
 
-        try:
-            frame = pd.read_csv(source) if suffix == ".csv" else pd.read_parquet(source)
-        except Exception as exc:  # pandas raises many kinds; each becomes one line
-            raise DataError(f"--data {path}: cannot read it: {str(exc).splitlines()[0]}") from None
+        frame = read_table(source)
         frame.columns = [str(c) for c in frame.columns]
         wanted = list(chosen or names or frame.columns)
         missing = [c for c in wanted if c not in frame.columns]
@@ -56,6 +52,7 @@ def read_features(path: str | Path, names: Sequence[str], n_features: int,
                             f"(dtype {frame[non_numeric[0]].dtype})")
         x, columns = frame[wanted].to_numpy(dtype=np.float64), wanted
     else:
+        check_file(source)  # a missing file is that, whatever its name
         raise DataError(f"--data {path}: unsupported file type {suffix!r}; expected .csv, .npz "
                         "or .parquet")
     if x.shape[1] != n_features:

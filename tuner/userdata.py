@@ -6,7 +6,8 @@
 
 Every problem is a :class:`~tuner.errors.DataError` that names the file, the column
 and the rule: a missing file or target column, non-numeric features, NaNs, a target
-with a single class.
+with a single class. The files themselves are read by :mod:`tuner.userfiles`, which
+trusts nothing in them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from tuner.errors import DataError
 from tuner.usercode import import_reference, is_reference
+from tuner.userfiles import check_file, read_npz, read_table
 
 if TYPE_CHECKING:
     from tuner.datasets import DatasetSplits
@@ -55,44 +57,39 @@ def read_user_data(spec: DataSpec) -> UserArrays | DatasetSplits:
     if is_reference(spec.source):
         return _from_function(spec)
     path = Path(spec.source)
-    if not path.exists():
-        raise DataError(f"--data {spec.source}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _from_npz(path, spec)
     if suffix in (".csv", ".parquet", ".pq"):
         return _from_table(path, spec)
-    raise DataError(f"--data {spec.source}: unsupported file type {suffix!r}; expected .csv, "
-                    ".npz or .parquet")
+    check_file(path)  # a missing file is that, whatever its name
+    raise DataError(f"unsupported file type {suffix!r}; expected .csv, .npz or .parquet",
+                    spec.source)
 
 
 def _from_table(path: Path, spec: DataSpec) -> UserArrays:
     import pandas as pd
 
-    try:
-        frame = (pd.read_csv(path) if path.suffix.lower() == ".csv"
-                 else pd.read_parquet(path))
-    except Exception as exc:  # pandas raises many kinds; each becomes one line
-        raise DataError(f"--data {path}: cannot read it: {str(exc).splitlines()[0]}") from None
+    frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if spec.target is None:
-        raise DataError(f"--data {path}: name the target column with --target (columns: "
-                        f"{', '.join(columns)})")
+        raise DataError(f"name the target column with --target (columns: "
+                        f"{', '.join(columns)})", str(path))
     for name, flag in ((spec.target, "--target"), (spec.aux_target, "--aux-target")):
         if name is not None and name not in columns:
-            raise DataError(f"--data {path}: {flag} column {name!r} does not exist (columns: "
-                            f"{', '.join(columns)})")
+            raise DataError(f"{flag} column {name!r} does not exist (columns: "
+                            f"{', '.join(columns)})", str(path))
     exclude = {spec.target, spec.aux_target}
     features = list(spec.features) if spec.features else [c for c in columns if c not in exclude]
     missing = [f for f in features if f not in columns]
     if missing:
-        raise DataError(f"--data {path}: --features column {missing[0]!r} does not exist")
+        raise DataError(f"--features column {missing[0]!r} does not exist", str(path))
     non_numeric = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
     if non_numeric:
-        raise DataError(f"--data {path}: feature column {non_numeric[0]!r} is not numeric "
-                        f"(dtype {frame[non_numeric[0]].dtype}); encode it or leave it out "
-                        "with --features")
+        raise DataError(f"feature column {non_numeric[0]!r} is not numeric (dtype "
+                        f"{frame[non_numeric[0]].dtype}); encode it or leave it out with "
+                        "--features", str(path))
     x = frame[features].to_numpy(dtype=np.float64)
     y = frame[spec.target].to_numpy()
     aux = frame[spec.aux_target].to_numpy() if spec.aux_target else None
@@ -100,18 +97,18 @@ def _from_table(path: Path, spec: DataSpec) -> UserArrays:
 
 
 def _from_npz(path: Path, spec: DataSpec) -> UserArrays:
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = dict(archive)
+    arrays = read_npz(path)
     if all(k in arrays for k in SPLIT_KEYS):
         return _split_arrays(str(path), arrays, spec)
     x_key = next((k for k in ("x", "X") if k in arrays), None)
     y_key = spec.target or "y"
     if x_key is None or y_key not in arrays:
-        raise DataError(f"--data {path}: an .npz needs arrays 'x' and {y_key!r} (or x_train, "
-                        f"y_train, x_val, y_val, x_test, y_test); it has: {', '.join(arrays)}")
+        raise DataError(f"an .npz needs arrays 'x' and {y_key!r} (or x_train, y_train, "
+                        f"x_val, y_val, x_test, y_test); it has: {', '.join(arrays)}",
+                        str(path))
     aux = arrays.get(spec.aux_target) if spec.aux_target else None
     if spec.aux_target and aux is None:
-        raise DataError(f"--data {path}: --aux-target array {spec.aux_target!r} does not exist")
+        raise DataError(f"--aux-target array {spec.aux_target!r} does not exist", str(path))
     return _checked(str(path), arrays[x_key], arrays[y_key], aux, spec.task, None, ())
 
 
@@ -120,16 +117,16 @@ def _from_function(spec: DataSpec) -> UserArrays | DatasetSplits:
     try:
         result = function()
     except Exception as exc:  # the user's code: one line, its own words
-        raise DataError(f"--data {spec.source}: the function raised "
-                        f"{type(exc).__name__}: {exc}") from None
+        raise DataError(f"the function raised {type(exc).__name__}: {exc}",
+                        spec.source) from None
     if isinstance(result, (tuple, list)) and result and _is_dataset(result[0]):
         from tuner.datasets import dataset_splits
 
         for key, what in ((spec.target, "--target"), (spec.features, "--features"),
                           (spec.aux_target, "--aux-target")):
             if key:
-                raise DataError(f"--data {spec.source}: {what} names a column of a table; "
-                                "Datasets give (x, y) items")
+                raise DataError(f"{what} names a column of a table; Datasets give (x, y) "
+                                "items", spec.source)
         return dataset_splits(spec.source, result, spec.task)
     if isinstance(result, Mapping):
         if all(k in result for k in SPLIT_KEYS):
@@ -142,8 +139,8 @@ def _from_function(spec: DataSpec) -> UserArrays | DatasetSplits:
         aux = _numpy(result[2]) if len(result) == 3 else None
         return _checked(spec.source, _numpy(result[0]), _numpy(result[1]), aux, spec.task, None,
                         ())
-    raise DataError(f"--data {spec.source}: the function must return (x, y), (x, y, aux), or "
-                    f"a dict with x/y or {', '.join(SPLIT_KEYS)}; got {type(result).__name__}")
+    raise DataError(f"the function must return (x, y), (x, y, aux), or a dict with x/y or "
+                    f"{', '.join(SPLIT_KEYS)}; got {type(result).__name__}", spec.source)
 
 
 def _is_dataset(value: Any) -> bool:
@@ -199,12 +196,12 @@ def _checked(source: str, x: np.ndarray, y: np.ndarray, aux: np.ndarray | None,
     if x.ndim != 2:
         x = x.reshape(len(x), -1)
     if x.dtype.kind not in "biuf":
-        raise DataError(f"--data {source}: features must be numeric, but got dtype {x.dtype}")
+        raise DataError(f"features must be numeric, but got dtype {x.dtype}", source)
     x = x.astype(np.float64)
     if len(x) != len(y):
-        raise DataError(f"--data {source}: {len(x)} feature rows but {len(y)} targets")
+        raise DataError(f"{len(x)} feature rows but {len(y)} targets", source)
     if len(x) < min_rows:
-        raise DataError(f"--data {source}: at least {min_rows} rows are needed, but got {len(x)}")
+        raise DataError(f"at least {min_rows} rows are needed, but got {len(x)}", source)
     bad = ~np.isfinite(x).all(axis=0)
     if bad.any():
         index = int(np.argmax(bad))
@@ -213,19 +210,19 @@ def _checked(source: str, x: np.ndarray, y: np.ndarray, aux: np.ndarray | None,
         inf = int(np.isinf(x[:, index]).sum())
         found = " and ".join(f"{n} {kind} value(s)" for n, kind in ((nan, "NaN"), (inf, "infinite"))
                              if n)
-        raise DataError(f"--data {source}: feature column {column} has {found}; fill or drop "
-                        "them first")
+        raise DataError(f"feature column {column} has {found}; fill or drop them first",
+                        source)
     missing = _missing(y)
     if missing:
-        raise DataError(f"--data {source}: the target has {missing} missing value(s) (NaN or "
-                        "empty); fill or drop those rows first")
+        raise DataError(f"the target has {missing} missing value(s) (NaN or empty); fill "
+                        "or drop those rows first", source)
     task = task or infer_task(y)
     if task not in ("classification", "regression"):
         raise DataError(f"--task: expected classification or regression, but got {task!r}")
     if task == "classification" and len(np.unique(y)) < 2 and min_rows > 1:
-        raise DataError(f"--data {source}: the target has a single class ({np.unique(y)[0]!r});"
-                        " classification needs at least two")
+        raise DataError(f"the target has a single class ({np.unique(y)[0]!r}); "
+                        "classification needs at least two", source)
     if task == "regression" and y.dtype.kind not in "biuf":
-        raise DataError(f"--data {source}: a regression target must be numeric, but got dtype "
-                        f"{y.dtype}")
+        raise DataError(f"a regression target must be numeric, but got dtype {y.dtype}",
+                        source)
     return UserArrays(x, y, task, aux, split, names)

@@ -458,7 +458,9 @@ def _parse_user_data(ctx: _Context, task: Mapping[str, Any]) -> dict[str, Any]:
 
         splits = load_user_splits(data, 0, "cpu", target, kind, features, aux, os.getcwd())
     except DataError as exc:
-        ctx.fail("task.data", str(exc))
+        # Named as it was given: "--data FILE: ..." by the option, "task.data: FILE: ..." here
+        given_here = exc.source is not None and "task.data" not in ctx.origins
+        ctx.fail("task.data", f"{exc.source}: {exc.problem}" if given_here else str(exc))
     return {"data": data, "target": target, "kind": splits.task, "features": features,
             "aux_target": aux, "_image": splits.image_shape is not None}
 
