@@ -82,6 +82,12 @@ def _fifo(folder: Path) -> None:
     os.mkfifo(folder / "pipe.yaml")
 
 
+def _object_npz(folder: Path) -> None:
+    import numpy as np
+
+    np.savez(folder / "obj.npz", x=np.array([{"a": 1}] * 20, dtype=object), y=np.arange(20))
+
+
 CASES = [
     # Space files that would exhaust the machine.
     Case("alias-bomb", ("start", "--space", "bomb.yaml"),
@@ -158,6 +164,16 @@ CASES = [
     Case("enqueue-not-json", ("start", "--space", "ok.yaml", "--study", "s",
                               "--enqueue", "{lr: 0.1"), ("--enqueue", "JSON"),
          {"ok.yaml": _space()}),
+    # Data files.
+    Case("csv-renamed-npz", ("start", "--space", "ok.yaml", "--data", "t.npz"),
+         ("--data t.npz", "not an .npz archive", "rename it t.csv"),
+         {"ok.yaml": _space(), "t.npz": "a,b,y\n" + "1,2,0\n3,4,1\n" * 10}),
+    Case("npz-of-objects", ("start", "--space", "ok.yaml", "--data", "obj.npz"),
+         ("--data obj.npz", "array 'x'", "Python objects"), {"ok.yaml": _space()},
+         setup=_object_npz),
+    Case("data-directory", ("start", "--space", "ok.yaml", "--data", "d.csv"),
+         ("--data d.csv", "not a regular file"), {"ok.yaml": _space()},
+         setup=lambda folder: (folder / "d.csv").mkdir()),
     # A model file with a pickled payload never runs it.
     Case("pickled-model", ("predict", "--model", "evil.pt", "--data", "x.csv"),
          ("evil.pt",), {"evil.pt": _evil_model(), "x.csv": "a,b\n1,2\n"}, storage=False),
