@@ -4,15 +4,23 @@ refuses a space whose largest model cannot train (tuner.modelsize)."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
 
+import tuner
 from tuner import device as device_module
+from tuner.cli import cli
 from tuner.data import load_task_data
-from tuner.errors import DataError, SpaceError
+from tuner.errors import DataError, SpaceError, UsageError
 from tuner.models import build_model
 from tuner.modelsize import (
     CHECK_FROM,
@@ -25,6 +33,7 @@ from tuner.objective import Objective
 from tuner.space import builtin_spaces, load_space, parse_space
 from tuner.storage import MemoryRecorder
 
+ROOT = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
 CPU = torch.device("cpu")
 
@@ -221,3 +230,127 @@ def test_free_memory_on_the_cpu_is_at_most_what_the_kernel_says() -> None:
     free = device_module.free_memory(CPU)
     available = device_module._mem_available()
     assert free is not None and available is not None and 0 < free <= available
+
+
+# --- through the command line and the API -----------------------------------------------
+
+HUGE = {"layers": {"layers": 100000}, "hidden": {"hidden": 100000000, "layers": 2}}
+EXPECTED = {"layers": ["params.layers: ", "layers=100000", f"at most {MAX_LAYERS}"],
+            "hidden": ["params.hidden: ", "(hidden=100000000, layers=2, batch_size=32)",
+                       "parameters", "GiB to train; cpu has", "GiB free",
+                       "lower the upper bound of params.hidden"]}
+
+
+def _one_error_line(result: Result) -> str:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("knob", list(HUGE))
+def test_start_refuses_and_leaves_the_database_as_it_was(
+        knob: str, runner: CliRunner, write_space: Callable[..., Path],
+        tiny_space: dict[str, Any], tiny_path: Path, storage_url: str, db_path: Path,
+        db_snapshot: Callable[[Path], Any]) -> None:
+    def start(space: Path, study: str) -> Result:
+        return runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                   "--device", "cpu", "--quiet", "--trials", "1",
+                                   "--study", study])
+
+    assert start(tiny_path, "tiny").exit_code == 0
+    before, rows = db_path.read_bytes(), db_snapshot(db_path)
+    files = sorted(p.name for p in db_path.parent.iterdir())
+    tiny_space["params"].update(HUGE[knob])
+    huge = write_space(tiny_space, name="huge")
+    for study in ("tiny", "huge"):  # resuming the study, or a new one
+        line = _one_error_line(start(huge, study))
+        assert line.startswith(f"Error: {huge}: {EXPECTED[knob][0]}"), line
+        for fragment in EXPECTED[knob][1:]:
+            assert fragment in line, line
+    assert db_path.read_bytes() == before
+    assert db_snapshot(db_path) == rows
+    assert sorted(p.name for p in db_path.parent.iterdir()) == files
+
+
+@pytest.mark.parametrize("knob", list(HUGE))
+def test_optimize_refuses_before_the_database_is_opened(knob: str, tiny_space: dict[str, Any],
+                                                        write_space: Callable[..., Path],
+                                                        storage_url: str,
+                                                        db_path: Path) -> None:
+    tiny_space["params"].update(HUGE[knob])
+    with pytest.raises(SpaceError, match=EXPECTED[knob][0]):
+        tuner.optimize(write_space(tiny_space), storage=storage_url, device="cpu")
+    assert not db_path.exists()
+
+
+def test_start_and_optimize_say_what_may_not_fit(runner: CliRunner, tiny_space: dict[str, Any],
+                                                write_space: Callable[..., Path],
+                                                storage_url: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warning, one line, and the study goes on (here, to a stand-in that stops it)."""
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise UsageError("the study would run now")
+
+    monkeypatch.setattr("tuner.runner.run_study", stop)
+    monkeypatch.setattr("tuner.api.run_study", stop)
+    _free(monkeypatch, cpu=12 * GIB)
+    tiny_space["params"].update(hidden=20000, layers=2)  # 4e8 parameters: about 7.5 GiB
+    space = write_space(tiny_space)
+    result = runner.invoke(cli, ["start", "--space", str(space), "--storage", storage_url,
+                                 "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2, result.output
+    warning, error = result.stderr.strip().splitlines()
+    assert warning.startswith(f"Warning: {space}: the largest model the space can draw "
+                              "(hidden=20000, layers=2, batch_size=32) needs about"), warning
+    assert warning.endswith("cpu has 12.0 GiB free: its trials may run out of memory")
+    assert error == "Error: the study would run now"
+    with pytest.warns(UserWarning, match="its trials may run out of memory"), \
+            pytest.raises(UsageError, match="would run now"):
+        tuner.optimize(space, storage=storage_url, device="cpu")
+
+
+def _limited(memory: int, seconds: int) -> Callable[[], None]:
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
+
+    return limit
+
+
+# `tuner start` on each space named, in one process; the exit code of each on stdout.
+START_EACH = """
+import sys
+from tuner.cli import cli
+for space in sys.argv[2:]:
+    try:
+        cli.main(["start", "--space", space, "--storage", sys.argv[1], "--device", "cpu",
+                  "--quiet"], prog_name="tuner")
+    except SystemExit as exc:
+        print(exc.code, flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is enforced on Linux")
+def test_the_refusal_allocates_nothing_and_takes_no_time(
+        tiny_space: dict[str, Any], write_space: Callable[..., Path], db_path: Path) -> None:
+    """In a process of 4 GiB of address space and 20 s of CPU: building either model
+    would exceed one or the other (and be killed, or fail its trials); the check exits
+    with its one line, each time."""
+    spaces = [write_space({**tiny_space, "params": {**tiny_space["params"], **HUGE[knob]}},
+                          name=knob) for knob in HUGE]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TUNER_STORAGE", "TUNER_DEVICE")},
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", START_EACH, f"sqlite:///{db_path}",
+                           *map(str, spaces)], capture_output=True, text=True, env=env,
+                          timeout=120, check=False, preexec_fn=_limited(4 * GIB, 20))
+    assert (done.returncode, done.stdout.split()) == (0, ["2", "2"]), done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, done.stderr[-2000:]
+    for line, space, knob in zip(lines, spaces, HUGE, strict=True):
+        assert line.startswith(f"Error: {space}: {EXPECTED[knob][0]}"), line
+    assert not db_path.exists()
