@@ -226,10 +226,16 @@ def test_free_memory_on_cuda_is_what_cuda_says(monkeypatch: pytest.MonkeyPatch) 
     assert device_module.free_memory(torch.device("cuda:0")) == 12 * GIB
 
 
-def test_free_memory_on_the_cpu_is_at_most_what_the_kernel_says() -> None:
+def test_free_memory_on_the_cpu_is_the_least_of_what_bounds_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     free = device_module.free_memory(CPU)
-    available = device_module._mem_available()
-    assert free is not None and available is not None and 0 < free <= available
+    assert free is not None and free > 0
+    monkeypatch.setattr(device_module, "_mem_available", lambda: 90 * GIB)
+    monkeypatch.setattr(device_module, "_cgroup_left", lambda: None)  # no container limit
+    monkeypatch.setattr(device_module, "_address_space_left", lambda: 3 * GIB)
+    assert device_module.free_memory(CPU) == 3 * GIB
+    monkeypatch.setattr(device_module, "_address_space_left", lambda: None)
+    assert device_module.free_memory(CPU) == 90 * GIB
 
 
 # --- through the command line and the API -----------------------------------------------
