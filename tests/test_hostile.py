@@ -164,6 +164,13 @@ CASES = [
     Case("enqueue-not-json", ("start", "--space", "ok.yaml", "--study", "s",
                               "--enqueue", "{lr: 0.1"), ("--enqueue", "JSON"),
          {"ok.yaml": _space()}),
+    # Models the space can draw that no machine trains.
+    Case("layers-100000", ("start", "--space", "deep.yaml"),
+         ("deep.yaml", "params.layers", "layers=100000", "at most 1000"),
+         {"deep.yaml": _space(params={"layers": 100000})}),
+    Case("hidden-1e8", ("start", "--space", "wide.yaml"),
+         ("wide.yaml", "params.hidden", "hidden=100000000", "parameters", "GiB", "free"),
+         {"wide.yaml": _space(params={"hidden": 100_000_000})}),
     # Data files.
     Case("csv-renamed-npz", ("start", "--space", "ok.yaml", "--data", "t.npz"),
          ("--data t.npz", "not an .npz archive", "rename it t.csv"),

@@ -16,9 +16,10 @@ import optuna
 
 from tuner.device import resolve_device
 from tuner.errors import UsageError
+from tuner.objective import Objective
 from tuner.runner import run_study
 from tuner.space import Space, load_space, parse_engine, parse_space
-from tuner.storage import DEFAULT_STORAGE, TunerStorage
+from tuner.storage import DEFAULT_STORAGE, MemoryRecorder, TunerStorage
 from tuner.study import check_study_name
 from tuner.usercode import register
 
@@ -78,11 +79,18 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
         parsed = load_space(space, overrides, {k: f"tuner.optimize({k}=...)" for k in overrides})
     name = check_study_name(study_name or parsed.name,
                             "tuner.optimize(study_name=...)" if study_name else parsed.source)
+    where = resolve_device(device)
+    how = None if engine is None else parse_engine(engine)
+    if not parsed.task.objective:
+        # As `tuner start` checks, before the database is opened.
+        fused = how or parsed.engine
+        for warning in Objective(parsed, MemoryRecorder(), where).check_model(
+                copies=fused.population if fused.name == "fused" else 1):
+            warnings.warn(warning, stacklevel=2)
     with warnings.catch_warnings():
         # Notices that heartbeats and grouped TPE are "experimental" (stable for years).
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         db = TunerStorage(storage or DEFAULT_STORAGE).open()
         run_study(parsed, storage=db, study_name=name, budget=n_trials or parsed.trials,
-                  device=resolve_device(device),
-                  engine=None if engine is None else parse_engine(engine))
+                  device=where, engine=how)
     return optuna.load_study(study_name=name, storage=db.studies)

@@ -9,7 +9,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -19,6 +19,7 @@ from tuner.config import TrialConfig
 from tuner.data import load_task_data
 from tuner.errors import TrialFailed, TunerError, UsageError
 from tuner.metrics import is_better, task_loss, task_metric
+from tuner.modelsize import check_model_size
 from tuner.seeding import seed_everything, trial_seed
 from tuner.space import Space
 from tuner.space._catalogue import MODELS
@@ -234,16 +235,34 @@ class Objective:
             maximize=self.metric.maximize, model=task.model, patience=early.patience,
             min_delta=early.min_delta, user=user)
 
-    def check_model(self, draws: int = 5) -> None:
-        """Build, on the CPU, the model of random draws of the space, as trials would, and
-        raise the first draw's error if none builds: a model of the user's whose builder
+    def check_model(self, draws: int = 5, *, devices: Sequence[torch.device] | None = None,
+                    copies: int = 1) -> list[str]:
+        """Check, before a study is created, that the space's model can train; return
+        warnings (one line each) about what may not.
+
+        A model of the user's: build, on the CPU, the model of random draws of the space,
+        as trials would, and raise the first draw's error if none builds: a builder that
         always fails, returns no module or lacks a head the space needs is then reported
         before a study is created (not as the first failed trial of a study that would
         keep the name). A builder that fails on some draws only is left to fail those
-        trials. Built-in models need no check."""
-        if self.space.task.model in MODELS:
-            return
+        trials.
+
+        A built-in model is not built: the size of the largest one the space can draw is
+        computed and compared with the free memory of ``devices`` (one entry per worker;
+        default: this objective's device), ``copies`` models at once (the fused engine's
+        population); see :func:`tuner.modelsize.check_model_size` for what is refused and
+        what is warned. A training function of yours (``objective``) is not checked.
+
+        >>> from tuner.space import load_space
+        >>> from tuner.storage import MemoryRecorder
+        >>> Objective(load_space("quick"), MemoryRecorder(), torch.device("cpu")).check_model()
+        []
+        """
+        if self.space.task.objective:
+            return []
         data = load_task_data(self.space.task, self.space.seed, "cpu")
+        if self.space.task.model in MODELS:
+            return check_model_size(self.space, data, devices or [self.device], copies)
         draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.space.seed))
         first: tuple[TunerError, dict[str, Any]] | None = None
         for _ in range(draws):
@@ -256,7 +275,7 @@ class Objective:
                 first = first or (exc, trial.params)
                 continue
             check_output(model, data, custom_loss=bool(self.space.task.loss))
-            return
+            return []
         assert first is not None
         error, params = first
         drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -160,7 +160,10 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.storage import MemoryRecorder
 
     if not parsed.task.objective:
-        Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model()
+        for warning in Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model(
+                devices=[torch.device(p) for p in placed],
+                copies=how.population if how.name == "fused" else 1):
+            click.echo(f"Warning: {warning}", err=True)
     name = study or check_study_name(parsed.name, f"{parsed.source} (its name is the study's, "
                                                   "unless --study gives one)")
     budget = trials or parsed.trials
