@@ -15,10 +15,10 @@ import statistics
 
 import torch
 
-from tuner.config import TrialConfig
-from tuner.data import load_splits
-from tuner.metrics import METRICS
-from tuner.train import build_for, evaluate, train
+from tuner.data.builtin import load_splits
+from tuner.train.config import TrialConfig
+from tuner.train.loop import build_for, evaluate, train
+from tuner.train.metrics import METRICS
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits
+from tuner.data.builtin import Splits, load_splits
 from tuner.fused import train_population
-from tuner.metrics import METRICS
-from tuner.train import build_for, train
+from tuner.train.config import TrialConfig
+from tuner.train.loop import build_for, train
+from tuner.train.metrics import METRICS
 
 METRIC = METRICS["accuracy"]
 

@@ -26,7 +26,7 @@ import torch
 from optuna.trial import TrialState
 
 from tuner.cli import quiet_optuna
-from tuner.runner import run_study
+from tuner.run.runner import run_study
 from tuner.space import EngineSpec, load_space
 from tuner.storage import TunerStorage
 

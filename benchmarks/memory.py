@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tuner.cli import quiet_optuna
-from tuner.runner import Snapshot, run_study
+from tuner.run.runner import Snapshot, run_study
 from tuner.space import EngineSpec, parse_space
 from tuner.storage import TunerStorage
 

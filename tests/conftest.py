@@ -143,7 +143,7 @@ def pg_url() -> str:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread (as tuner.device sets for CPU trials):
+    """Tiny models train fastest on one thread (as tuner.train.device sets for CPU trials):
     thread hand-offs cost more than the arithmetic, more so on a busy machine."""
     import torch
 

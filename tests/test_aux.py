@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tuner.config import TrialConfig
-from tuner.data import load_splits
-from tuner.metrics import METRICS
-from tuner.train import build_for, train
+from tuner.data.builtin import load_splits
+from tuner.train.config import TrialConfig
+from tuner.train.loop import build_for, train
+from tuner.train.metrics import METRICS
 
 
 def test_digits_carries_its_coarse_image_as_auxiliary_target() -> None:

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner, Result
 from torch import nn
 
-from tuner import device
 from tuner.bench import COLUMNS, VARIANTS, StorageClock, matmul_peak, train_flops_per_sample
 from tuner.bench._space import HIDDEN, bench_space
 from tuner.cli import cli
 from tuner.fused._model import onednn_products
 from tuner.space import Fixed
+from tuner.train.loop import device
 
 TINY = ["--dataset", "iris", "--trials", "2", "--epochs", "2", "--device", "cpu"]
 N_VAL_IRIS = 30
@@ -105,7 +105,7 @@ def test_the_synthetic_dataset_takes_the_size_asked_for() -> None:
                                       "1", "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    from tuner.data import load_splits
+    from tuner.data.builtin import load_splits
 
     data = load_splits("classification", 0, "cpu", 500, 7)
     assert data.x_train.shape[1] == 7

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from tuner import queries
 from tuner.bench._query import SPACE, build_study, check_with_optuna, run_query_bench
+from tuner.cli import cli
 from tuner.storage import TunerStorage
 
 
@@ -42,7 +43,13 @@ def test_bulk_inserted_study_reads_back_through_optuna(storage_url: str) -> None
 
 @pytest.mark.slow
 def test_timings_side_by_side(tmp_path: Path) -> None:
-    timings = run_query_bench(f"sqlite:///{tmp_path / 'b.db'}", n_trials=200, steps=3,
+    runner = CliRunner()
+
+    def command(args: list[str]) -> tuple[int, str]:
+        result = runner.invoke(cli, args)
+        return result.exit_code, result.output
+
+    timings = run_query_bench(f"sqlite:///{tmp_path / 'b.db'}", command, n_trials=200, steps=3,
                               repeat=1, say=lambda line: None)
     assert [t.query.split()[0] for t in timings] == ["best", "best", "trials", "studies"]
     assert all(t.tuner_s > 0 and t.optuna_s > 0 for t in timings)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from table_reader import read_table
 
 from tuner.cli import cli
-from tuner.runner import run_study
+from tuner.run.runner import run_study
 from tuner.space import parse_space
 from tuner.storage import TunerStorage
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner, Result
 from sklearn.datasets import load_wine
 
 from tuner.cli import cli
-from tuner.plural import plural
+from tuner.formatting import plural
+from tuner.run.study import BUDGET_ATTR, stored_budget
 from tuner.storage import TunerStorage
-from tuner.study import BUDGET_ATTR, stored_budget
 
 
 def _invoke(args: Sequence[str]) -> Result:

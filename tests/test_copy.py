@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from optuna.storages._rdb.models import TrialModel
 
 from tuner.cli import cli
-from tuner.runner import run_study
+from tuner.run.runner import run_study
 from tuner.space import parse_space
 from tuner.storage import TunerStorage
 from tuner.storage._copy import TRIAL_TABLES, copy_study

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from tuner.bench import run_bench
-from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits
+from tuner.data.builtin import Splits, load_splits
 from tuner.fused import train_population
-from tuner.metrics import METRICS
-from tuner.train import build_for, compile_model, train
+from tuner.train.config import TrialConfig
+from tuner.train.loop import build_for, compile_model, train
+from tuner.train.metrics import METRICS
 
 DEVICE = os.environ.get("TUNER_TEST_DEVICE", "cuda")
 
@@ -67,7 +67,7 @@ def test_the_data_lives_on_the_device(digits: Splits) -> None:
 
 
 def test_fused_members_equal_sequential_runs_in_float64(iris64: Splits) -> None:
-    """The issue's equality on the device: every member's epochs equal tuner.train's on
+    """The issue's equality on the device: every member's epochs equal tuner.train.loop's on
     the same batch order (the group's generator and the global one, seeded alike)."""
     configs = [_config(v, seed=10 + i) for i, v in enumerate(MEMBERS)]
     results = train_population(configs, iris64, metric=ACCURACY, seed=100)

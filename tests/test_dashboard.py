@@ -1,4 +1,4 @@
-"""`tuner dashboard` (tuner/dashboard.py): optuna-dashboard served over the study database,
+"""`tuner dashboard` (tuner/dashboard/server.py): optuna-dashboard served over the study database,
 checked in a real headless browser (Debian's chromium and chromedriver, driven by
 Selenium), against a running study, and stopped with Ctrl-C."""
 
@@ -24,7 +24,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tuner.dashboard import dashboard_url, make_dashboard
+from tuner.dashboard.server import dashboard_url, make_dashboard
 from tuner.storage import TunerStorage
 
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -1,6 +1,7 @@
 """`tuner dashboard` is read-only by default, writes only with --allow-writes (a rename that
 keeps every id, a deletion that takes the tuner's rows with it), and listens where other
-machines can reach it only with --allow-remote (tuner/dashboard.py, tuner/storage/_rename.py).
+machines can reach it only with --allow-remote (tuner/dashboard/server.py,
+tuner/storage/_rename.py).
 
 The server runs as `tuner dashboard` does, in a subprocess, against a database of two
 studies run with `tuner start`, and is called over HTTP.
@@ -31,7 +32,7 @@ import yaml
 from click.testing import CliRunner
 
 from tuner.cli import cli
-from tuner.dashboard import READ_METHODS, WriteGuard, is_loopback
+from tuner.dashboard.server import READ_METHODS, WriteGuard, is_loopback
 from tuner.storage import TunerStorage
 
 Snapshot = Callable[[Path], dict[str, list[tuple[Any, ...]]]]
@@ -442,7 +443,7 @@ def test_rename_and_delete_on_postgresql(pg_url: str, tiny_path: Path) -> None:
 
     from sqlalchemy import text
 
-    from tuner.dashboard import dashboard_url, make_dashboard
+    from tuner.dashboard.server import dashboard_url, make_dashboard
 
     name, renamed = f"dash-{uuid.uuid4().hex[:8]}", f"dash-{uuid.uuid4().hex[:8]}"
     result = CliRunner().invoke(cli, ["start", "--space", str(tiny_path), "--storage", pg_url,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import datasets as skd
 
-from tuner.data import DATASETS, Splits, load_splits, split_arrays
+from tuner.data.builtin import DATASETS, Splits, load_splits, split_arrays
 from tuner.errors import DataError, TunerError
 
 

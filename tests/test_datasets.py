@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from torch.utils.data import IterableDataset, TensorDataset
 
 from tuner.cli import cli
-from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits
-from tuner.datasets import DatasetSplits, dataset_splits, loader_workers
+from tuner.data.builtin import Splits, load_splits
+from tuner.data.datasets import DatasetSplits, dataset_splits, loader_workers
 from tuner.errors import DataError
-from tuner.metrics import METRICS
-from tuner.seeding import seed_everything
-from tuner.train import Data, build_for, evaluate_split, train
+from tuner.train.config import TrialConfig
+from tuner.train.loop import Data, build_for, evaluate_split, train
+from tuner.train.metrics import METRICS
+from tuner.train.seeding import seed_everything
 
 
 def as_datasets(data: Splits, classes: bool = True) -> DatasetSplits:

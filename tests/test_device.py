@@ -11,9 +11,9 @@ import threading
 import pytest
 import torch
 
-from tuner import device
-from tuner.device import flush_denormals, onednn_fp32_exact, onednn_matmul
 from tuner.errors import UsageError
+from tuner.train.device import flush_denormals, onednn_fp32_exact, onednn_matmul
+from tuner.train.loop import device
 
 needs_exact_onednn = pytest.mark.skipif(
     not onednn_fp32_exact(), reason="oneDNN rounds float32 operands on this CPU (AMX), "
@@ -119,11 +119,11 @@ def test_onednn_products_equal_the_default_blas(transpose: bool) -> None:
 
 _FAULTS = """
 import resource, sys, torch
-from tuner.config import TrialConfig
-from tuner.data import load_splits
-from tuner.device import reuse_freed_memory
+from tuner.train.config import TrialConfig
+from tuner.data.builtin import load_splits
+from tuner.train.device import reuse_freed_memory
 from tuner.fused._group import Group, Member
-from tuner.metrics import METRICS
+from tuner.train.metrics import METRICS
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""tuner/dropout.py: the cheap masks keep nn.Dropout's semantics, and whole-epoch draws
+"""tuner/train/dropout.py: the cheap masks keep nn.Dropout's semantics, and whole-epoch draws
 are consumed exactly and reproducibly."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.dropout import (
+from tuner.train.dropout import (
     SCALE,
     Dropout,
     RandomWords,
@@ -135,7 +135,7 @@ def test_epoch_masks_are_drawn_once_and_used_row_by_row(monkeypatch: pytest.Monk
         draws.append(args[0])
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("tuner.dropout.uniform15", counted)
+    monkeypatch.setattr("tuner.train.dropout.uniform15", counted)
     torch.manual_seed(3)
     with epoch_masks(model, 100):
         outs = [model(torch.ones(b, 4)) for b in (40, 40, 20)]

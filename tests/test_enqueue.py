@@ -17,8 +17,8 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tuner.cli import cli
-from tuner.enqueue import check_params, sampled_names
 from tuner.errors import UsageError
+from tuner.run.enqueue import check_params, sampled_names
 from tuner.space import load_space, parse_space
 
 Snapshot = Callable[[Path], dict[str, list[tuple[Any, ...]]]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tuner.export import ExportedModel, fold_batchnorm
-from tuner.models import CNN, MLP
+from tuner.export.model_file import ExportedModel, fold_batchnorm
+from tuner.train.models import CNN, MLP
 
 
 def _trained_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:

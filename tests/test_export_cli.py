@@ -16,10 +16,10 @@ from click.testing import CliRunner, Result
 
 import tuner
 from tuner.cli import cli
-from tuner.data import load_splits
-from tuner.metrics import METRICS
+from tuner.data.builtin import load_splits
 from tuner.storage import TunerStorage, trial_info
-from tuner.train import evaluate
+from tuner.train.loop import evaluate
+from tuner.train.metrics import METRICS
 
 
 def _invoke(runner: CliRunner, *args: str) -> Result:
@@ -65,8 +65,8 @@ def test_export_load_matches_the_stored_weights_and_test_metric(
     db: TunerStorage = study["db"]
     state = torch.load(io.BytesIO(db.load_model_blob(study["best"]._trial_id)),
                        weights_only=True)
-    from tuner.export import read_payload
-    from tuner.exporting import build_network
+    from tuner.export.from_study import build_network
+    from tuner.export.model_file import read_payload
 
     payload = read_payload(out)
     reference = build_network(payload["spec"], payload["config"])

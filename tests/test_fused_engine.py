@@ -12,12 +12,12 @@ import pytest
 import torch
 from scipy import stats
 
-from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits, split_arrays
+from tuner.data.builtin import Splits, load_splits, split_arrays
 from tuner.fused import MemberResult, group_key, train_population, unsupported_reason
 from tuner.fused._group import Group, Member
-from tuner.metrics import METRICS
-from tuner.train import Checkpoint, EpochMetrics, build_for, evaluate, train
+from tuner.train.config import TrialConfig
+from tuner.train.loop import Checkpoint, EpochMetrics, build_for, evaluate, train
+from tuner.train.metrics import METRICS
 
 SMALL = {"hidden": 8, "layers": 2, "batch_size": 16}
 
@@ -51,7 +51,7 @@ def _config(values: dict[str, Any], seed: int, epochs: int = 6, metric: str = "a
 
 def _sequential(config: TrialConfig, data: Splits, order_seed: int,
                 metric: str) -> tuple[Any, dict[str, torch.Tensor]]:
-    """tuner.train on the member's own initial weights, with the global generator seeded
+    """tuner.train.loop on the member's own initial weights, with the global generator seeded
     so that its per-epoch ``randperm`` draws the group's batch order."""
     torch.manual_seed(config.seed)
     model = build_for(config, data).to(data.x_train.dtype)
@@ -393,7 +393,7 @@ def test_a_skipped_fp16_step_leaves_state_alone_with_penalties_on(optimizer: str
 
 def test_a_member_resumed_from_its_checkpoint_continues_as_if_uninterrupted(
         iris64: Splits) -> None:
-    """Each member's checkpoint after epoch 3 is a sequential trial's: tuner.train resumes
+    """Each member's checkpoint after epoch 3 is a sequential trial's: tuner.train.loop resumes
     it (weights, optimizer state, schedule, best epoch, batch order) and trains epochs
     4-6 exactly as the uninterrupted population did, in float64 without dropout."""
     values = [*IRIS_MEMBERS, *ADAGRAD_RMSPROP]  # sgd without momentum beside momentum

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuner.device import onednn_fp32_exact
-from tuner.dropout import RandomWords, Source
 from tuner.fused import FusedMLP, add_input_noise, member_loss
 from tuner.fused._metrics import evaluate_members
 from tuner.fused._model import _Layout
-from tuner.metrics import METRICS
-from tuner.models import MLP
-from tuner.train import evaluate
+from tuner.train.device import onednn_fp32_exact
+from tuner.train.dropout import RandomWords, Source
+from tuner.train.loop import evaluate
+from tuner.train.metrics import METRICS
+from tuner.train.models import MLP
 
 
 def _members(k: int, *, n_features: int = 5, n_outputs: int = 3, hidden: int = 8,
@@ -307,7 +307,7 @@ def test_onednn_products_on_weight_copies_equal_the_default_path(
 def test_evaluation_in_chunks_equals_each_members_own_evaluation(
         metric_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The validation pass over a split in chunks of rows (200 rows in chunks of 64 here)
-    gives each member the loss and metric that tuner.train.evaluate gives its own MLP."""
+    gives each member the loss and metric that tuner.train.loop.evaluate gives its own MLP."""
     monkeypatch.setattr("tuner.fused._metrics._EVAL_VALUES", 1)  # the 64-row minimum
     members = _members(3, batchnorm=True)
     for m in members:  # running statistics away from their initial values

@@ -2,7 +2,7 @@
 
 Every test gives each member different hyper-parameters, runs the fused version on a
 ``[K, P]`` float64 tensor and, for each member k, torch's own class (built the way the
-tuner builds it, :mod:`tuner.optim`) on row k alone, and asserts the two agree.
+tuner builds it, :mod:`tuner.train.optim`) on row k alone, and asserts the two agree.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tuner.fused import (
     apply_max_norm_,
     resolve_hyper,
 )
-from tuner.optim import build_optimizer, build_scheduler, step_scheduler
-from tuner.regularizers import penalty
+from tuner.train.optim import build_optimizer, build_scheduler, step_scheduler
+from tuner.train.regularizers import penalty
 
 P = 37  # parameters per member
 STEPS = 8

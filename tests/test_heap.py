@@ -1,4 +1,4 @@
-"""tuner.heap: no full garbage collection while a worker starts, until its first trial
+"""tuner.run.heap: no full garbage collection while a worker starts, until its first trial
 is done."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import tuner.pool
-import tuner.runner
-from tuner import heap
+import tuner.run.pool
+import tuner.run.runner
 from tuner.cli import cli
-from tuner.pool import run_pool
-from tuner.runner import run_study
+from tuner.run import heap
+from tuner.run.pool import run_pool
+from tuner.run.runner import run_study
+from tuner.run.spawn import WorkerArgs, worker_process
+from tuner.run.study import open_study
 from tuner.space import EngineSpec, Space, load_space
-from tuner.spawn import WorkerArgs, worker_process
 from tuner.storage import TunerStorage
-from tuner.study import open_study
 
 CPU = torch.device("cpu")
 
@@ -116,13 +116,13 @@ def test_a_study_settles_once_its_first_trial_is_done(
     # heap.deferred() as each trial starts (sequential) or has its rows made (fused)
     during: list[bool] = []
     method = "__call__" if engine.name == "sequential" else "trial_rows"
-    real = getattr(tuner.runner.Objective, method)
+    real = getattr(tuner.run.runner.Objective, method)
 
     def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
         during.append(heap.deferred())
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(tuner.runner.Objective, method, recording)
+    monkeypatch.setattr(tuner.run.runner.Objective, method, recording)
     heap.defer_full_collections()
     summary = run_study(space, storage=storage, study_name="h", budget=4, device=CPU,
                         engine=engine)
@@ -139,7 +139,8 @@ def test_tuner_start_and_worker_defer_full_collections_while_they_run(
         space: Space, monkeypatch: pytest.MonkeyPatch) -> None:
     open_study(storage, space, "w")
     seen: list[bool] = []
-    monkeypatch.setattr(tuner.runner, "run_study", lambda *_, **__: seen.append(heap.deferred()))
+    monkeypatch.setattr(tuner.run.runner, "run_study",
+                        lambda *_, **__: seen.append(heap.deferred()))
     args = [str(tiny_path) if a == "SPACE" else a for a in command]
     runner.invoke(cli, [*args, "--storage", str(storage.url), "--device", "cpu"])
     assert seen == [True]
@@ -149,14 +150,14 @@ def test_tuner_start_and_worker_defer_full_collections_while_they_run(
 def test_a_spawned_worker_defers_before_it_imports_the_heavy_modules(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # What the child imports to unpickle its target and arguments: no torch, no
-    # SQLAlchemy, no scikit-learn (those come with tuner.pool, after the deferral).
+    # SQLAlchemy, no scikit-learn (those come with tuner.run.pool, after the deferral).
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, tuner.spawn; "
-         "print(sorted({'torch', 'sqlalchemy', 'sklearn', 'tuner.pool'} & set(sys.modules)))"],
+        [sys.executable, "-c", "import sys, tuner.run.spawn; "
+         "print(sorted({'torch', 'sqlalchemy', 'sklearn', 'tuner.run.pool'} & set(sys.modules)))"],
         capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
     seen: list[bool] = []
-    monkeypatch.setattr(tuner.pool, "worker_main", lambda args: seen.append(heap.deferred()))
+    monkeypatch.setattr(tuner.run.pool, "worker_main", lambda args: seen.append(heap.deferred()))
     worker_process(WorkerArgs("sqlite://", "w", 1, "cpu", 1))
     assert seen == [True]
 
@@ -179,7 +180,7 @@ def test_the_pool_spawns_that_entry_and_its_parent_settles_once_they_are_started
         pass
 
     Context.Process = Process  # type: ignore[attr-defined]
-    monkeypatch.setattr(tuner.pool.mp, "get_context", lambda _: Context)
+    monkeypatch.setattr(tuner.run.pool.mp, "get_context", lambda _: Context)
     study = open_study(storage, space, "p")
     heap.defer_full_collections()
     run_pool(storage, study, 1, ["cpu", "cpu"])

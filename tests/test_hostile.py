@@ -28,7 +28,7 @@ import yaml
 from click.testing import CliRunner
 
 from tuner.cli import cli
-from tuner.runner import run_study
+from tuner.run.runner import run_study
 from tuner.space import parse_space
 from tuner.storage import TunerStorage
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.metrics import METRICS, is_better, loss_fn, metric_value
+from tuner.train.metrics import METRICS, is_better, loss_fn, metric_value
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The size of the built-in models, computed without building them, and the check that
-refuses a space whose largest model cannot train (tuner.modelsize)."""
+refuses a space whose largest model cannot train (tuner.run.modelsize)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,21 @@ import torch
 from click.testing import CliRunner, Result
 
 import tuner
-from tuner import device as device_module
 from tuner.cli import cli
-from tuner.data import load_task_data
+from tuner.data.builtin import load_task_data
 from tuner.errors import DataError, SpaceError, UsageError
-from tuner.models import build_model
-from tuner.modelsize import (
+from tuner.run.modelsize import (
     CHECK_FROM,
     MAX_LAYERS,
     check_model_size,
     largest_model,
     parameter_count,
 )
-from tuner.objective import Objective
+from tuner.run.objective import Objective
 from tuner.space import builtin_spaces, load_space, parse_space
 from tuner.storage import MemoryRecorder
+from tuner.train.loop import device as device_module
+from tuner.train.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -300,7 +300,7 @@ def test_start_and_optimize_say_what_may_not_fit(runner: CliRunner, tiny_space: 
     def stop(*args: Any, **kwargs: Any) -> None:
         raise UsageError("the study would run now")
 
-    monkeypatch.setattr("tuner.runner.run_study", stop)
+    monkeypatch.setattr("tuner.run.runner.run_study", stop)
     monkeypatch.setattr("tuner.api.run_study", stop)
     _free(monkeypatch, cpu=12 * GIB)
     tiny_space["params"].update(hidden=20000, layers=2)  # 4e8 parameters: about 7.5 GiB

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.dropout import Dropout
 from tuner.errors import TunerError
-from tuner.models import CNN, MLP, GaussianDropout, build_model, make_dropout
+from tuner.train.dropout import Dropout
+from tuner.train.models import CNN, MLP, GaussianDropout, build_model, make_dropout
 
 # --- Bernoulli (inverted) dropout --------------------------------------------------------
 

@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from tests.test_workers import slow_space, states, tiny_space, tuner, wait_for
 from tuner.cli import cli
 from tuner.errors import StorageUnavailable
-from tuner.runner import claim
+from tuner.run.runner import claim
+from tuner.run.study import open_study
 from tuner.space import load_space
 from tuner.storage import DATABASE_ERRORS, TunerStorage
-from tuner.study import open_study
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The objective (tuner/objective.py) with the in-memory recorder: what it writes, when,
+"""The objective (tuner/run/objective.py) with the in-memory recorder: what it writes, when,
 and which trials get a test metric."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import optuna
 import pytest
 import torch
 
-from tuner.objective import Objective
-from tuner.samplers import build_pruner, build_sampler
+from tuner.run.objective import Objective
 from tuner.space import Space, parse_space
+from tuner.space.sampling import build_pruner, build_sampler
 from tuner.storage import MemoryRecorder
 
 CPU = torch.device("cpu")
@@ -148,7 +148,7 @@ def test_a_compiled_trials_model_is_freed_without_a_full_collection(
     import gc
     import weakref
 
-    from tuner import train as train_module
+    from tuner.train.loop import loop as train_module
 
     models: list[weakref.ref[torch.nn.Module]] = []
 
@@ -156,7 +156,7 @@ def test_a_compiled_trials_model_is_freed_without_a_full_collection(
         models.append(weakref.ref(model))
         return train_module.compile_model(model)
 
-    monkeypatch.setattr("tuner.objective.compile_model", compile_and_track)
+    monkeypatch.setattr("tuner.run.objective.compile_model", compile_and_track)
     study = _run(_space(tiny_space_template), CountingRecorder(), 1, compile=True)
     assert study.trials[0].user_attrs["compiled"] is True
     gc.collect(1)

@@ -11,7 +11,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from tuner.errors import TunerError, UsageError
-from tuner.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
+from tuner.train.optim import FastStep, build_optimizer, build_scheduler, step_scheduler
 
 # --- optimizers --------------------------------------------------------------------------
 

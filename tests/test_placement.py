@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuner.errors import UsageError
-from tuner.placement import assign_devices
+from tuner.run.placement import assign_devices
 
 
 def test_cpu_places_every_worker_on_cpu() -> None:
@@ -54,8 +54,8 @@ def test_bad_requests_name_the_problem(kwargs: dict[str, object], match: str) ->
 def test_more_workers_than_the_cores_can_run_are_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
-    from tuner import placement
     from tuner.errors import UsageError
+    from tuner.run import placement
 
     monkeypatch.setattr(placement.os, "cpu_count", lambda: 2)
     assert assign_devices(8, "cpu") == ["cpu"] * 8  # 4 per core

@@ -1,4 +1,4 @@
-"""The fused engine as a study runs it (tuner/population.py): budget, per-member trials,
+"""The fused engine as a study runs it (tuner/run/population.py): budget, per-member trials,
 pruning, refill, fallbacks, failures and interruption, through run_study and the CLI."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from tuner import population as population_module
 from tuner.cli import cli
-from tuner.objective import Objective, TrialWriter
-from tuner.runner import run_study
+from tuner.run import population as population_module
+from tuner.run.objective import Objective, TrialWriter
+from tuner.run.runner import run_study
 from tuner.space import EngineSpec, parse_space
 from tuner.storage import TunerStorage
-from tuner.train import build_for, evaluate
+from tuner.train.loop import build_for, evaluate
 
 CPU = torch.device("cpu")
 
@@ -123,7 +123,7 @@ def test_pruned_members_leave_the_batch(storage: TunerStorage,
         def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
             return trial.number % 2 == 0 and trial.last_step == 2
 
-    monkeypatch.setattr("tuner.study.build_pruner", lambda *a, **k: EvenPruner())
+    monkeypatch.setattr("tuner.run.study.build_pruner", lambda *a, **k: EvenPruner())
     summary = run_study(space(pruner={"name": "median"}), storage=storage, study_name="p",
                         budget=6, device=CPU, engine=fused(6))
     assert summary.finished == 6 and summary.pruned == 3
@@ -335,7 +335,7 @@ def test_pruning_decides_every_member_of_an_epoch_on_one_read(
         reads[0] += 1
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr("tuner.study.build_pruner", lambda *a, **k: Recording())
+    monkeypatch.setattr("tuner.run.study.build_pruner", lambda *a, **k: Recording())
     monkeypatch.setattr(optuna.Study, "get_trials", counted)
     run_study(space(pruner={"name": "median"}), storage=storage, study_name="o", budget=4,
               device=CPU, engine=fused(4))
@@ -423,7 +423,7 @@ def test_cli_compile_reaches_each_sequential_trial(runner: CliRunner, write_spac
         compiled.append(type(model).__name__)
         return model
 
-    monkeypatch.setattr("tuner.objective.compile_model", spy)
+    monkeypatch.setattr("tuner.run.objective.compile_model", spy)
     path = write_space(SPACE)
     result = runner.invoke(cli, ["start", "--space", str(path), "--storage", storage_url,
                                  "--trials", "2", "--epochs", "1", "--compile", "--study", "c"])
@@ -449,7 +449,7 @@ def test_cli_compile_reaches_each_sequential_trial(runner: CliRunner, write_spac
 
 
 def _metrics() -> Any:
-    from tuner.train import EpochMetrics
+    from tuner.train.loop import EpochMetrics
 
     return EpochMetrics(1, 1.0, 1.0, 0.5, 1e-3, 0.01)
 

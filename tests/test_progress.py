@@ -18,7 +18,7 @@ from rich.console import Console
 
 from tuner.cli._display import RunProgress
 from tuner.cli._progress import PlainProgress, run_display
-from tuner.runner import Snapshot
+from tuner.run.runner import Snapshot
 
 
 class Clock:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from tuner import queries
 from tuner.errors import StorageError, StudyNotFoundError, UsageError
-from tuner.runner import run_study
+from tuner.run.runner import run_study
 from tuner.space import load_space
 from tuner.storage import TunerStorage
 

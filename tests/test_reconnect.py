@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy
 import torch
 
-import tuner.runner as runner
+import tuner.run.runner as runner
 from tuner.errors import StorageError
 from tuner.space import parse_space
 from tuner.storage import TunerStorage

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.models import CNN, MLP
-from tuner.regularizers import (
+from tuner.train.models import CNN, MLP
+from tuner.train.regularizers import (
     add_input_noise,
     apply_max_norm,
     augment_images,

@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 from optuna.trial import TrialState
 
 from tuner.cli import cli
-from tuner.rerun import rerun_trial
+from tuner.export.rerun import rerun_trial
 from tuner.storage import TunerStorage
 
 

@@ -10,9 +10,9 @@ import optuna
 import pytest
 import torch
 
-from tuner.runner import run_study
-from tuner.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler, grid_size
+from tuner.run.runner import run_study
 from tuner.space import PrunerSpec, Space, load_space, parse_space, sample
+from tuner.space.sampling import PRUNERS, SAMPLERS, build_pruner, build_sampler, grid_size
 from tuner.storage import TunerStorage
 
 TASK = {"dataset": "iris", "epochs": 4}

@@ -77,7 +77,7 @@ def test_record_trials_writes_what_record_trial_does_in_one_transaction(
     and one transaction for all."""
     from sqlalchemy import event
 
-    from tuner.train import EpochMetrics
+    from tuner.train.loop import EpochMetrics
 
     def history(seed: int) -> list[EpochMetrics]:
         return [EpochMetrics(e, 1.0 / (e + seed), 0.5 + seed, float("nan") if e == 2 else 0.1 * e,

@@ -15,11 +15,8 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
 from tuner.errors import StudyMismatchError, StudyNotFoundError
-from tuner.runner import RunSummary, run_study
-from tuner.seeding import trial_seed
-from tuner.space import Space, load_space
-from tuner.storage import TunerStorage
-from tuner.study import (
+from tuner.run.runner import RunSummary, run_study
+from tuner.run.study import (
     FINGERPRINT_ATTR,
     NAME_ATTR,
     SPACE_ATTR,
@@ -27,6 +24,9 @@ from tuner.study import (
     require_study,
     stored_space,
 )
+from tuner.space import Space, load_space
+from tuner.storage import TunerStorage
+from tuner.train.seeding import trial_seed
 
 CPU = torch.device("cpu")
 

@@ -13,12 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits, split_arrays
-from tuner.dropout import epoch_masks
-from tuner.metrics import METRICS
-from tuner.regularizers import penalized_weights
-from tuner.train import (
+from tuner.data.builtin import Splits, load_splits, split_arrays
+from tuner.train.config import TrialConfig
+from tuner.train.dropout import epoch_masks
+from tuner.train.loop import (
     RECOMPILE_LIMIT,
     Checkpoint,
     EpochMetrics,
@@ -27,6 +25,8 @@ from tuner.train import (
     evaluate,
     train,
 )
+from tuner.train.metrics import METRICS
+from tuner.train.regularizers import penalized_weights
 
 SMALL = {"hidden": 16, "layers": 2, "batch_size": 16}
 

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from tuner.cli import cli
-from tuner.config import TrialConfig
-from tuner.data import load_splits
+from tuner.data.builtin import load_splits
 from tuner.errors import TrialFailed
-from tuner.metrics import METRICS, Metric, task_loss, task_metric
-from tuner.seeding import seed_everything
 from tuner.space import load_space
-from tuner.train import build_for, train
+from tuner.train.config import TrialConfig
+from tuner.train.loop import build_for, train
+from tuner.train.metrics import METRICS, Metric, task_loss, task_metric
+from tuner.train.seeding import seed_everything
 
 FUNCTIONS = '''
 import math

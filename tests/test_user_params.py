@@ -235,7 +235,7 @@ def test_the_report_has_slices_of_the_user_params(runner: CliRunner, write_space
 
 
 def test_config_user_is_read_only_and_says_what_it_has() -> None:
-    from tuner.config import Config, TrialConfig, UserParams
+    from tuner.train.config import Config, TrialConfig, UserParams
 
     config = Config(TrialConfig(epochs=1, user=UserParams({"width_mult": 1.5})))
     assert config.user == {"width_mult": 1.5}

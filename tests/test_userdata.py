@@ -21,12 +21,12 @@ import pytest
 from click.testing import CliRunner, Result
 from numpy.lib import format as npy_format
 
-from tuner import userfiles
 from tuner.cli import cli
+from tuner.data.builtin import reading as userfiles
+from tuner.data.files import DataSpec, infer_task, is_reference, read_user_data
 from tuner.errors import DataError
-from tuner.predict import read_features
+from tuner.export.predict import read_features
 from tuner.storage import TunerStorage
-from tuner.userdata import DataSpec, infer_task, is_reference, read_user_data
 
 
 @pytest.fixture

@@ -23,13 +23,13 @@ import tuner
 from tests.test_workers import states, wait_for
 from tests.test_workers import tuner as run
 from tuner.cli import cli
-from tuner.config import Config, TrialConfig
-from tuner.data import load_splits
-from tuner.metrics import METRICS
-from tuner.regularizers import penalized_weights
-from tuner.regularizers import penalty as weight_penalty
-from tuner.seeding import seed_everything
-from tuner.train import _batch_sizes, build_for, train
+from tuner.data.builtin import load_splits
+from tuner.train.config import Config, TrialConfig
+from tuner.train.loop import _batch_sizes, build_for, train
+from tuner.train.metrics import METRICS
+from tuner.train.regularizers import penalized_weights
+from tuner.train.regularizers import penalty as weight_penalty
+from tuner.train.seeding import seed_everything
 
 # -- the helpers, held to the built-in loop ------------------------------------------------
 
@@ -496,7 +496,7 @@ def test_a_checkpoints_random_streams_come_back_through_the_safe_loader() -> Non
 
     import numpy as np
 
-    from tuner.userloop import rng_states, set_rng_states
+    from tuner.run.userloop import rng_states, set_rng_states
 
     seed_everything(11)
     torch.rand(3), np.random.rand(2), random.random()

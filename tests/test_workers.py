@@ -243,7 +243,7 @@ def test_stale_trial_is_failed_and_retried_in_process(tmp_path: Path) -> None:
     """The heartbeat path without processes: a RUNNING trial with an old heartbeat."""
     import torch
 
-    from tuner.runner import run_study
+    from tuner.run.runner import run_study
     from tuner.space import load_space
     from tuner.storage import TunerStorage
 

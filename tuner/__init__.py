@@ -10,6 +10,7 @@ for PyTorch models, built on Optuna.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tuner.catalogue import OPTIMIZERS, SCHEDULES
 from tuner.errors import (
     DataError,
     SpaceError,
@@ -19,22 +20,21 @@ from tuner.errors import (
     TunerError,
     UsageError,
 )
-from tuner.space._catalogue import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     from tuner.api import optimize
-    from tuner.config import Config
-    from tuner.exporting import load_model
-    from tuner.optim import build_optimizer, build_scheduler
+    from tuner.export.from_study import load_model
+    from tuner.run.userloop import optimizer_for, penalty, regularize_step, scheduler_for
     from tuner.space import Space, load_space
-    from tuner.userloop import optimizer_for, penalty, regularize_step, scheduler_for
+    from tuner.train.config import Config
+    from tuner.train.optim import build_optimizer, build_scheduler
 
 # torch and Optuna load on first use, so that the command line starts fast.
-_LAZY = {"build_optimizer": "tuner.optim", "build_scheduler": "tuner.optim",
+_LAZY = {"build_optimizer": "tuner.train.optim", "build_scheduler": "tuner.train.optim",
          "Space": "tuner.space", "load_space": "tuner.space", "optimize": "tuner.api",
-         "load_model": "tuner.exporting", "Config": "tuner.config",
-         "optimizer_for": "tuner.userloop", "scheduler_for": "tuner.userloop",
-         "penalty": "tuner.userloop", "regularize_step": "tuner.userloop"}
+         "load_model": "tuner.export.from_study", "Config": "tuner.train.config",
+         "optimizer_for": "tuner.run.userloop", "scheduler_for": "tuner.run.userloop",
+         "penalty": "tuner.run.userloop", "regularize_step": "tuner.run.userloop"}
 
 
 def __getattr__(name: str) -> Any:

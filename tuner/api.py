@@ -14,13 +14,13 @@ from typing import Any
 
 import optuna
 
-from tuner.device import resolve_device
 from tuner.errors import UsageError
-from tuner.objective import Objective
-from tuner.runner import run_study
+from tuner.run.objective import Objective
+from tuner.run.runner import run_study
+from tuner.run.study import check_study_name
 from tuner.space import Space, load_space, parse_engine, parse_space
 from tuner.storage import DEFAULT_STORAGE, MemoryRecorder, TunerStorage
-from tuner.study import check_study_name
+from tuner.train.device import resolve_device
 from tuner.usercode import register
 
 
@@ -40,7 +40,7 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     the command line's, ``sqlite:///storage/tuner.db``). ``engine`` is what a space's
     ``engine`` key takes: ``"fused"``, or ``{"name": "fused", "population": 64,
     "precision": "bf16"}`` (default: the space's). ``objective`` is a training function
-    of yours, ``fn(config, report) -> value`` (see :mod:`tuner.userloop`), or the
+    of yours, ``fn(config, report) -> value`` (see :mod:`tuner.run.userloop`), or the
     ``module:function`` naming one; other task keys (``metric``, ``direction``, ``loss``)
     go in ``task_overrides``.
 
@@ -53,7 +53,7 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     >>> study = tuner.optimize("my_space.yaml", objective=fit, direction="maximize")
     ... # doctest: +SKIP
     """
-    from tuner.space._load import TASK_KEYS
+    from tuner.space import TASK_KEYS
 
     unknown = [k for k in task_overrides if k not in TASK_KEYS]
     if unknown:

@@ -21,7 +21,7 @@ FORMATS = ("table", "csv", "json")
 GAP = "  "  # between table columns
 
 
-def _cell(value: Any, exact: bool = False) -> str:
+def cell(value: Any, exact: bool = False) -> str:
     """Text for one cell: rounded for reading, or exact (``repr``) for CSV round-trips."""
     if value is None:
         return ""
@@ -80,7 +80,7 @@ def _block(columns: Sequence[str], cells: Sequence[Sequence[str]], right: Sequen
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], width: int | None,
            repeat: int) -> str:
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
     right = [any(_is_number(r.get(c)) for r in rows)
              and all(r.get(c) is None or _is_number(r.get(c)) for r in rows) for c in columns]
     body = [max((len(row[i]) for row in cells), default=0) for i in range(len(columns))]
@@ -149,8 +149,17 @@ def format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: 
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
-            writer.writerow([_cell(r.get(c), exact=True) for c in columns])
+            writer.writerow([cell(r.get(c), exact=True) for c in columns])
         return out.getvalue()
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     return _table(rows, columns, width, repeat)
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``count`` and ``noun``, the noun plural unless the count is one.
+
+    >>> plural(1, "trial"), plural(3, "trial"), plural(0, "process", "processes")
+    ('1 trial', '3 trials', '0 processes')
+    """
+    return f"{count} {noun if count == 1 else many or noun + 's'}"

@@ -4,7 +4,7 @@ Three variants run side by side in one process, on the same data, model, search
 space, trial budget and seed: the canonical recipe (:mod:`tuner.bench._baseline`,
 kept in the project as the reference), the tuner's engine with Optuna's in-memory
 storage, and the tuner's engine on SQLite; with a population size, a fourth, the fused
-population engine (:mod:`tuner.population`) on SQLite. Each gets epochs/s, samples/s, trials/s,
+population engine (:mod:`tuner.run.population`) on SQLite. Each gets epochs/s, samples/s, trials/s,
 the share of its wall time spent in storage calls, its best validation accuracy, and
 the fraction of the device's measured matmul peak its training steps reach.
 
@@ -16,6 +16,7 @@ True
 
 from tuner.bench._clock import StorageClock
 from tuner.bench._peak import matmul_peak, train_flops_per_sample
+from tuner.bench._query import run_query_bench
 from tuner.bench._result import COLUMNS, BenchResult, Run, format_result
 from tuner.bench._run import VARIANTS, run_bench
 from tuner.bench._space import DATASETS, bench_space
@@ -31,5 +32,6 @@ __all__ = [
     "format_result",
     "matmul_peak",
     "run_bench",
+    "run_query_bench",
     "train_flops_per_sample",
 ]

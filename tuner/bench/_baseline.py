@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tuner.bench._space import BATCH_SIZE, DROPOUT, HIDDEN, LAYERS, LR
-from tuner.data import Splits
+from tuner.data.builtin import Splits
 
 
 def define_model(trial: optuna.Trial, n_features: int, n_classes: int) -> nn.Sequential:
@@ -88,9 +88,9 @@ def create_baseline_study(storage: str | optuna.storages.RDBStorage, seed: int,
     """The study the recipe creates; run it with
     ``study.optimize(BaselineObjective(...), n_trials=...)`` after ``torch.manual_seed(seed)``.
     Its random sampler is reseeded per trial as the tuner's is
-    (:func:`tuner.samplers.seed_per_trial`, a few microseconds a trial), so that both
+    (:func:`tuner.space.sampling.seed_per_trial`, a few microseconds a trial), so that both
     train the same configurations."""
-    from tuner.samplers import seed_per_trial
+    from tuner.space.sampling import seed_per_trial
 
     return optuna.create_study(
         storage=storage, study_name=name, direction="maximize",

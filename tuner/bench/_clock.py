@@ -21,8 +21,7 @@ from typing import Any
 import optuna
 from optuna.storages._cached_storage import _CachedStorage
 
-from tuner.storage import MemoryRecorder, TunerStorage
-from tuner.storage._fast import StudyStorage, TunerRDBStorage
+from tuner.storage import MemoryRecorder, StudyStorage, TunerRDBStorage, TunerStorage
 
 # The classes whose methods are timed. TunerStorage.session is a context manager: its
 # whole block is timed (count_states and other queries run their SQL inside it).

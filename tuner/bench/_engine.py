@@ -14,10 +14,10 @@ from typing import Literal
 
 import optuna
 
-from tuner.samplers import build_pruner, build_sampler
+from tuner.run.study import open_study
 from tuner.space import Space
+from tuner.space.sampling import build_pruner, build_sampler
 from tuner.storage import MemoryRecorder, TrialRecorder, TunerStorage
-from tuner.study import open_study
 
 
 def create_engine_study(space: Space, storage: TunerStorage | optuna.storages.InMemoryStorage,

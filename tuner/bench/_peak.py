@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tuner.device import MACHINE_THREADS, onednn_fp32_exact, onednn_matmul
-from tuner.metrics import loss_fn
+from tuner.train.device import MACHINE_THREADS, onednn_fp32_exact, onednn_matmul
+from tuner.train.metrics import loss_fn
 
 
 @contextmanager
@@ -42,7 +42,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
     On the CPU it uses every core torch would use by default (``MACHINE_THREADS``):
     the machine's limit, whatever a run's own thread setting. In float32 it is the
     faster of torch's default BLAS and oneDNN where oneDNN's products are exact
-    (:func:`tuner.device.onednn_fp32_exact`): on an AMD CPU, MKL reaches about half of
+    (:func:`tuner.train.device.onednn_fp32_exact`): on an AMD CPU, MKL reaches about half of
     what oneDNN does.
 
     >>> matmul_peak(torch.device("cpu"), seconds=0.05, size=128) > 1e6

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from sqlalchemy import func, select
 
 from tuner.errors import TunerError
-from tuner.queries._schema import intermediate_values, trial_params, trial_values, trials
+from tuner.queries.schema import intermediate_values, trial_params, trial_values, trials
 from tuner.storage import TunerStorage, trial_info
 
 # Ten parameters like the `regularization` space's: floats, ints and categoricals.
@@ -168,13 +168,12 @@ def _best_of(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
-def run_query_bench(url: str, n_trials: int = 100_000, steps: int = 20, repeat: int = 3,
+def run_query_bench(url: str, command: Callable[[list[str]], tuple[int, str]],
+                    n_trials: int = 100_000, steps: int = 20, repeat: int = 3,
                     say: Callable[[str], None] = print) -> list[Timing]:
-    """Build the study in the (empty) database at ``url``, then time both sides."""
-    from click.testing import CliRunner
-
-    from tuner.cli import cli
-
+    """Build the study in the (empty) database at ``url``, then time both sides; ``command``
+    runs one ``tuner`` command line (without the program name) in this process and
+    returns its exit code and output, as the CLI gives it."""
     storage = TunerStorage(url, heartbeat=False).open()
     name = f"bench-{n_trials}-{uuid.uuid4().hex[:6]}"
     began = time.perf_counter()
@@ -184,13 +183,11 @@ def run_query_bench(url: str, n_trials: int = 100_000, steps: int = 20, repeat: 
     check_with_optuna(storage, name, first, n_trials)
     say("Optuna reads the study back: trial count and trial 0's params and state match")
 
-    runner = CliRunner()
-
     def tuner(*args: str) -> Callable[[], None]:
         def run() -> None:
-            result = runner.invoke(cli, [*args, "--storage", url])
-            if result.exit_code != 0:
-                raise TunerError(f"tuner {' '.join(args)} failed: {result.output}")
+            code, output = command([*args, "--storage", url])
+            if code != 0:
+                raise TunerError(f"tuner {' '.join(args)} failed: {output}")
         return run
 
     best_s = _best_of(tuner("best", "--study", name, "--top", "10"), repeat)

@@ -55,7 +55,7 @@ class BenchResult:
     same_configs: bool  # whether every variant trained the same parameter values
     runs: tuple[Run, ...]
     # Where the fused variant's float32 products ran on a CPU: "oneDNN" or "torch's
-    # default BLAS" (see tuner.device.onednn_fp32_preferred); None without the fused
+    # default BLAS" (see tuner.train.device.onednn_fp32_preferred); None without the fused
     # variant, on a GPU and in bf16 or fp16.
     fused_matmul: str | None = None
     compile: bool = False  # whether the sequential tuner variants ran torch.compile'd models

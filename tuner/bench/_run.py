@@ -23,15 +23,15 @@ from tuner.bench._engine import create_engine_study
 from tuner.bench._peak import matmul_peak, train_flops_per_sample
 from tuner.bench._result import BenchResult, Run
 from tuner.bench._space import BATCH_SIZE, DATASETS, HIDDEN, LAYERS, bench_space
-from tuner.config import TrialConfig
-from tuner.data import Splits, load_splits
+from tuner.data.builtin import Splits, load_splits
 from tuner.errors import UsageError
-from tuner.fused._model import onednn_products
-from tuner.objective import Objective
-from tuner.population import PopulationRun
+from tuner.fused import onednn_products
+from tuner.run.objective import Objective
+from tuner.run.population import PopulationRun
 from tuner.space import Space
 from tuner.storage import TunerStorage
-from tuner.train import build_for
+from tuner.train.config import TrialConfig
+from tuner.train.loop import build_for
 
 VARIANTS = {
     "baseline": "the canonical recipe: DataLoader, .item() per batch, Optuna RDB on SQLite",

@@ -7,17 +7,16 @@ Commands parse options, call the library and format its output. Library errors
 
 from __future__ import annotations
 
-import logging
 import shlex
 import signal
 import threading
-import warnings
 from types import FrameType
 from typing import Any
 
 import click
 
 from tuner.errors import TunerError
+from tuner.logs import quiet_optuna
 
 
 class TunerGroup(click.Group):
@@ -69,15 +68,6 @@ def cli() -> None:
     """
     quiet_optuna()
 
-
-def quiet_optuna() -> None:
-    """Optuna's per-trial INFO lines would bury the progress bar; warnings still show,
-    but not the notices that a stable-for-years feature (heartbeats) is "experimental"."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna").propagate = False
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def main() -> None:

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
+from tuner.catalogue import DATASET_NAMES, PRECISIONS
 from tuner.cli import cli
-from tuner.space._catalogue import DATASET_NAMES
-from tuner.space._schema import PRECISIONS
 
 # Heavy modules (torch, Optuna, the benchmark) are imported inside the commands, so that
 # `tuner --help` starts in a fraction of a second.
@@ -106,7 +105,7 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
     from rich.console import Console
 
     from tuner.bench import format_result, run_bench
-    from tuner.device import resolve_device
+    from tuner.train.device import resolve_device
 
     torch_device = resolve_device(device)
     if threads is not None:

@@ -31,14 +31,24 @@ def query(n_trials: int, steps: int, repeat: int, storage: str | None, fmt: str)
     Example:
       tuner bench query --trials 100000
     """
-    from tuner.bench._query import run_query_bench
+    from click.testing import CliRunner
+
+    from tuner.bench import run_query_bench
+    from tuner.cli import cli
+
+    runner = CliRunner()
+
+    def command(args: list[str]) -> tuple[int, str]:
+        result = runner.invoke(cli, args)
+        return result.exit_code, result.output
 
     def say(line: str) -> None:
         click.echo(line, err=True)
 
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         url = storage or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        timings = run_query_bench(url, n_trials=n_trials, steps=steps, repeat=repeat, say=say)
+        timings = run_query_bench(url, command, n_trials=n_trials, steps=steps, repeat=repeat,
+                                  say=say)
     rows = [{"query": t.query, "tuner_s": round(t.tuner_s, 4), "optuna_path": t.optuna_path,
              "optuna_s": round(t.optuna_s, 4), "speedup": round(t.speedup, 1)} for t in timings]
     click.echo(format_rows(rows, ["query", "tuner_s", "optuna_path", "optuna_s", "speedup"],

@@ -6,7 +6,7 @@ import click
 
 from tuner.cli import cli
 from tuner.cli._options import StudyName
-from tuner.plural import plural
+from tuner.formatting import plural
 from tuner.storage import DEFAULT_STORAGE
 
 
@@ -36,8 +36,7 @@ def copy(source: str, destination: str, study: str, new_name: str | None) -> Non
                  --study reg
       tuner copy --to sqlite:///backup.db --study reg --as reg-2026-01
     """
-    from tuner.storage import TunerStorage, display_url
-    from tuner.storage._copy import copy_study
+    from tuner.storage import TunerStorage, copy_study, display_url
 
     copied = copy_study(TunerStorage(source, create=False, heartbeat=False).open(),
                         TunerStorage(destination, heartbeat=False), study, new_name)

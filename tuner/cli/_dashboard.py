@@ -7,7 +7,7 @@ import click
 from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.cli._query import open_readonly
-from tuner.dashboard import check_host, dashboard_url, make_dashboard, remote_warning
+from tuner.dashboard.server import check_host, dashboard_url, make_dashboard, remote_warning
 from tuner.storage import TunerStorage, display_url
 
 

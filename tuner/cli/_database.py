@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.errors import StudyNotFoundError, UsageError
+from tuner.run.study import count_states, require_study
 from tuner.storage import TunerStorage, display_url
-from tuner.study import count_states, require_study
 
 
 @cli.command()

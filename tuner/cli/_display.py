@@ -26,11 +26,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tuner.formatting import format_rows
-from tuner.plural import plural
+from tuner.formatting import format_rows, plural
 
 if TYPE_CHECKING:
-    from tuner.runner import RunSummary, Snapshot
+    from tuner.run.runner import RunSummary, Snapshot
 
 
 # The width of tables written to something that is not a terminal (a file, a pipe), unless

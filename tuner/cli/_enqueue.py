@@ -10,7 +10,7 @@ import click
 from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.errors import UsageError
-from tuner.plural import plural
+from tuner.formatting import plural
 
 
 @cli.command()
@@ -35,7 +35,7 @@ def enqueue(study: str, text: str, storage: str) -> None:
       tuner enqueue --study reg --params '{"lr": 0.01, "optimizer": "adam", "dropout": 0.2}'
       tuner worker --study reg                      # runs the queued trial first
     """
-    from tuner.enqueue import enqueue as enqueue_trial
+    from tuner.run.enqueue import enqueue as enqueue_trial
     from tuner.storage import TunerStorage
 
     params = parse_params(text)

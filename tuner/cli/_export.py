@@ -11,7 +11,7 @@ import click
 from tuner.cli import cli
 from tuner.cli._options import db_int, storage_option
 from tuner.errors import TunerError
-from tuner.plural import plural
+from tuner.formatting import plural
 
 trial_option = click.option(
     "--trial", "number", type=db_int(min=0), metavar="N",
@@ -36,8 +36,8 @@ def export_cmd(study: str, number: int | None, out: str, fold_batchnorm: bool,
       tuner export --study demo --trial 7 --out model.pt --fold-batchnorm
     Load it with `tuner.load_model("model.pt")`, or use `tuner predict`.
     """
-    from tuner.export import save_model
-    from tuner.exporting import build_payload
+    from tuner.export.from_study import build_payload
+    from tuner.export.model_file import save_model
     from tuner.storage import TunerStorage
 
     db = TunerStorage(storage, create=False, heartbeat=False).open()
@@ -75,9 +75,9 @@ def predict(model_path: str, data: str, out: str | None, features: str | None, p
       tuner predict --model model.pt --data new.csv
       tuner predict --model model.pt --data new.csv --out predictions.csv --proba
     """
-    from tuner.export import read_payload
-    from tuner.exporting import load_model, payload_features
-    from tuner.predict import predict_rows, probability_rows, read_features
+    from tuner.export.from_study import load_model, payload_features
+    from tuner.export.model_file import read_payload
+    from tuner.export.predict import predict_rows, probability_rows, read_features
 
     model = load_model(model_path, trust_code=trust_code)
     names, n_features = payload_features(read_payload(model_path))
@@ -121,7 +121,7 @@ def rerun(study: str, number: int, storage: str) -> None:
     Example:
       tuner rerun --study demo --trial 3
     """
-    from tuner.rerun import rerun_trial
+    from tuner.export.rerun import rerun_trial
     from tuner.storage import TunerStorage
 
     db = TunerStorage(storage, create=False, heartbeat=False).open()

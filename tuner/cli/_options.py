@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
+from tuner.catalogue import ENGINES, PRECISIONS
 from tuner.formatting import FORMATS
-from tuner.space._schema import ENGINES, PRECISIONS, EngineSpec
+from tuner.space import EngineSpec
 from tuner.storage import DB_INT_MAX, DEFAULT_STORAGE
 
 
@@ -34,13 +35,13 @@ format_option: Callable[[Any], Any] = click.option(
 
 
 class StudyName(click.ParamType):
-    """A name for a new study (see ``tuner.study.study_name_problem``)."""
+    """A name for a new study (see ``tuner.run.study.study_name_problem``)."""
 
     name = "name"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> str:
-        from tuner.study import study_name_problem
+        from tuner.run.study import study_name_problem
 
         problem = study_name_problem(str(value))
         if problem is not None:

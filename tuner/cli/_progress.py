@@ -20,7 +20,7 @@ from tuner.cli._display import RunProgress
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from tuner.runner import Snapshot
+    from tuner.run.runner import Snapshot
 
 INTERVAL = 1.0  # seconds: the most lines a second that fast trials print
 ERROR_CHARS = 120  # of a failed trial's message, on its line

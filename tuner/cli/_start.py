@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from tuner import heap
+from tuner.catalogue import DATASET_NAMES
 from tuner.cli import cli
 from tuner.cli._options import (
     GpuList,
@@ -23,8 +23,8 @@ from tuner.cli._options import (
     timeout_option,
 )
 from tuner.errors import UsageError
-from tuner.plural import plural
-from tuner.space._catalogue import DATASET_NAMES
+from tuner.formatting import plural
+from tuner.run import heap
 
 # Heavy modules (torch, scikit-learn, Optuna) are imported inside the commands, so that
 # `tuner --help` and the query commands start in a fraction of a second.
@@ -120,7 +120,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
       tuner start --space quick --data my.csv --target label --model my_net.py:build
       tuner start --space my_space.yaml --objective my_train.py:fit --direction maximize
     """
-    heap.defer_full_collections()  # until the first trial is done (tuner.heap)
+    heap.defer_full_collections()  # until the first trial is done (tuner.run.heap)
     click.get_current_context().call_on_close(heap.settle)
     import torch
     from rich.console import Console
@@ -128,14 +128,14 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.cli._display import summary_text
     from tuner.cli._enqueue import parse_params
     from tuner.cli._progress import run_display
-    from tuner.device import resolve_device
-    from tuner.enqueue import check_params
-    from tuner.placement import assign_devices
-    from tuner.pool import run_pool
-    from tuner.runner import run_study
+    from tuner.run.enqueue import check_params
+    from tuner.run.placement import assign_devices
+    from tuner.run.pool import run_pool
+    from tuner.run.runner import run_study
+    from tuner.run.study import check_study_name, open_study, save_budget
     from tuner.space import load_space
     from tuner.storage import TunerStorage, display_url
-    from tuner.study import check_study_name, open_study, save_budget
+    from tuner.train.device import resolve_device
 
     if data is not None and dataset is not None:
         raise UsageError(f"--data {data} and --dataset {dataset} both name the data: give one")
@@ -156,7 +156,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
                             cuda_count=torch.cuda.device_count())
     if workers == 1:
         placed = [str(resolve_device(device))]
-    from tuner.objective import Objective
+    from tuner.run.objective import Objective
     from tuner.storage import MemoryRecorder
 
     if not parsed.task.objective:
@@ -201,7 +201,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
 def check_engine(space: Any, how: Any) -> None:
     """Refuse engine settings the space cannot use, before anything is written."""
     if how.name == "fused":
-        from tuner.population import check_fusable
+        from tuner.run.population import check_fusable
 
         check_fusable(space)
     if space.task.objective and (how.precision != "fp32" or how.compile):
@@ -221,8 +221,8 @@ def what_trains(space: Any) -> str:
 def start_notes(space: Any, device: Any) -> list[str]:
     """What a user should know before the trials run: how the data are read, and
     parameters of theirs that nothing reads."""
-    from tuner.data import load_task_data
-    from tuner.space._catalogue import MODELS
+    from tuner.catalogue import MODELS
+    from tuner.data.builtin import load_task_data
 
     notes = []
     task = space.task
@@ -241,8 +241,7 @@ def start_notes(space: Any, device: Any) -> list[str]:
 @cli.command()
 def spaces() -> None:
     """List the built-in search spaces, one line each."""
-    from tuner.space import builtin_spaces, load_space
-    from tuner.space._params import describe
+    from tuner.space import builtin_spaces, describe, load_space
 
     rows = []
     for name in builtin_spaces():

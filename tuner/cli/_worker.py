@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from tuner import heap
 from tuner.cli import cli
 from tuner.cli._options import (
     checkpoint_option,
@@ -18,7 +17,8 @@ from tuner.cli._options import (
     storage_option,
     timeout_option,
 )
-from tuner.plural import plural
+from tuner.formatting import plural
+from tuner.run import heap
 
 
 @cli.command()
@@ -54,17 +54,17 @@ def worker(study: str, storage: str, trials: int | None, timeout: float | None, 
       tuner worker --study reg --storage postgresql://user@dbhost/tuner
       tuner worker --study reg --storage postgresql://user@dbhost/tuner --engine fused
     """
-    heap.defer_full_collections()  # until the first trial is done (tuner.heap)
+    heap.defer_full_collections()  # until the first trial is done (tuner.run.heap)
     click.get_current_context().call_on_close(heap.settle)
     from rich.console import Console
 
     from tuner.cli._display import summary_text
     from tuner.cli._progress import run_display
     from tuner.cli._start import check_engine, what_trains
-    from tuner.device import resolve_device
-    from tuner.runner import run_study
+    from tuner.run.runner import run_study
+    from tuner.run.study import stored_budget, stored_space
     from tuner.storage import TunerStorage, display_url
-    from tuner.study import stored_budget, stored_space
+    from tuner.train.device import resolve_device
 
     torch_device = resolve_device(device)
     db = TunerStorage(storage).open()

@@ -11,7 +11,7 @@ tensor. The engine takes callbacks and knows nothing of Optuna or SQL.
 from tuner.fused._engine import train_population, unsupported_reason
 from tuner.fused._group import MemberResult, group_key
 from tuner.fused._metrics import evaluate_members, member_loss, member_metric
-from tuner.fused._model import FusedMLP, MLPSpec, add_input_noise
+from tuner.fused._model import FusedMLP, MLPSpec, add_input_noise, onednn_products
 from tuner.fused._optim import (
     FAMILIES,
     FusedOptimizer,
@@ -38,6 +38,7 @@ __all__ = [
     "group_key",
     "member_loss",
     "member_metric",
+    "onednn_products",
     "resolve_hyper",
     "train_population",
     "unsupported_reason",

@@ -6,7 +6,7 @@ schedule, l1, l2, dropout rate, input noise, max-norm, optimizer hyper-parameter
 per-member tensor. Each member stays a trial of its own: its own per-epoch metrics,
 ``report`` call (pruning), early stopping and best weights. Members that finish are
 cut out of the batch (compaction), and ``refill`` may hand in new trials for the
-freed slots. Like :func:`tuner.train.train`, the engine knows nothing of Optuna or SQL.
+freed slots. Like :func:`tuner.train.loop.train`, the engine knows nothing of Optuna or SQL.
 
 Differences from sequential runs of the same configs, by design:
 
@@ -18,9 +18,9 @@ Differences from sequential runs of the same configs, by design:
   each member is built under its own seed exactly as the sequential objective does.
 * ``EpochMetrics.seconds`` is the wall time of the group's epoch.
 
->>> from tuner.config import TrialConfig
->>> from tuner.data import load_splits
->>> from tuner.metrics import METRICS
+>>> from tuner.train.config import TrialConfig
+>>> from tuner.data.builtin import load_splits
+>>> from tuner.train.metrics import METRICS
 >>> data = load_splits("iris", seed=0)
 >>> configs = [TrialConfig(epochs=2, seed=s, hidden=8) for s in range(3)]
 >>> results = train_population(configs, data, metric=METRICS["accuracy"])
@@ -37,14 +37,14 @@ from typing import Any
 
 import torch
 
-from tuner.config import TrialConfig
-from tuner.data import Splits
-from tuner.device import flush_denormals
+from tuner.data.builtin import Splits
 from tuner.fused._group import Group, Member, MemberResult, fits, group_key, joint_key
 from tuner.fused._optim import resolve_hyper
 from tuner.fused._schedule import resolve_schedule
-from tuner.metrics import Metric, is_better
-from tuner.train import Checkpoint, EpochMetrics, half_dtype
+from tuner.train.config import TrialConfig
+from tuner.train.device import flush_denormals
+from tuner.train.loop import Checkpoint, EpochMetrics, half_dtype
+from tuner.train.metrics import Metric, is_better
 
 __all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
 
@@ -101,7 +101,7 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
 
     Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
     trials. After each epoch of a member, ``report(id, metrics)`` is called (True prunes
-    it); early stopping and divergence follow :func:`tuner.train.train`. When a member
+    it); early stopping and divergence follow :func:`tuner.train.loop.train`. When a member
     finishes, ``on_finish(id, result)`` is called (the returned result then keeps its
     history, not its weights) and its slot freed, or, with ``on_finish_all``, that is
     called once with every member a group finished at that epoch; then, with
@@ -176,7 +176,7 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
 
 def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
                   decide: EpochReport | None, on_finish_all: OnFinishAll | None) -> None:
-    """Per-member bookkeeping after an epoch, in :func:`tuner.train.train`'s order: a
+    """Per-member bookkeeping after an epoch, in :func:`tuner.train.loop.train`'s order: a
     diverged member stops unreported; the others are reported (all at once), then pruned,
     stopped early or finished."""
     improved, finished, reported = [], [], []

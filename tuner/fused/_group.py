@@ -21,9 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tuner.config import TrialConfig
-from tuner.data import Splits
-from tuner.dropout import RandomWords, Source
+from tuner.data.builtin import Splits
 from tuner.fused._metrics import evaluate_members
 from tuner.fused._model import FusedMLP, add_input_noise
 from tuner.fused._optim import (
@@ -34,15 +32,17 @@ from tuner.fused._optim import (
     apply_max_norm_,
 )
 from tuner.fused._schedule import FusedSchedule
-from tuner.metrics import Metric
-from tuner.optim import build_scheduler, step_scheduler
-from tuner.regularizers import augment_images
-from tuner.train import Checkpoint, EpochMetrics, TrainResult, build_for, optimizer_for
+from tuner.train.config import TrialConfig
+from tuner.train.dropout import RandomWords, Source
+from tuner.train.loop import Checkpoint, EpochMetrics, TrainResult, build_for, optimizer_for
+from tuner.train.metrics import Metric
+from tuner.train.optim import build_scheduler, step_scheduler
+from tuner.train.regularizers import augment_images
 
 
 @dataclass
 class MemberResult(TrainResult):
-    """A member's :class:`tuner.train.TrainResult` plus its weights as an MLP state_dict:
+    """A member's :class:`tuner.train.loop.TrainResult` plus its weights as an MLP state_dict:
     the best epoch's, or the last epoch's when no epoch was best (e.g. diverged)."""
 
     state_dict: dict[str, Tensor] = field(default_factory=dict)
@@ -197,7 +197,7 @@ class Group:
         start = time.perf_counter()
         x, y = data.x_train, data.y_train
         n, bs = x.shape[0], min(self.batch_size, x.shape[0])
-        # As in tuner.train: a last batch of one sample is folded into the previous one.
+        # As in tuner.train.loop: a last batch of one sample is folded into the previous one.
         n_batches = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
         model, k = self.model, self.model.size
         lr_host = self.schedule.lr
@@ -254,13 +254,13 @@ class Group:
 
     def checkpoint(self, position: int) -> Checkpoint:
         """The member at ``position`` as the sequential engine checkpoints a trial
-        (:class:`tuner.train.Checkpoint`), after its last finished epoch.
+        (:class:`tuner.train.loop.Checkpoint`), after its last finished epoch.
 
         The weights, the optimizer state and the best epoch's weights are the member's
-        rows, in torch's formats: the state of the optimizer :func:`tuner.train.train`
+        rows, in torch's formats: the state of the optimizer :func:`tuner.train.loop.train`
         builds for the config, and its scheduler replayed over the member's epochs (the
         fused schedules follow torch's). The random state is the group's batch order,
-        so a trial resumed from it by :func:`tuner.train.train` draws the batches the
+        so a trial resumed from it by :func:`tuner.train.loop.train` draws the batches the
         group would have drawn next.
         """
         member, model = self.members[position], self.model

@@ -1,4 +1,4 @@
-"""Losses and validation metrics per member: :mod:`tuner.metrics` with a member axis.
+"""Losses and validation metrics per member: :mod:`tuner.train.metrics` with a member axis.
 
 Outputs are ``[K, B, n_outputs]`` and targets ``[B]`` (every member sees the same
 batch); results are ``[K]`` tensors on the device, so an epoch still syncs once.
@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tuner.fused._model import FusedMLP
-from tuner.metrics import Metric
+from tuner.train.metrics import Metric
 
 # Activations held at once in evaluation: K x rows x width values.
 _EVAL_VALUES = 1 << 20
 
 
 def member_loss(task: str, output: Tensor, target: Tensor) -> Tensor:
-    """Each member's training loss, as :func:`tuner.metrics.loss_fn` computes it."""
+    """Each member's training loss, as :func:`tuner.train.metrics.loss_fn` computes it."""
     if task == "classification":
         # Logits as [K, classes, B]: cross-entropy's "N, C, d" form, one row per member.
         # FusedMLP's outputs are views of exactly that layout, the fast one.
@@ -30,7 +30,7 @@ def member_loss(task: str, output: Tensor, target: Tensor) -> Tensor:
 
 def member_metric(metric: Metric, output: Tensor, target: Tensor,
                   y_scale: float = 1.0) -> Tensor:
-    """Each member's ``metric``, as :func:`tuner.metrics.metric_value` computes it."""
+    """Each member's ``metric``, as :func:`tuner.train.metrics.metric_value` computes it."""
     if metric.name == "accuracy":
         # max(...).indices is argmax (the first maximal index) by a faster kernel.
         predicted = output.transpose(1, 2).max(dim=1).indices

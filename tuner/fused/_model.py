@@ -5,7 +5,7 @@ then biases and batch-norm scales and shifts), so the fused optimizer updates al
 them with a few element-wise kernels and compaction is one index. The forward pass
 views each matrix as ``[K, out, in]`` and runs one batched matrix product per layer
 (``torch.baddbmm``) on activations shaped ``[K, batch, features]``, with the block
-order of :class:`tuner.models.MLP`: ``Linear -> [BatchNorm] -> ReLU -> [Dropout]``.
+order of :class:`tuner.train.models.MLP`: ``Linear -> [BatchNorm] -> ReLU -> [Dropout]``.
 Batch norm keeps statistics per member; dropout rates are per member.
 
 Training runs :meth:`FusedMLP.train_step`: the forward and backward passes written out,
@@ -17,7 +17,7 @@ over an activation that is saved is time saved. :meth:`FusedMLP.forward` is the 
 model differentiable by autograd, and the tests hold the two to each other.
 
 >>> import torch
->>> from tuner.models import MLP
+>>> from tuner.train.models import MLP
 >>> members = [MLP(4, 3, hidden=8, layers=2) for _ in range(5)]
 >>> fused = FusedMLP.from_members(members)
 >>> fused.forward(torch.randn(10, 4), train=False).shape
@@ -36,11 +36,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from tuner.device import onednn_fp32_preferred, onednn_matmul
-from tuner.dropout import MaskConstants, Source, dropout_mask, mask_constants, torch_generator
-from tuner.models import MLP, GaussianDropout
+from tuner.train.device import onednn_fp32_preferred, onednn_matmul
+from tuner.train.dropout import MaskConstants, Source, dropout_mask, mask_constants, torch_generator
+from tuner.train.models import MLP, GaussianDropout
 
-# nn.BatchNorm1d's defaults, which tuner.models.MLP uses.
+# nn.BatchNorm1d's defaults, which tuner.train.models.MLP uses.
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
@@ -62,7 +62,7 @@ class MLPSpec:
 
     @classmethod
     def of(cls, mlp: nn.Module) -> tuple[MLPSpec, float]:
-        """The spec of a :class:`tuner.models.MLP` and its dropout rate."""
+        """The spec of a :class:`tuner.train.models.MLP` and its dropout rate."""
         if not isinstance(mlp, MLP):
             raise TypeError(f"a fused model is built from tuner MLPs, but got {type(mlp).__name__}")
         body = list(mlp.body)
@@ -148,7 +148,7 @@ def _loss_and_grad(task: str, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor
 
 def onednn_products(k: int, hidden: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether K float32 members of ``hidden`` units run their products in oneDNN
-    (:func:`tuner.device.onednn_fp32_preferred`): where that is preferred, and for
+    (:func:`tuner.train.device.onednn_fp32_preferred`): where that is preferred, and for
     products large enough to pay for oneDNN's call, which costs more than MKL's: from
     about 2M multiply-adds (measured, ``[K, 64, h] @ [K, h, h]``: 1.2x at K h^2 =
     32,768, 1.5x at 65,536, 0.5-0.9x below 16,384)."""
@@ -180,7 +180,7 @@ class FusedMLP:
     (the master weights); the gradients :meth:`leaves` get are the copy's.
 
     In float32 on a CPU where oneDNN's batched products are exact and faster than the
-    default BLAS's (:func:`tuner.device.onednn_fp32_preferred`), the products run in
+    default BLAS's (:func:`tuner.train.device.onednn_fp32_preferred`), the products run in
     oneDNN, on contiguous copies of the weights made at each forward: oneDNN copies an
     operand with the rows' member stride at every product (measured: a layer's forward
     took 554 us on views of the rows against 321 us on a contiguous copy). The
@@ -346,7 +346,7 @@ class FusedMLP:
                                 dtype=dtype)
             return noise.mul_(self._gaussian_std).add_(1)
         # Inverted dropout: keep with probability 1-p, scale the kept units by 1/(1-p),
-        # with tuner.dropout's 15-bit uniforms (four to a 64-bit word).
+        # with tuner.train.dropout's 15-bit uniforms (four to a 64-bit word).
         constants = self._mask_constants.get(dtype)
         if constants is None:
             constants = self._mask_constants[dtype] = mask_constants(self._rate, dtype, device)
@@ -474,7 +474,7 @@ class FusedMLP:
         return state
 
     def member(self, i: int) -> MLP:
-        """Member ``i`` as an ordinary :class:`tuner.models.MLP` (in training mode)."""
+        """Member ``i`` as an ordinary :class:`tuner.train.models.MLP` (in training mode)."""
         with torch.device("meta"):
             mlp = self.spec.build(float(self.dropout[i]))
         mlp = mlp.to_empty(device=self.params.device).to(self.params.dtype)

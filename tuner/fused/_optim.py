@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tuner.optim import _OPTIMIZERS
+from tuner.train.optim import OPTIMIZER_CLASSES
 
 # The tuner's optimizer names grouped into families that share one update rule: plain
 # SGD is SGD with momentum 0 and Adam is AdamW with its weight decay coupled, so both
@@ -46,7 +46,7 @@ _IGNORED = ("foreach", "fused", "capturable", "differentiable")  # implementatio
 
 def _torch_defaults(name: str) -> dict[str, Any]:
     """torch's defaults for optimizer ``name``, overridden by the tuner's own (momentum)."""
-    cls, tuner_defaults, _ = _OPTIMIZERS[name]
+    cls, tuner_defaults, _ = OPTIMIZER_CLASSES[name]
     signature = inspect.signature(cls.__init__).parameters
     defaults = {k: p.default for k, p in signature.items()
                 if p.default is not inspect.Parameter.empty}
@@ -364,7 +364,7 @@ def add_penalty_grad_(grad: Tensor, weights: Tensor, l1: Tensor | None,
     """Add the gradients of ``l1*sum|w| + (l2/2)*sum w^2`` to ``grad`` in place.
 
     ``grad`` and ``weights`` are the ``[K, W]`` weight columns only (matrices, never
-    biases or batch-norm parameters, as in :func:`tuner.regularizers.penalized_weights`);
+    biases or batch-norm parameters, as in :func:`tuner.train.regularizers.penalized_weights`);
     ``l1``/``l2`` are ``[K]``, or None when every member's is zero.
     """
     if l2 is not None:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tuner.optim import _SCHEDULES
+from tuner.train.optim import SCHEDULE_CLASSES
 
 KINDS = ("none", "step", "multistep", "exponential", "cosine", "plateau")
 _F64 = torch.float64
@@ -47,7 +47,7 @@ _REQUIRED = {"step": ("step_size",), "multistep": ("milestones",), "exponential"
 
 def _torch_arguments(kind: str) -> dict[str, Any]:
     """The arguments torch's class for ``kind`` accepts, with their defaults (or empty)."""
-    cls, _ = _SCHEDULES[kind]
+    cls, _ = SCHEDULE_CLASSES[kind]
     signature = inspect.signature(cls.__init__).parameters
     return {k: p.default for k, p in signature.items()
             if k not in ("self", "optimizer", "last_epoch", "verbose")}

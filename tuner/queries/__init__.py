@@ -12,9 +12,9 @@ and become SQL with bound parameters.
 
 from tuner.queries._curves import CURVE_COLUMNS, curve_columns, curves
 from tuner.queries._filter import FilterError, parse
-from tuner.queries._schema import STATES
 from tuner.queries._studies import STUDY_COLUMNS, studies, study_metric
 from tuner.queries._trials import TRIAL_FIELDS, best_trials, param_names, trials
+from tuner.queries.schema import STATES
 
 __all__ = [
     "CURVE_COLUMNS",

@@ -18,7 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import NamedFromClause
 
 from tuner.queries._filter import FilterError
-from tuner.queries._schema import STATES, as_text, trial_params, trial_values, trials
+from tuner.queries.schema import STATES, as_text, trial_params, trial_values, trials
 from tuner.storage import trial_info
 
 # Built-in columns a filter or a sort may name (every parameter may be named too).

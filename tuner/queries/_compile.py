@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from tuner.queries._columns import Column, StudyColumns
 from tuner.queries._filter import And, Compare, FilterError, In, Literal, Node, Not, Or
-from tuner.queries._schema import STATES
+from tuner.queries.schema import STATES
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,

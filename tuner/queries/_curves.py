@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import inspect, select
 
 from tuner.errors import UsageError
-from tuner.queries._schema import intermediate_values, trials
+from tuner.queries.schema import intermediate_values, trials
+from tuner.run.study import require_study
 from tuner.storage import TunerStorage, epoch_metrics, epochs
-from tuner.study import require_study
 
 CURVE_COLUMNS = ("trial", "epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds")
 _SPECIAL = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}

@@ -8,8 +8,8 @@ from sqlalchemy import text
 
 from tuner.errors import TunerError
 from tuner.queries._trials import as_datetime
+from tuner.run.study import require_study, stored_space
 from tuner.storage import TunerStorage
-from tuner.study import require_study, stored_space
 
 STUDY_COLUMNS = ("study", "direction", "complete", "pruned", "running", "failed", "waiting",
                  "best_value", "created", "last_activity")

@@ -15,15 +15,15 @@ from typing import Any
 from sqlalchemy import Connection, case, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from tuner.catalogue import TRIAL_COLUMNS
 from tuner.errors import TunerError
 from tuner.queries._columns import StudyColumns, distribution
 from tuner.queries._compile import compile_filter
 from tuner.queries._filter import FilterError, parse
-from tuner.queries._schema import as_text, study_directions, trial_params, trial_values
-from tuner.queries._schema import trials as trials_table
-from tuner.space._catalogue import TRIAL_COLUMNS
+from tuner.queries.schema import as_text, study_directions, trial_params, trial_values
+from tuner.queries.schema import trials as trials_table
+from tuner.run.study import require_study
 from tuner.storage import TunerStorage
-from tuner.study import require_study
 
 # Every field of a trial row, besides its parameters.
 TRIAL_FIELDS = TRIAL_COLUMNS

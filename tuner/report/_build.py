@@ -25,8 +25,8 @@ from tuner.report._charts import ChartSkipped
 from tuner.report._draw import to_matplotlib, to_plotly
 from tuner.report._html import Section, render
 from tuner.report._optuna_plots import Plot
+from tuner.run.study import require_study, stored_space
 from tuner.storage import TunerStorage
-from tuner.study import require_study, stored_space
 
 TOP = 5  # learning curves of this many best trials
 PRUNED = 10  # and of at most this many pruned ones (the latest)

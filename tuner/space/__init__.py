@@ -12,16 +12,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tuner.catalogue import CATALOGUE, OPTIMIZER_HYPER, SCHEDULE_HYPER
 from tuner.errors import SpaceError
-from tuner.space._catalogue import CATALOGUE, OPTIMIZER_HYPER, SCHEDULE_HYPER
-from tuner.space._load import check_as_written, parse_engine, parse_space, read_yaml
-from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, sample
+from tuner.space._load import TASK_KEYS, check_as_written, parse_engine, parse_space, read_yaml
+from tuner.space._params import (
+    Categorical,
+    Fixed,
+    FloatRange,
+    IntRange,
+    Param,
+    describe,
+    grid_values,
+    sample,
+    walk,
+)
 from tuner.space._schema import EarlyStopping, EngineSpec, PrunerSpec, SamplerSpec, Space, Task
 
 __all__ = [
     "CATALOGUE",
     "OPTIMIZER_HYPER",
     "SCHEDULE_HYPER",
+    "TASK_KEYS",
     "Categorical",
     "EarlyStopping",
     "EngineSpec",
@@ -34,11 +45,14 @@ __all__ = [
     "Space",
     "Task",
     "builtin_spaces",
+    "describe",
+    "grid_values",
     "load_space",
     "parse_engine",
     "parse_space",
     "sample",
     "spaces_dir",
+    "walk",
 ]
 
 

@@ -20,19 +20,19 @@ from typing import Any, NoReturn
 
 import yaml
 
-from tuner.errors import DataError, SpaceError
-from tuner.space._catalogue import (
+from tuner.catalogue import (
     CATALOGUE,
     CONDITIONAL_PARENTS,
+    ENGINES,
     MODELS,
+    PRECISIONS,
     TRIAL_COLUMNS,
     Rule,
     is_number,
 )
+from tuner.errors import DataError, SpaceError
 from tuner.space._params import Categorical, Fixed, FloatRange, IntRange, Param, walk
 from tuner.space._schema import (
-    ENGINES,
-    PRECISIONS,
     EarlyStopping,
     EngineSpec,
     PrunerSpec,
@@ -245,7 +245,7 @@ def parse_space(raw: Mapping[str, Any], *, name: str, source: str,
         _check_grid(ctx, space)
     # Build the sampler exactly as a worker will, so that a bad combination of
     # settings fails here, before anything is written.
-    from tuner.samplers import build_sampler
+    from tuner.space.sampling import build_sampler
 
     _try_build(ctx, "sampler", lambda: build_sampler(space))
     return space
@@ -280,7 +280,7 @@ def _one_of(options: tuple[str, ...]) -> Any:
 
 
 def _dataset(ctx: _Context, value: Any, path: str) -> None:
-    from tuner.data import DATASETS
+    from tuner.data.builtin import DATASETS
 
     _one_of(tuple(DATASETS))(ctx, value, path)
 
@@ -316,7 +316,7 @@ def _integer(ctx: _Context, value: Any, path: str, *, minimum: int) -> int:
 
 
 def _parse_task(ctx: _Context, raw: Any) -> Task:
-    from tuner.data import DATASETS
+    from tuner.data.builtin import DATASETS
 
     task = ctx.mapping(raw, "task", TASK_KEYS)
     dataset = task.get("dataset", Task.dataset)
@@ -392,7 +392,7 @@ def _direction(ctx: _Context, task: Mapping[str, Any], why: str) -> str:
 
 def _metric(ctx: _Context, task: Mapping[str, Any], kind: str, data: str) -> tuple[str, str]:
     """The metric the tuner's loop computes, and its direction."""
-    from tuner.metrics import METRICS
+    from tuner.train.metrics import METRICS
 
     metric = task.get("metric", "accuracy" if kind == "classification" else "rmse")
     if isinstance(metric, str) and is_reference(metric):
@@ -416,7 +416,7 @@ def _objective_metric(ctx: _Context, task: Mapping[str, Any]) -> tuple[str, str]
     """With a training function of yours, ``task.metric`` names the value it returns: a
     built-in metric's name sets the direction; any other name (or a metric function's
     reference, read as its name) needs one."""
-    from tuner.metrics import METRICS
+    from tuner.train.metrics import METRICS
 
     metric = task.get("metric", "value")
     if not isinstance(metric, str) or not (metric.isidentifier() or is_reference(metric)):
@@ -454,7 +454,7 @@ def _parse_user_data(ctx: _Context, task: Mapping[str, Any]) -> dict[str, Any]:
         features = tuple(features)
     aux = task.get("aux_target")
     try:
-        from tuner.data import load_user_splits
+        from tuner.data.builtin import load_user_splits
 
         splits = load_user_splits(data, 0, "cpu", target, kind, features, aux, os.getcwd())
     except DataError as exc:
@@ -793,7 +793,7 @@ def _check_option(ctx: _Context, path: str, value: Any, annotation: Any) -> None
 
 
 def _parse_sampler(ctx: _Context, raw: Any) -> SamplerSpec:
-    from tuner.samplers import SAMPLERS
+    from tuner.space.sampling import SAMPLERS
 
     if raw is None:
         raw = {}
@@ -809,7 +809,7 @@ def _parse_sampler(ctx: _Context, raw: Any) -> SamplerSpec:
 
 
 def _parse_pruner(ctx: _Context, raw: Any, path: str, task: Task) -> PrunerSpec:
-    from tuner.samplers import PRUNERS, build_pruner
+    from tuner.space.sampling import PRUNERS, build_pruner
 
     if raw is None:
         raw = {"name": "median"}

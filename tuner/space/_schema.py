@@ -18,12 +18,12 @@ class Task:
     """What every trial trains and how it is judged.
 
     ``model`` is ``mlp``, ``cnn``, or ``package.module:function`` / ``file.py:function``
-    naming your own builder (see :mod:`tuner.usermodel`). ``metric`` is a built-in
+    naming your own builder (see :mod:`tuner.train.usermodel`). ``metric`` is a built-in
     metric's name or a function of yours (``metric(outputs, targets) -> float``, with
     ``direction``); ``loss`` a function of yours (``loss(outputs, targets) -> tensor``)
     in place of the built-in data loss. ``objective`` names a training function of
     yours, ``fn(config, report) -> value``, that replaces the tuner's loop (see
-    :mod:`tuner.userloop`); its ``metric`` is the name of the value it returns.
+    :mod:`tuner.run.userloop`); its ``metric`` is the name of the value it returns.
     """
 
     dataset: str = "digits"
@@ -76,10 +76,6 @@ class EarlyStopping:
     min_delta: float = 0.0
 
 
-ENGINES = ("sequential", "fused")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 @dataclass(frozen=True)
 class EngineSpec:
     """How trials are trained: one at a time (``sequential``), or ``population`` at once
@@ -97,7 +93,7 @@ class EngineSpec:
     population: int = 32
     precision: str = "fp32"
     compile: bool = False
-    # Loader processes for Datasets (tuner.datasets); None: 0 on a CPU, a few on a GPU.
+    # Loader processes for Datasets (tuner.data.datasets); None: 0 on a CPU, a few on a GPU.
     loader_workers: int | None = None
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Table, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tuner.errors import StorageError, StudyNotFoundError, UsageError
-from tuner.plural import plural
+from tuner.formatting import plural
 from tuner.storage._store import (
     DATABASE_ERRORS,
     GRACE_PERIOD,

@@ -3,7 +3,7 @@
 A PostgreSQL advisory lock (any number of machines), or, for SQLite (one machine), an
 exclusive ``flock`` on the file next to the database, ``<database>.lock``; an
 in-memory database lives in one process, where a thread lock serves. The budget's
-claims hold it per study (:mod:`tuner.claims`), schema changes under a key of their own
+claims hold it per study (:mod:`tuner.run.claims`), schema changes under a key of their own
 (:mod:`tuner.storage._schema`).
 """
 

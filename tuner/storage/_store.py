@@ -45,7 +45,6 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tuner.errors import StorageError, StorageUnavailable, UsageError
-from tuner.retries import RetryStale
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
 from tuner.storage._schema import drop_views, ensure_schema
 from tuner.storage._tables import (
@@ -55,6 +54,7 @@ from tuner.storage._tables import (
     models,
     trial_info,
 )
+from tuner.storage.retries import RetryStale
 
 DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
 # The most database connections one worker process holds at once (trials, heartbeat).
@@ -469,7 +469,7 @@ def _finished_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
 
 
 def _epoch_rows(trial_id: int, history: Sequence[Any]) -> list[dict[str, Any]]:
-    """Rows of ``tuner_epochs`` for a trial's :class:`~tuner.train.EpochMetrics`."""
+    """Rows of ``tuner_epochs`` for a trial's :class:`~tuner.train.loop.EpochMetrics`."""
     return [dict(trial_id=trial_id, epoch=m.epoch, train_loss=_finite(m.train_loss),
                  val_loss=_finite(m.val_loss), val_metric=_finite(m.val_metric),
                  lr=_finite(m.lr), seconds=m.seconds) for m in history]

@@ -1,0 +1,325 @@
+"""Where trials run: the one place that turns ``--device`` into a ``torch.device``, and
+that decides how many CPU threads torch uses for them."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import platform
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from tuner.errors import UsageError
+from tuner.formatting import plural
+
+# What torch would use on its own (one thread per physical core), read before the
+# tuner changes it; `tuner bench` measures the machine's matmul peak with it.
+MACHINE_THREADS = torch.get_num_threads()
+
+# Trials on the CPU run torch with one intra-op thread. The tuner's models are small:
+# one of their matmuls takes microseconds, less than handing it to the thread pool and
+# meeting the other threads at its barrier, and on a busy or shared machine that
+# meeting waits for a time slice of a core someone else holds (milliseconds).
+# Measured on a shared 2-core machine (`tuner bench --threads 1` vs `--threads 2`):
+# digits/MLP epochs ran more than 10x faster on one thread, and even an MLP of 512
+# units on batches of 256 (12,000 samples) ran 10-20x faster. The cores are better
+# used by trials side by side: `--workers N` gives each worker its share of them.
+CPU_THREADS = 1
+
+
+def _flushing() -> bool:
+    """Whether this thread's CPU flushes subnormal floats to zero now (a subnormal times
+    one is zero then); torch can set the mode but not read it."""
+    return float(torch.tensor([1e-40]).mul(1.0)) == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Within the block, subnormal floats (below 1.2e-38 in float32) count as zero on
+    the CPU (``torch.set_flush_denormal``), as they are back where they were after.
+
+    Arithmetic on subnormals takes a slow path in the CPU, a hundred cycles an
+    operation. Training produces them: Adam's second moments of tiny gradients, the
+    weights and activations of members that learn slowly. Measured on a fused
+    population of 32 digits MLPs: its epochs slowed from 155 to 239 ms as they
+    accumulated, and stayed at 142-151 ms with them flushed. Values that small are zero
+    for every loss a trial computes. The mode is per thread; the tuner trains on one
+    (``CPU_THREADS``).
+
+    >>> with flush_denormals():
+    ...     float(torch.tensor([1e-40]) * 1.0)
+    0.0
+    >>> float(torch.tensor([1e-40]) * 1.0) > 0
+    True
+    """
+    before = _flushing()
+    if not torch.set_flush_denormal(True):  # a CPU without the mode: nothing to do
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def _onednn_flag() -> Any:
+    """torch's switch that lets float32 matrix products run in oneDNN (None in a torch
+    without it, before 2.9)."""
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    if not torch.backends.mkldnn.is_available() or not hasattr(matmul, "fp32_precision"):
+        return None
+    return matmul
+
+
+_onednn_lock = threading.Lock()
+_onednn_depth = 0  # open onednn_matmul blocks, over all threads
+_onednn_before = "none"  # the switch's value when the first of them opened
+
+
+@contextlib.contextmanager
+def onednn_matmul() -> Iterator[None]:
+    """Within the block, float32 matrix products on the CPU run in oneDNN instead of
+    torch's default BLAS (MKL); as they were once the last open block closes.
+
+    torch routes them there when ``torch.backends.mkldnn.matmul.fp32_precision`` is
+    ``"bf16"``, which *allows* oneDNN to round the operands to bfloat16: it does so
+    where the CPU has AMX tiles, and elsewhere computes in float32. Use this only where
+    :func:`onednn_fp32_exact` says the results are float32's. The switch is torch's,
+    for the whole process: blocks in several threads nest (the switch stays on until
+    the last closes), and while one is open torch's legacy
+    ``torch.get_float32_matmul_precision()`` refuses to read it.
+    """
+    global _onednn_depth, _onednn_before
+    flag = _onednn_flag()
+    if flag is None:
+        yield
+        return
+    with _onednn_lock:
+        if _onednn_depth == 0:
+            _onednn_before = flag.fp32_precision
+            flag.fp32_precision = "bf16"
+        _onednn_depth += 1
+    try:
+        yield
+    finally:
+        with _onednn_lock:
+            _onednn_depth -= 1
+            if _onednn_depth == 0:
+                flag.fp32_precision = _onednn_before
+
+
+def _probes() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(bias, a, b) of the exactness probe: the fused model's product shapes (a wide
+    layer, a narrow input, a few outputs), operands of 13 significant bits (bfloat16
+    keeps 8) whose products and sums are all exact in float32."""
+    gen = torch.Generator().manual_seed(0)
+
+    def fine(*shape: int) -> torch.Tensor:
+        return 1 + torch.randint(0, 1 << 12, shape, generator=gen) / (1 << 12)
+
+    def small(*shape: int) -> torch.Tensor:
+        return torch.randint(0, 4, shape, generator=gen).float()
+
+    return [(torch.zeros(4, 1, 96), fine(4, 64, 128), small(4, 128, 96)),
+            (small(4, 1, 128), fine(4, 64, 5), small(4, 5, 128)),
+            (small(4, 3, 1), small(4, 3, 128), fine(4, 128, 64))]
+
+
+@functools.cache
+def onednn_fp32_exact() -> bool:
+    """Whether :func:`onednn_matmul`'s products are exact float32 on this CPU.
+
+    Every probe is exact in float32, so one operand rounded to bfloat16 shows as a
+    wrong result; each is checked as ``baddbmm`` and, transposed, as ``bmm``.
+    """
+    if _onednn_flag() is None:
+        return False
+    with onednn_matmul():
+        for bias, a, b in _probes():
+            exact = torch.baddbmm(bias.double(), a.double(), b.double()).float()
+            if not torch.equal(torch.baddbmm(bias, a, b), exact):
+                return False
+            product = torch.bmm(b.transpose(1, 2), a.transpose(1, 2))
+            if not torch.equal(product + bias.transpose(1, 2), exact.transpose(1, 2)):
+                return False
+    return True
+
+
+def _cpu_vendor() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+@functools.cache
+def onednn_fp32_preferred() -> bool:
+    """Whether the fused engine runs its float32 products in oneDNN on this CPU.
+
+    Yes where oneDNN's results are exact float32 (:func:`onednn_fp32_exact`) and the CPU
+    is an AMD one with AVX-512: MKL, torch's default BLAS on x86, takes its AVX2 code
+    on AMD CPUs, while oneDNN uses AVX-512. Measured on a 2-core AMD EPYC (Zen 5), one
+    thread: ``[32, 64, 128] @ [32, 128, 128]`` took 631 us in MKL (106 GFLOP/s) and
+    302 us in oneDNN (222 GFLOP/s). On Intel CPUs MKL has AVX-512 code of its own. A
+    single small product gains nothing (oneDNN's call costs more), so only the fused
+    engine's batched products use it. The rule reads the CPU, not a timing, so a run
+    rounds the same way every time on one machine. ``TUNER_FUSED_MATMUL`` overrides
+    it: ``onednn`` (where exact) or ``blas``.
+    """
+    choice = os.environ.get("TUNER_FUSED_MATMUL", "auto").strip().lower()
+    if choice not in ("auto", "onednn", "blas"):
+        raise UsageError(f"TUNER_FUSED_MATMUL: expected auto, onednn or blas, but got "
+                         f"{choice!r}")
+    if choice == "blas" or not onednn_fp32_exact():
+        return False
+    if choice == "onednn":
+        return True
+    return ("AMD" in _cpu_vendor().upper()
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+
+
+# glibc's mallopt parameters, and the values the tuner sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20  # blocks up to this size come from the heap, and are reused
+_TRIM_THRESHOLD = 128 << 20  # free memory the heap keeps at its top
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse the memory of freed tensors (True if set).
+
+    By default glibc hands a freed block above its mmap threshold back to the OS, and
+    trims the heap once its free top exceeds twice the threshold, which moves with the
+    sizes freed. A training step allocates and frees tensors of about a megabyte each
+    (a fused population's activations and masks), and depending on the order of sizes
+    seen (evaluation chunks of 4 MiB, say) every step then maps fresh pages and takes a
+    page fault on each: measured on a K = 32 population, its epochs took 78-87 ms
+    against 47-55 ms with the thresholds fixed as here (blocks up to 32 MiB from the
+    heap, up to 128 MiB of free heap kept). What PyTorch's CPU tuning guides get from
+    jemalloc or tcmalloc. Only on Linux with glibc; a process whose own
+    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set keeps its settings.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return (libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks the first CUDA device when there is one, else the CPU.
+
+    On the CPU it also sets torch's intra-op threads to ``CPU_THREADS`` (see above) and
+    makes freed memory stay with the process (:func:`reuse_freed_memory`).
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(
+            f"--device: expected auto, cpu, cuda or cuda:N, but got {spec!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = plural(torch.cuda.device_count(), "CUDA device")
+            raise UsageError(f"--device {spec}: only {count}")
+    elif device.type == "cpu":
+        torch.set_num_threads(CPU_THREADS)
+        reuse_freed_memory()
+    else:
+        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, but got {spec!r}")
+    return device
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a trial on ``device`` could still allocate; None where it cannot be told.
+
+    On CUDA, the device's free memory (``torch.cuda.mem_get_info``; it creates the
+    CUDA context of this process if there is none). On the CPU, the least of: the
+    kernel's estimate of what can be allocated without swapping (``MemAvailable``), what
+    the process's cgroup (a container's memory limit) has left, and the address space
+    ``RLIMIT_AS`` leaves. A machine's whole memory would overstate all three.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    limits = [_mem_available(), _cgroup_left(), _address_space_left()]
+    known = [n for n in limits if n is not None]
+    return max(0, min(known)) if known else None
+
+
+def _proc_kib(path: str, field: str) -> int | None:
+    """A ``kB`` field of a ``/proc`` file (``MemAvailable`` of ``/proc/meminfo``), in bytes."""
+    with contextlib.suppress(OSError, ValueError), open(path) as lines:
+        for line in lines:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _mem_available() -> int | None:
+    found = _proc_kib("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
+    try:  # no /proc: free pages (less than what could be reclaimed, but a bound)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError), open(path) as file:
+        return int(file.read().strip())
+    return None  # also "max": no limit
+
+
+def _cgroup_left() -> int | None:
+    """The memory limit of this process's cgroup less its usage (v2, else v1)."""
+    paths: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as lines:
+        for line in lines:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            paths[controllers] = path
+    for root, limit, usage, key in (("/sys/fs/cgroup", "memory.max", "memory.current", ""),
+                                    ("/sys/fs/cgroup/memory", "memory.limit_in_bytes",
+                                     "memory.usage_in_bytes", "memory")):
+        if key not in paths:
+            continue
+        # Inside a container the process's own path may not be mounted: its root is.
+        for folder in (root + paths[key].rstrip("/"), root):
+            most, used = _read_int(f"{folder}/{limit}"), _read_int(f"{folder}/{usage}")
+            if most is not None and used is not None:
+                return most - used if most < 1 << 60 else None  # v1 writes "none" as 2^63
+    return None
+
+
+def _address_space_left() -> int | None:
+    """What ``RLIMIT_AS`` leaves of this process's address space (None: no limit)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    size = _proc_kib("/proc/self/status", "VmSize")
+    return soft - (size or 0)
