@@ -18,7 +18,7 @@ from tuner.bench._space import HIDDEN, bench_space
 from tuner.cli import cli
 from tuner.fused._model import onednn_products
 from tuner.space import Fixed
-from tuner.train.loop import device
+from tuner.train import device
 
 TINY = ["--dataset", "iris", "--trials", "2", "--epochs", "2", "--device", "cpu"]
 N_VAL_IRIS = 30

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tuner.errors import UsageError
+from tuner.train import device
 from tuner.train.device import flush_denormals, onednn_fp32_exact, onednn_matmul
-from tuner.train.loop import device
 
 needs_exact_onednn = pytest.mark.skipif(
     not onednn_fp32_exact(), reason="oneDNN rounds float32 operands on this CPU (AMX), "

@@ -30,7 +30,7 @@ from tuner.run.modelsize import (
 from tuner.run.objective import Objective
 from tuner.space import builtin_spaces, load_space, parse_space
 from tuner.storage import MemoryRecorder
-from tuner.train.loop import device as device_module
+from tuner.train import device as device_module
 from tuner.train.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent

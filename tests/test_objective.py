@@ -148,7 +148,7 @@ def test_a_compiled_trials_model_is_freed_without_a_full_collection(
     import gc
     import weakref
 
-    from tuner.train.loop import loop as train_module
+    from tuner.train import loop as train_module
 
     models: list[weakref.ref[torch.nn.Module]] = []
 

@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from numpy.lib import format as npy_format
 
 from tuner.cli import cli
-from tuner.data.builtin import reading as userfiles
+from tuner.data import reading as userfiles
 from tuner.data.files import DataSpec, infer_task, is_reference, read_user_data
 from tuner.errors import DataError
 from tuner.export.predict import read_features
