@@ -1,0 +1,162 @@
+"""Every use the tuner makes of Optuna's private API, in one module.
+
+Optuna's public API has no way to ask a trial or a study for its id in the database,
+for the storage a study runs on, or for the ORM models of its schema; the tuner needs
+all of them (its own tables are keyed by Optuna's ids, and its fast paths write
+Optuna's rows). Each private name it relies on is reached here, under a name that says
+what it gives, and ``tests/test_optuna_compat.py`` pins each one against Optuna's public
+API, so that an Optuna upgrade that moves one fails there, naming it, rather than deep
+inside a run.
+
+What the module wraps:
+
+* :func:`trial_id_of`, :func:`study_id_of`, :func:`storage_of`, :func:`read_trial`,
+  :func:`frozen_trial_of`: ``trial._trial_id``, ``study._study_id``,
+  ``study._storage``, ``trial._cached_frozen_trial``;
+* :func:`wrapped_pruner_of`: ``PatientPruner._wrapped_pruner``;
+* :func:`distribution_contains`: ``BaseDistribution._contains``;
+* :func:`random_states_of`: the NumPy generators samplers keep in private attributes
+  (``_rng``, ``_cma_rng``, those of the samplers nested in them);
+* :class:`CachedStorage` (``optuna.storages._cached_storage._CachedStorage``) and the ORM
+  models of ``optuna.storages._rdb.models``, re-exported, with the private columns
+  :data:`TRIAL_START_UTC` and :data:`TRIAL_COMPLETE_UTC` and :func:`local_time` (how
+  ``TrialModel`` turns them into the times a ``FrozenTrial`` holds).
+
+What stays outside, by design: the storage fast paths of :mod:`tuner.storage._fast`
+subclass ``RDBStorage`` and :class:`CachedStorage`, override private methods of theirs
+(``_get_trials``, ``_set_trial_param``, ``_create_new_trial``,
+``_get_stale_trial_ids``) and read the cache's private state through ``self``
+(``_lock``, ``_studies``, ``_trial_id_to_study_id_and_number``, ``_backend``). That is
+inherent in subclassing, and those classes are a concept of their own (a few hundred
+lines), so they stay in their module; everything they import from Optuna's private
+modules comes from here, and the tests pin every member they override or read
+(:data:`OVERRIDDEN`, :data:`INHERITED`).
+
+>>> import optuna
+>>> study = optuna.create_study()
+>>> trial = study.ask()
+>>> read_trial(study, trial_id_of(trial)).number == trial.number
+True
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.pruners import BasePruner, PatientPruner
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb.models import (
+    MAX_INDEXED_STRING_LENGTH,
+    NOT_FOUND_MSG,
+    StudyModel,
+    TrialHeartbeatModel,
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialParamModel,
+    TrialSystemAttributeModel,
+    TrialUserAttributeModel,
+    TrialValueModel,
+)
+from optuna.trial import FrozenTrial
+
+__all__ = ["INHERITED", "MAX_INDEXED_STRING_LENGTH", "NOT_FOUND_MSG", "OVERRIDDEN",
+           "TRIAL_COMPLETE_UTC", "TRIAL_START_UTC", "CachedStorage", "StudyModel",
+           "TrialHeartbeatModel", "TrialIntermediateValueModel", "TrialModel", "TrialParamModel",
+           "TrialSystemAttributeModel", "TrialUserAttributeModel", "TrialValueModel",
+           "distribution_contains", "frozen_trial_of", "local_time", "random_states_of",
+           "read_trial", "storage_of", "study_id_of", "trial_id_of", "wrapped_pruner_of"]
+
+# Optuna's cache over an RDB storage, which studies on a database run on (optuna.create_study
+# wraps an RDBStorage in one); the tuner's StudyStorage subclasses it.
+CachedStorage = _CachedStorage
+
+# The trials table's start and completion times as stored (naive UTC), as ORM attributes:
+# the public TrialModel.datetime_start and datetime_complete are Python properties over
+# them, which a SELECT cannot name.
+TRIAL_START_UTC = TrialModel._datetime_start_utc
+TRIAL_COMPLETE_UTC = TrialModel._datetime_complete_utc
+
+# The private methods tuner.storage._fast overrides, by the Optuna class that defines them,
+# and the private state its StudyStorage reads through `self`: pinned by the tests.
+OVERRIDDEN: dict[type, tuple[str, ...]] = {
+    optuna.storages.RDBStorage: ("_get_trials", "_set_trial_param", "_create_new_trial",
+                                 "_get_stale_trial_ids"),
+}
+INHERITED: dict[type, tuple[str, ...]] = {
+    _CachedStorage: ("_backend", "_lock", "_studies", "_trial_id_to_study_id_and_number"),
+}
+
+
+def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
+    """The trial's id in the database (``trials.trial_id``; the key of the tuner's rows),
+    of a running :class:`~optuna.Trial` or a :class:`~optuna.trial.FrozenTrial`."""
+    return trial._trial_id
+
+
+def study_id_of(study: optuna.Study) -> int:
+    """The study's id in the database (``studies.study_id``), which
+    ``storage.get_study_id_from_name(study.study_name)`` would look up."""
+    return study._study_id
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage the study runs on: for a study created or loaded on a
+    :class:`~tuner.storage.TunerStorage`, its :attr:`~tuner.storage.TunerStorage.studies`."""
+    return study._storage
+
+
+def read_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    """Trial ``trial_id`` as the study's storage holds it now (through the study's cache: a
+    finished trial from the cache, an unfinished one read again)."""
+    return storage_of(study).get_trial(trial_id)
+
+
+def frozen_trial_of(trial: optuna.Trial) -> FrozenTrial:
+    """The running trial as Optuna read it when it was asked for (its own copy, kept up to
+    date with what this process writes to it), or read from the storage where the trial
+    keeps none."""
+    frozen: FrozenTrial | None = getattr(trial, "_cached_frozen_trial", None)
+    if frozen is None:
+        frozen = read_trial(trial.study, trial_id_of(trial))
+    return frozen
+
+
+def wrapped_pruner_of(pruner: PatientPruner) -> BasePruner | None:
+    """The pruner a :class:`~optuna.pruners.PatientPruner` defers to (None: none)."""
+    wrapped: BasePruner | None = pruner._wrapped_pruner
+    return wrapped
+
+
+def distribution_contains(distribution: BaseDistribution, internal_value: float) -> bool:
+    """Optuna's own test of a value (in the distribution's internal representation)
+    against a distribution: its bounds, its step's grid, its choices' indices."""
+    return bool(distribution._contains(internal_value))
+
+
+def random_states_of(sampler: BaseSampler, depth: int = 2) -> list[np.random.RandomState]:
+    """The NumPy generators of ``sampler`` and of the samplers nested in it, in a fixed
+    order (attributes by name). Optuna's samplers keep them in private attributes
+    (``_rng``, ``_cma_rng``, the fallback sampler's ``_rng``), some wrapped in a
+    ``LazyRandomState`` (its ``rng``)."""
+    states = []
+    for _, value in sorted(vars(sampler).items()):
+        rng = getattr(value, "rng", value)
+        if isinstance(rng, np.random.RandomState):
+            states.append(rng)
+        elif isinstance(value, BaseSampler) and depth > 0:
+            states.extend(random_states_of(value, depth - 1))
+    return states
+
+
+def local_time(which: str, utc: Any) -> Any:
+    """A stored (naive UTC) start or completion time (``which``: ``"start"`` or
+    ``"complete"``) as ``TrialModel.datetime_<which>`` returns it, and so as a
+    :class:`~optuna.trial.FrozenTrial` read through Optuna holds it."""
+    prop = vars(TrialModel)[f"datetime_{which}"]
+    return prop.fget(types.SimpleNamespace(**{f"_datetime_{which}_utc": utc}))
