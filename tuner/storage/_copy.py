@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages._rdb.models import TrialModel
 from optuna.trial import TrialState
 from sqlalchemy import Connection, Table, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,6 +35,7 @@ from tuner.storage._store import (
     display_url,
 )
 from tuner.storage._tables import checkpoints, epoch_metrics, epochs, models, trial_info
+from tuner.storage.optuna_compat import TrialModel
 
 # The tuner's tables keyed by Optuna's trial id; checkpoints are keyed by the study's id.
 TRIAL_TABLES = (trial_info, epochs, epoch_metrics, models)

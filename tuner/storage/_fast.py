@@ -44,6 +44,11 @@ suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
 The rows written are Optuna's, through Optuna's table definitions, so any Optuna
 version that reads this schema reads these studies; ``tests/test_storage_fast.py``
 checks them against a plain ``RDBStorage`` run of the same seeded study.
+
+Overriding those private methods, and reading the cache's private state through
+``self``, is what subclassing Optuna's storages takes; everything else of Optuna's
+private API used here (its ORM models, its cache class) comes through
+:mod:`tuner.storage.optuna_compat`, whose tests pin what these classes override and read.
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import types
 from collections import defaultdict
 from collections.abc import Container, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -59,9 +63,15 @@ from typing import Any, cast
 
 import optuna
 from optuna import distributions
-from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._rdb.models import (
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import BindParameter, Integer, Select, bindparam, func, or_, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from tuner.storage.optuna_compat import (
     NOT_FOUND_MSG,
+    TRIAL_COMPLETE_UTC,
+    TRIAL_START_UTC,
+    CachedStorage,
     StudyModel,
     TrialHeartbeatModel,
     TrialIntermediateValueModel,
@@ -70,16 +80,15 @@ from optuna.storages._rdb.models import (
     TrialSystemAttributeModel,
     TrialUserAttributeModel,
     TrialValueModel,
+    local_time,
+    trial_id_of,
 )
-from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import BindParameter, Integer, Select, bindparam, func, or_, select
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 # The statements, built once: composing a SELECT costs SQLAlchemy more than SQLite
 # takes to run it.
 _ID: BindParameter[int] = bindparam("trial_id", type_=Integer)
 _TRIAL_COLUMNS = (TrialModel.trial_id, TrialModel.number, TrialModel.state,
-                  TrialModel._datetime_start_utc, TrialModel._datetime_complete_utc)
+                  TRIAL_START_UTC, TRIAL_COMPLETE_UTC)
 _TRIAL = select(*_TRIAL_COLUMNS).where(TrialModel.trial_id == _ID)
 
 
@@ -127,8 +136,7 @@ _RUNNING_BEATS = (select(TrialHeartbeatModel.trial_id, TrialHeartbeatModel.heart
 _NOW = select(func.now())
 _STUDY_EXISTS = select(StudyModel.study_id).where(StudyModel.study_id == _STUDY)
 # A trial's state and times, and whether each child table has a row of it.
-_AS_CREATED = select(TrialModel.state, TrialModel._datetime_start_utc,
-                     TrialModel._datetime_complete_utc,
+_AS_CREATED = select(TrialModel.state, TRIAL_START_UTC, TRIAL_COMPLETE_UTC,
                      *(select(columns[0]).where(columns[0] == _ID).exists()
                        for columns in _CHILD_COLUMNS)).where(TrialModel.trial_id == _ID)
 # Trial creation and state changes, with the row locks Optuna's sessions take (FOR
@@ -193,12 +201,12 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
         no values, parameters, attributes or intermediate values. One statement, so one
         snapshot: what anyone (another process included) wrote to it since makes it False."""
         with self.engine.connect() as conn:
-            row = conn.execute(_AS_CREATED, {"trial_id": trial._trial_id}).first()
+            row = conn.execute(_AS_CREATED, {"trial_id": trial_id_of(trial)}).first()
         if row is None:
             return False
         state, start, complete, *written = row
         return (state == TrialState.RUNNING and complete is None and not any(written)
-                and _local_time("start", start) == trial.datetime_start)
+                and local_time("start", start) == trial.datetime_start)
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None,
                     included_trial_ids: set[int], trial_id_greater_than: int) -> list[FrozenTrial]:
@@ -275,7 +283,7 @@ class TunerRDBStorage(optuna.storages.RDBStorage):
             return super()._create_new_trial(study_id, template_trial)
         return FrozenTrial(
             number=number, state=TrialState.RUNNING, value=None, values=None,
-            datetime_start=_local_time("start", start), datetime_complete=None, params={},
+            datetime_start=local_time("start", start), datetime_complete=None, params={},
             distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
             trial_id=trial_id)
 
@@ -366,8 +374,8 @@ def _frozen(row: Sequence[Any], values: Sequence[Any], params: Sequence[Any],
     dists = {name: distributions.json_to_distribution(text) for name, _, text in params}
     return FrozenTrial(
         number=number, state=state, value=None, values=objective_values,
-        datetime_start=_local_time("start", start),
-        datetime_complete=_local_time("complete", complete),
+        datetime_start=local_time("start", start),
+        datetime_complete=local_time("complete", complete),
         params={name: dists[name].to_external_repr(value) for name, value, _ in params},
         distributions=dists,
         user_attrs={key: json.loads(text) for key, text in user},
@@ -378,13 +386,7 @@ def _frozen(row: Sequence[Any], values: Sequence[Any], params: Sequence[Any],
         trial_id=trial_id)
 
 
-def _local_time(which: str, utc: Any) -> Any:
-    """A stored (naive UTC) time as Optuna's ``TrialModel.datetime_<which>`` returns it."""
-    prop = vars(TrialModel)[f"datetime_{which}"]
-    return prop.fget(types.SimpleNamespace(**{f"_datetime_{which}_utc": utc}))
-
-
-class StudyStorage(_CachedStorage):
+class StudyStorage(CachedStorage):
     """Optuna's cached storage over a :class:`TunerRDBStorage`, which studies run on.
 
     ``optuna.create_study`` and ``load_study`` take it as it is (they wrap a bare

@@ -9,12 +9,12 @@ tuner's alike.
 
 from __future__ import annotations
 
-from optuna.storages._rdb.models import MAX_INDEXED_STRING_LENGTH, StudyModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from tuner.errors import StudyNotFoundError, UsageError
 from tuner.storage._store import TunerStorage
+from tuner.storage.optuna_compat import MAX_INDEXED_STRING_LENGTH, StudyModel
 
 _studies = StudyModel.__table__
 
@@ -28,7 +28,8 @@ def rename_study(storage: TunerStorage, study_id: int, name: str) -> None:
 
     >>> storage = TunerStorage("sqlite:///:memory:").open()
     >>> import optuna
-    >>> study_id = optuna.create_study(study_name="old", storage=storage.optuna)._study_id
+    >>> _ = optuna.create_study(study_name="old", storage=storage.optuna)
+    >>> study_id = storage.optuna.get_study_id_from_name("old")
     >>> rename_study(storage, study_id, "new")
     >>> storage.study_names()
     ['new']
