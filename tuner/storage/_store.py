@@ -17,12 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._rdb.models import (
-    TrialIntermediateValueModel,
-    TrialModel,
-    TrialUserAttributeModel,
-)
-from optuna.trial import Trial
+from optuna.trial import Trial, TrialState
 from sqlalchemy import (
     Connection,
     bindparam,
@@ -46,6 +41,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tuner.errors import StorageError, StorageUnavailable, UsageError
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
+from tuner.storage._lock import database_lock
 from tuner.storage._schema import drop_views, ensure_schema
 from tuner.storage._tables import (
     checkpoints,
@@ -53,6 +49,12 @@ from tuner.storage._tables import (
     epochs,
     models,
     trial_info,
+)
+from tuner.storage.optuna_compat import (
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialUserAttributeModel,
+    trial_id_of,
 )
 from tuner.storage.retries import RetryStale
 
@@ -312,8 +314,25 @@ class TunerStorage:
             raise StorageError(f"database error on {display_url(self.url)}: "
                                f"{_first_line(exc)}") from None
 
+    @contextmanager
+    def lock(self, key: int) -> Iterator[None]:
+        """Hold the database's lock ``key`` across every process that opens it, for the
+        duration of the block (:func:`~tuner.storage.database_lock`; the budget's claims
+        take it per study id)."""
+        with database_lock(self.engine, self.url, key):
+            yield
+
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def state_counts(self, study_id: int) -> dict[TrialState, int]:
+        """Trials per state of the study ``study_id`` (every state, 0 where none), counted
+        in SQL: no trial is loaded into Python."""
+        counts = dict.fromkeys(TrialState, 0)
+        with self.session() as conn:
+            for state, n in conn.execute(_STATE_COUNTS, {"sid": study_id}):
+                counts[TrialState[state]] = n
+        return counts
 
     def check_connections(self, workers: int) -> None:
         """Refuse ``workers`` processes the database cannot serve: on PostgreSQL, each
@@ -446,6 +465,34 @@ class TunerStorage:
             conn.execute(trial_info.update().where(trial_info.c.trial_id == trial_id)
                          .values(test_metric=value))
 
+    def test_metric(self, trial_id: int) -> float | None:
+        """The test metric :meth:`set_test_metric` recorded for ``trial_id``, or None."""
+        with self.session() as conn:
+            return conn.execute(trial_info.select().with_only_columns(trial_info.c.test_metric)
+                                .where(trial_info.c.trial_id == trial_id)).scalar()
+
+    def best_epoch_and_test_metric(self, trial_id: int) -> tuple[int | None, float | None]:
+        """The trial's best epoch and test metric from its ``tuner_trials`` row, (None, None)
+        without one."""
+        with self.session() as conn:
+            row = conn.execute(trial_info.select()
+                               .with_only_columns(trial_info.c.best_epoch,
+                                                  trial_info.c.test_metric)
+                               .where(trial_info.c.trial_id == trial_id)).first()
+        return (None, None) if row is None else (row[0], row[1])
+
+    def recorded_curve(self, trial_id: int) -> tuple[list[float | None], str | None]:
+        """What the trial recorded of its training, in one transaction: its validation
+        metric per epoch (in epoch order; None where it was not finite) and the device it
+        trained on (None without a ``tuner_trials`` row)."""
+        with self.session() as conn:
+            curve = [row[0] for row in conn.execute(
+                select(epochs.c.val_metric).where(epochs.c.trial_id == trial_id)
+                .order_by(epochs.c.epoch))]
+            device = conn.execute(select(trial_info.c.device)
+                                  .where(trial_info.c.trial_id == trial_id)).scalar()
+        return curve, device
+
     def save_model(self, trial_id: int, blob: bytes) -> None:
         with self.session() as conn:
             conn.execute(models.delete().where(models.c.trial_id == trial_id))
@@ -459,6 +506,16 @@ class TunerStorage:
         with self.session() as conn:
             return conn.execute(models.select().with_only_columns(models.c.state)
                                 .where(models.c.trial_id == trial_id)).scalar()
+
+
+def close_connections(storage: TunerStorage | optuna.storages.RDBStorage) -> None:
+    """Close the connections the storage's pool holds (it opens new ones if used again):
+    before opening the same database otherwise, and when done with it."""
+    storage.engine.dispose()
+
+
+# Text SQL: the state comes back as its stored name (TrialState[name]) on every database.
+_STATE_COUNTS = text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
 
 
 def _finished_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
@@ -500,7 +557,7 @@ def _write_optuna_rows(conn: Connection, trial: Trial, values: Sequence[tuple[in
                        attrs: Mapping[str, Any]) -> None:
     """Intermediate values and user attributes of a running trial, as Optuna's
     ``trial.report`` and ``trial.set_user_attr`` write them, after the same check."""
-    trial_id = trial._trial_id
+    trial_id = trial_id_of(trial)
     rows = _value_rows(trial_id, values)
     user = TrialUserAttributeModel.__table__
     state = conn.execute(TRIAL_STATE, {"trial_id": trial_id}).scalar()
