@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage
 
 from tuner.storage import MemoryRecorder, StudyStorage, TunerRDBStorage, TunerStorage
+from tuner.storage.optuna_compat import CachedStorage
 
 # The classes whose methods are timed. TunerStorage.session is a context manager: its
 # whole block is timed (count_states and other queries run their SQL inside it).
 STORAGE_CLASSES: tuple[type, ...] = (
-    optuna.storages.BaseStorage, optuna.storages.RDBStorage, _CachedStorage,
+    optuna.storages.BaseStorage, optuna.storages.RDBStorage, CachedStorage,
     optuna.storages.InMemoryStorage, TunerStorage, MemoryRecorder, TunerRDBStorage, StudyStorage)
 # Opening a database (schema creation, migrations check) is part of what it costs.
 TIMED_DUNDERS = ("__init__",)

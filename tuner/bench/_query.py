@@ -27,11 +27,10 @@ from optuna.distributions import (
     distribution_to_json,
 )
 from optuna.trial import TrialState
-from sqlalchemy import func, select
 
 from tuner.errors import TunerError
-from tuner.queries.schema import intermediate_values, trial_params, trial_values, trials
-from tuner.storage import TunerStorage, trial_info
+from tuner.storage import TunerStorage, insert_trials, next_trial_id
+from tuner.storage.optuna_compat import study_id_of
 
 # Ten parameters like the `regularization` space's: floats, ints and categoricals.
 SPACE: dict[str, BaseDistribution] = {
@@ -130,16 +129,10 @@ def build_study(storage: TunerStorage, name: str, n_trials: int, steps: int = 20
                 seed: int = 0) -> int:
     """Create study ``name`` with Optuna, then bulk-insert ``n_trials`` trials into it."""
     study = optuna.create_study(study_name=name, storage=storage.optuna, direction="maximize")
-    with storage.session() as conn:
-        first = (conn.execute(select(func.max(trials.c.trial_id))).scalar() or 0) + 1
-    for rows in _batches(study._study_id, first, n_trials, steps, seed):
-        with storage.session() as conn:
-            conn.execute(trials.insert(), rows["trials"])
-            conn.execute(trial_params.insert(), rows["params"])
-            if rows["values"]:
-                conn.execute(trial_values.insert(), rows["values"])
-            conn.execute(intermediate_values.insert(), rows["steps"])
-            conn.execute(trial_info.insert(), rows["tuner"])
+    first = next_trial_id(storage)
+    for rows in _batches(study_id_of(study), first, n_trials, steps, seed):
+        insert_trials(storage, trial_rows=rows["trials"], params=rows["params"],
+                      values=rows["values"], steps=rows["steps"], tuner_rows=rows["tuner"])
     return first
 
 

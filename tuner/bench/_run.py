@@ -29,7 +29,7 @@ from tuner.fused import onednn_products
 from tuner.run.objective import Objective
 from tuner.run.population import PopulationRun
 from tuner.space import Space
-from tuner.storage import TunerStorage
+from tuner.storage import TunerStorage, close_connections
 from tuner.train.config import TrialConfig
 from tuner.train.loop import build_for
 
@@ -227,7 +227,7 @@ class _Variant:
 
     def close(self) -> None:
         if not isinstance(self.storage, optuna.storages.InMemoryStorage):
-            self.storage.engine.dispose()
+            close_connections(self.storage)
 
 
 def _flops_per_sample(data: Splits) -> float:

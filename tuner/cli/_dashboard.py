@@ -8,7 +8,7 @@ from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.cli._query import open_readonly
 from tuner.dashboard.server import check_host, dashboard_url, make_dashboard, remote_warning
-from tuner.storage import TunerStorage, display_url
+from tuner.storage import TunerStorage, close_connections, display_url
 
 
 @cli.command()
@@ -59,7 +59,7 @@ def dashboard(storage: str, host: str, port: int, allow_writes: bool,
         # Opened for writing, the database gets the ties that delete the tuner's rows
         # with their study (one from an older tuner may lack them); open_readonly first,
         # so that a mistyped --storage is an error, not a new empty database.
-        db.engine.dispose()
+        close_connections(db)
         db = TunerStorage(storage, heartbeat=False).open()
     server = make_dashboard(db, host, port, allow_writes=allow_writes,
                             allow_remote=allow_remote)
@@ -75,4 +75,4 @@ def dashboard(storage: str, host: str, port: int, allow_writes: bool,
         click.echo("Dashboard stopped.")
     finally:
         server.server_close()
-        db.engine.dispose()
+        close_connections(db)

@@ -34,7 +34,8 @@ from tuner.data.builtin import load_task_data
 from tuner.errors import DataError, StudyNotFoundError, UsageError
 from tuner.export.model_file import ExportedModel, fold_batchnorm, read_payload
 from tuner.run.study import stored_trial
-from tuner.storage import TunerStorage, trial_info
+from tuner.storage import TunerStorage
+from tuner.storage.optuna_compat import trial_id_of
 from tuner.train.config import Config, TrialConfig
 from tuner.train.models import build_model
 from tuner.train.usermodel import build_user_model
@@ -52,7 +53,7 @@ def build_payload(storage: TunerStorage, study: str, number: int | None = None, 
         raise UsageError(f"study {study!r} trained with your own function (objective "
                          f"{space.task.objective}): the tuner holds no weights of it; save "
                          "the model from your function")
-    blob = storage.load_model_blob(trial._trial_id)
+    blob = storage.load_model_blob(trial_id_of(trial))
     if blob is None:
         raise StudyNotFoundError(
             f"trial {trial.number} of study {study!r} has no stored weights: only trials that "
@@ -88,7 +89,8 @@ def build_payload(storage: TunerStorage, study: str, number: int | None = None, 
             "features": list(_feature_names(space.task)),
         },
         "info": {"study": study, "trial": trial.number, "value": trial.value,
-                 "metric": space.task.metric, "test_metric": _test_metric(storage, trial._trial_id),
+                 "metric": space.task.metric,
+                 "test_metric": storage.test_metric(trial_id_of(trial)),
                  "dataset": space.task.data or space.task.dataset},
     }
 
@@ -280,8 +282,3 @@ def _feature_names(task: Any) -> tuple[str, ...]:
         return ()
     return getattr(arrays, "feature_names", ())  # Datasets' items have no named columns
 
-
-def _test_metric(storage: TunerStorage, trial_id: int) -> float | None:
-    with storage.session() as conn:
-        return conn.execute(trial_info.select().with_only_columns(trial_info.c.test_metric)
-                            .where(trial_info.c.trial_id == trial_id)).scalar()

@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from sqlalchemy import select
-
 from tuner.data.builtin import load_task_data
 from tuner.errors import UsageError
 from tuner.run.study import stored_trial
-from tuner.storage import TunerStorage, epochs, trial_info
+from tuner.storage import TunerStorage
+from tuner.storage.optuna_compat import trial_id_of
 from tuner.train.device import resolve_device
 from tuner.train.loop import build_for, train
 from tuner.train.metrics import task_loss, task_metric
@@ -69,13 +68,7 @@ class Replay:
 def rerun_trial(storage: TunerStorage, study: str, number: int) -> Replay:
     """Train trial ``number`` again, without pruning, for the epochs it ran."""
     stored = stored_trial(storage, study, number)
-    with storage.session() as conn:
-        trial_id = stored.trial._trial_id
-        recorded = [row[0] for row in conn.execute(
-            select(epochs.c.val_metric).where(epochs.c.trial_id == trial_id)
-            .order_by(epochs.c.epoch))]
-        device = conn.execute(select(trial_info.c.device)
-                              .where(trial_info.c.trial_id == trial_id)).scalar()
+    recorded, device = storage.recorded_curve(trial_id_of(stored.trial))
     if stored.space.task.objective:
         raise UsageError(f"--trial {number}: study {study!r} trained with your own function "
                          f"(objective {stored.space.task.objective}); the tuner cannot replay it")

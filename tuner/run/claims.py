@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tuner.storage import TunerStorage, database_lock
+from tuner.storage import TunerStorage
 
 
 @contextmanager
 def budget_lock(storage: TunerStorage, study_id: int) -> Iterator[None]:
     """Hold the study's claim lock for the duration of the block."""
-    with database_lock(storage.engine, storage.url, study_id):
+    with storage.lock(study_id):
         yield

@@ -39,6 +39,7 @@ from tuner.run.study import (
 )
 from tuner.space import Categorical, Fixed, FloatRange, IntRange, Param, Space, describe
 from tuner.storage import TunerStorage
+from tuner.storage.optuna_compat import distribution_contains
 
 Condition = tuple[str, Any]  # (parent's name, the choice it must have)
 
@@ -176,8 +177,9 @@ def _value(param: Param, value: Any, label: str) -> Any:
         value = float(value)
         distribution = FloatDistribution(param.low, param.high, log=param.log, step=param.step)
         rule += f" step {param.step:g}" if param.step is not None else ""
-    # Optuna's own test of a value against a distribution (bounds, and the step's grid).
-    if not distribution._contains(float(value)):  # float: both internal representations
+    # Optuna's own test of a value against a distribution (bounds, and the step's grid),
+    # on a float: both distributions' internal representation.
+    if not distribution_contains(distribution, float(value)):
         raise UsageError(f"{label}: {param.name!r} must be in {rule}, but got {given}")
     return value
 

@@ -21,6 +21,7 @@ from tuner.errors import TrialFailed, TunerError, UsageError
 from tuner.run.modelsize import check_model_size
 from tuner.space import Space
 from tuner.storage import DATABASE_ERRORS, TrialRecorder
+from tuner.storage.optuna_compat import frozen_trial_of, study_id_of, trial_id_of
 from tuner.train.config import TrialConfig
 from tuner.train.loop import (
     Checkpoint,
@@ -57,10 +58,7 @@ def root_number(trial: optuna.Trial) -> int:
     """The number of the trial this one retries (the first of a chain), or its own."""
     # The trial as Optuna read it when it was asked for: a retry is created with its
     # system attributes, so there is no need to read it again.
-    frozen = getattr(trial, "_cached_frozen_trial", None)
-    if frozen is None:
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-    return int(frozen.system_attrs.get("failed_trial", trial.number))
+    return int(frozen_trial_of(trial).system_attrs.get("failed_trial", trial.number))
 
 
 def out_of_memory(exc: BaseException, config: TrialConfig, doing: str) -> str | None:
@@ -290,7 +288,7 @@ class Objective:
             self._release()
 
     def _run(self, trial: optuna.Trial) -> float:
-        study_id = trial.study._study_id
+        study_id = study_id_of(trial.study)
         root = root_number(trial)
         config = self.config(trial, root)
         data = self.data()
@@ -369,17 +367,17 @@ class Objective:
         """``record_trial``'s arguments for a trained trial: its rows, and what ``writer``
         still holds (handed over)."""
         values, attrs = writer.take()
-        return dict(trial_id=trial._trial_id, study_id=trial.study._study_id, seed=config.seed,
-                    best_epoch=result.best_epoch or None, outcome=_outcome(result),
-                    device=str(self.device), history=result.history, trial=trial,
-                    values=values, user_attrs=attrs)
+        return dict(trial_id=trial_id_of(trial), study_id=study_id_of(trial.study),
+                    seed=config.seed, best_epoch=result.best_epoch or None,
+                    outcome=_outcome(result), device=str(self.device), history=result.history,
+                    trial=trial, values=values, user_attrs=attrs)
 
     def settle(self, trial: optuna.Trial, result: TrainResult,
                trained: Callable[[], torch.nn.Module], *, checkpointed: bool = False) -> float:
         """What follows a recorded trial (see :meth:`conclude`): its checkpoint goes, a
         new best gets its test metric and weights; its value, or ``TrialPruned``."""
         if checkpointed:
-            self.storage.delete_checkpoint(trial.study._study_id, root_number(trial))
+            self.storage.delete_checkpoint(study_id_of(trial.study), root_number(trial))
         if result.pruned or result.diverged or not result.best_epoch:
             raise optuna.TrialPruned(f"{_outcome(result)} at epoch {len(result.history)}")
         if self._is_new_best(trial.study, result.best_metric):
@@ -388,8 +386,8 @@ class Objective:
             if data.has("test"):
                 _, test_metric = evaluate_split(model, data, "test", self.metric, self.loss,
                                                 self.space.task.model)
-                self.storage.set_test_metric(trial._trial_id, float(test_metric))
-            self.storage.save_model(trial._trial_id, state_bytes(model))
+                self.storage.set_test_metric(trial_id_of(trial), float(test_metric))
+            self.storage.save_model(trial_id_of(trial), state_bytes(model))
         return result.best_metric
 
     def _resume(self, study_id: int, root: int, trial: optuna.Trial) -> Checkpoint | None:
@@ -424,12 +422,12 @@ class Objective:
         def at_least(best: float) -> bool:
             return value == best or is_better(self.metric, value, best)
 
-        known = self._known_best.get(study._study_id)
+        known = self._known_best.get(study_id_of(study))
         if known is not None and not at_least(known):
             return False
         try:
             best = study.best_value
         except ValueError:  # no complete trial yet
             return True
-        self._known_best[study._study_id] = best
+        self._known_best[study_id_of(study)] = best
         return at_least(best)

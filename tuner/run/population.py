@@ -36,6 +36,13 @@ from tuner.run.heartbeat import Heartbeat
 from tuner.run.objective import Objective, TrialWriter, root_number, worker_id
 from tuner.space import Space
 from tuner.storage import TunerStorage
+from tuner.storage.optuna_compat import (
+    read_trial,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+    wrapped_pruner_of,
+)
 from tuner.train.config import TrialConfig
 from tuner.train.loop import Checkpoint, EpochMetrics, build_for
 from tuner.train.metrics import METRICS
@@ -81,7 +88,7 @@ def _reads_only(pruner: optuna.pruners.BasePruner | None) -> bool:
     successive halving (and Hyperband, made of it) records each trial's rung in the
     study as it decides, and the trials decided after it must see that."""
     while isinstance(pruner, optuna.pruners.PatientPruner):
-        pruner = pruner._wrapped_pruner
+        pruner = wrapped_pruner_of(pruner)
     return not isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner,
                                    optuna.pruners.HyperbandPruner))
 
@@ -123,7 +130,7 @@ class PopulationRun:
         self.ran = 0
         self.failures = 0
         self.members: list[_Member] = []
-        self.heartbeat = Heartbeat(study._storage)
+        self.heartbeat = Heartbeat(storage_of(study))
         self.backoff = runner.Backoff(storage)
         self.prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
         self.snapshot_safe = _reads_only(study.pruner)
@@ -219,19 +226,19 @@ class PopulationRun:
             return claimed
         self.backoff.reset()
         for trial in claimed:
-            self.heartbeat.add(trial._trial_id)
+            self.heartbeat.add(trial_id_of(trial))
         configs = []
         for i, trial in enumerate(claimed):
             try:
                 config = self.objective.config(trial, root_number(trial))
                 if (unsupported_reason(config) is not None or config.aux_weight
                         or self._has_checkpoint(trial)):
-                    self.heartbeat.discard(trial._trial_id)  # run_trial beats for it
+                    self.heartbeat.discard(trial_id_of(trial))  # run_trial beats for it
                     self._record(runner.run_trial(self.study, trial, self.objective))
                     continue
             except runner.DATABASE_ERRORS as exc:
                 # Left RUNNING without beats: failed as stale and retried once it is back.
-                self.heartbeat.discard(trial._trial_id)
+                self.heartbeat.discard(trial_id_of(trial))
                 self.backoff.failed(exc)
                 continue
             except BaseException:
@@ -239,7 +246,7 @@ class PopulationRun:
                 # not run (run_trial has told its own; telling it again changes nothing).
                 runner.fail_untold(self.study, claimed[i:])
                 for untold in claimed[i:]:
-                    self.heartbeat.discard(untold._trial_id)
+                    self.heartbeat.discard(trial_id_of(untold))
                 raise
             writer = TrialWriter(trial, self.storage, self.objective.report_every)
             writer.set_user_attr("seed", config.seed)
@@ -275,15 +282,15 @@ class PopulationRun:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     member.lost = True
             return [i for i, _ in rows if self.members[i].lost]
-        lost = self.storage.write_values({m.trial._trial_id: (metrics.epoch, metrics.val_metric)
+        lost = self.storage.write_values({trial_id_of(m.trial): (metrics.epoch, metrics.val_metric)
                                           for m, (_, metrics) in zip(members, rows, strict=True)})
         trials = self.study.get_trials(deepcopy=False)
-        frozen = {t._trial_id: t for t in trials}
+        frozen = {trial_id_of(t): t for t in trials}
         # Pruners read the study through its public methods: the view stands in for it.
         view = cast(optuna.Study, _EpochView(self.study, trials))
         pruned = []
         for member, (i, _) in zip(members, rows, strict=True):
-            trial_id = member.trial._trial_id
+            trial_id = trial_id_of(member.trial)
             try:
                 member.lost = member.lost or trial_id in lost
                 if member.lost:
@@ -292,7 +299,7 @@ class PopulationRun:
                     if self.study.pruner.prune(view, frozen[trial_id]):
                         pruned.append(i)
                 elif self.study.pruner.prune(  # Trial.should_prune, on the values written
-                        self.study, self.study._storage.get_trial(trial_id)):
+                        self.study, read_trial(self.study, trial_id)):
                     pruned.append(i)
             except optuna.exceptions.UpdateFinishedTrialError:  # a pruner's own write
                 member.lost = True
@@ -304,14 +311,14 @@ class PopulationRun:
         (its population's batch order and dropout draws are gone with its worker)."""
         root = root_number(trial)
         return root != trial.number and self.storage.load_checkpoint(
-            self.study._study_id, root) is not None
+            study_id_of(self.study), root) is not None
 
     def _checkpoint(self, member_id: int, checkpoint: Checkpoint) -> None:
         member = self.members[member_id]
-        trial_id = member.trial._trial_id
+        trial_id = trial_id_of(member.trial)
         # A member that another worker failed as stale must not replace the checkpoint
         # its retry resumes from: it is dropped at its next report instead.
-        if member.lost or self.study._storage.get_trial(trial_id).state != TrialState.RUNNING:
+        if member.lost or read_trial(self.study, trial_id).state != TrialState.RUNNING:
             member.lost = True
             return
         try:
@@ -320,7 +327,7 @@ class PopulationRun:
         except optuna.exceptions.UpdateFinishedTrialError:  # failed since the read
             member.lost = True
             return
-        self.storage.save_checkpoint(self.study._study_id, root_number(member.trial),
+        self.storage.save_checkpoint(study_id_of(self.study), root_number(member.trial),
                                      checkpoint.epoch, checkpoint.to_bytes())
         member.checkpointed = True
 
@@ -338,7 +345,7 @@ class PopulationRun:
             member.done = True
         for member, result in live:
             def settle(member: _Member = member, result: MemberResult = result) -> float:
-                if member.trial._trial_id in lost:  # failed as stale elsewhere meanwhile
+                if trial_id_of(member.trial) in lost:  # failed as stale elsewhere meanwhile
                     raise optuna.exceptions.UpdateFinishedTrialError(
                         f"trial #{member.trial.number} has already finished")
                 return self.objective.settle(member.trial, result,
@@ -348,7 +355,7 @@ class PopulationRun:
             self._record(runner.tell_outcome(self.study, member.trial, settle))
         # Beating stops once the trials are told (or dropped).
         for member, _ in members:
-            self.heartbeat.discard(member.trial._trial_id)
+            self.heartbeat.discard(trial_id_of(member.trial))
 
     def _model(self, config: TrialConfig, result: MemberResult) -> nn.Module:
         model = build_for(config, self.objective.data())
@@ -375,7 +382,7 @@ class PopulationRun:
                     member.trial.set_user_attr("error", error)
                 self._record(self.study.tell(member.trial, state=TrialState.FAIL,
                                              skip_if_finished=True))
-            self.heartbeat.discard(member.trial._trial_id)
+            self.heartbeat.discard(trial_id_of(member.trial))
         self.failures = failures + 1
 
     def _abandon(self, fail: bool = True) -> None:
@@ -386,5 +393,5 @@ class PopulationRun:
             runner.fail_untold(self.study, [m.trial for m in self.members
                                             if not (m.done or m.lost)])
         for member in self.members:
-            self.heartbeat.discard(member.trial._trial_id)
+            self.heartbeat.discard(trial_id_of(member.trial))
         self.members = []

@@ -36,13 +36,8 @@ from tuner.run.objective import Objective
 from tuner.run.study import count_states, finished, open_study
 from tuner.space import EngineSpec, Space
 from tuner.space.sampling import grid_size
-from tuner.storage import (
-    DATABASE_ERRORS,
-    GRACE_PERIOD,
-    TunerStorage,
-    display_url,
-    trial_info,
-)
+from tuner.storage import DATABASE_ERRORS, GRACE_PERIOD, TunerStorage, display_url
+from tuner.storage.optuna_compat import read_trial, storage_of, study_id_of, trial_id_of
 from tuner.storage.retries import requeue
 
 if TYPE_CHECKING:
@@ -245,7 +240,7 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Optuna warns that heartbeats are meant for Study.optimize; this loop beats itself.
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        with budget_lock(storage, study._study_id):
+        with budget_lock(storage, study_id_of(study)):
             # A dead worker's trial is failed here, and queued again (WAITING) for a retry:
             # under the lock, so that no claim sees the slot free before the retry is queued.
             optuna.storages.fail_stale_trials(study)
@@ -261,7 +256,7 @@ def claim(study: optuna.Study, storage: TunerStorage, budget: int,
                 for _ in range(min(n, room + waiting)):
                     trials.append(study.ask())  # a WAITING trial first
                     if storage.optuna.get_heartbeat_interval():
-                        storage.optuna.record_heartbeat(trials[-1]._trial_id)
+                        storage.optuna.record_heartbeat(trial_id_of(trials[-1]))
             except BaseException:
                 fail_untold(study, trials)
                 raise
@@ -277,7 +272,7 @@ def fail_untold(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
     with signals_ignored():
         for trial in trials:
             with contextlib.suppress(*DATABASE_ERRORS):
-                frozen = study._storage.get_trial(trial._trial_id)
+                frozen = read_trial(study, trial_id_of(trial))
                 if frozen.state.is_finished():
                     continue
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -288,7 +283,7 @@ def fail_untold(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
 def run_trial(study: optuna.Study, trial: optuna.Trial,
               objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
     """Run the objective with a heartbeat and tell the outcome; Ctrl-C fails the trial."""
-    with Heartbeat(study._storage, trial._trial_id):
+    with Heartbeat(storage_of(study), trial_id_of(trial)):
         return tell_outcome(study, trial, lambda: objective(trial))
 
 
@@ -309,7 +304,7 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial,
     except optuna.TrialPruned:
         state = TrialState.PRUNED
     except optuna.exceptions.UpdateFinishedTrialError:  # (a RuntimeError) failed elsewhere
-        return study._storage.get_trial(trial._trial_id)
+        return read_trial(study, trial_id_of(trial))
     except RuntimeError:  # recorded on the trial; the study goes on
         state = TrialState.FAIL
     except BaseException:
@@ -353,11 +348,7 @@ def _best_epoch_and_test(storage: TunerStorage,
                          trial: FrozenTrial | None) -> tuple[int | None, float | None]:
     if trial is None:
         return None, None
-    with storage.session() as conn:
-        row = conn.execute(trial_info.select()
-                           .with_only_columns(trial_info.c.best_epoch, trial_info.c.test_metric)
-                           .where(trial_info.c.trial_id == trial._trial_id)).first()
-    return (None, None) if row is None else (row[0], row[1])
+    return storage.best_epoch_and_test_metric(trial_id_of(trial))
 
 
 def last_error(study: optuna.Study) -> str:

@@ -15,12 +15,12 @@ from typing import Any, Literal, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import text
 
 from tuner.errors import StudyMismatchError, StudyNotFoundError, TunerError, UsageError
 from tuner.space import PrunerSpec, SamplerSpec, Space, describe, parse_space, walk
 from tuner.space.sampling import build_pruner, build_sampler
 from tuner.storage import TunerStorage
+from tuner.storage.optuna_compat import study_id_of, trial_id_of
 from tuner.train.config import TrialConfig
 
 SPACE_ATTR = "tuner:space"
@@ -169,14 +169,7 @@ def _load(storage: TunerStorage, space: Space, name: str) -> optuna.Study:
 def count_states(storage: TunerStorage, study: optuna.Study | int) -> dict[TrialState, int]:
     """Trials per state of a study (or a study id), counted in SQL (no trial is loaded
     into Python)."""
-    counts = dict.fromkeys(TrialState, 0)
-    study_id = study if isinstance(study, int) else study._study_id
-    with storage.session() as conn:
-        rows = conn.execute(text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
-                                 "GROUP BY state"), {"sid": study_id})
-        for state, n in rows:
-            counts[TrialState[state]] = n
-    return counts
+    return storage.state_counts(study if isinstance(study, int) else study_id_of(study))
 
 
 def finished(counts: Mapping[TrialState, int]) -> int:
@@ -216,7 +209,7 @@ def stored_trial(storage: TunerStorage, name: str, number: int | None = None) ->
     study_id = require_study(storage, name)
     if number is None:
         try:
-            trial_id = storage.optuna.get_best_trial(study_id)._trial_id
+            trial_id = trial_id_of(storage.optuna.get_best_trial(study_id))
         except ValueError:
             raise StudyNotFoundError(f"study {name!r} has no complete trial yet") from None
     else:

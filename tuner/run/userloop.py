@@ -42,6 +42,7 @@ from tuner.errors import TrialFailed
 from tuner.run.objective import REPORT_EVERY, TrialWriter, root_number, worker_id
 from tuner.space import Space
 from tuner.storage import DATABASE_ERRORS, TrialRecorder
+from tuner.storage.optuna_compat import study_id_of, trial_id_of
 from tuner.train.config import Config, TrialConfig, trial_config
 from tuner.train.loop import EpochMetrics
 from tuner.train.loop import optimizer_for as _optimizer_for
@@ -309,7 +310,7 @@ class UserObjective:
             self.space.engine.loader_workers)
 
     def _run(self, trial: optuna.Trial) -> float:
-        study_id, root = trial.study._study_id, root_number(trial)
+        study_id, root = study_id_of(trial.study), root_number(trial)
         values, user = self.space.sample(trial)
         task, early = self.space.task, self.space.early_stopping
         seed = trial_seed(self.space.seed, root)
@@ -361,7 +362,7 @@ class UserObjective:
         outcome = ("pruned" if report.pruned else
                    "early_stopped" if report.stopped_early else "completed")
         pending, attrs = writer.take()
-        self.storage.record_trial(trial_id=trial._trial_id, study_id=study_id, seed=seed,
+        self.storage.record_trial(trial_id=trial_id_of(trial), study_id=study_id, seed=seed,
                                   best_epoch=report.best_epoch or None, outcome=outcome,
                                   device=str(self.device), history=report.history,
                                   trial=trial, values=pending, user_attrs=attrs)

@@ -86,13 +86,18 @@ def seed_per_trial(sampler: optuna.samplers.BaseSampler,
     parameter sampled on its own (when the objective asks, maybe after other trials were
     created) by its number and the parameter's name, so no interleaving changes a draw.
     Optuna's samplers keep their generators as attributes (``_rng``, ``_cma_rng``, and
-    those of the nested samplers they fall back on): each is reseeded in place.
+    those of the nested samplers they fall back on; found by
+    :func:`tuner.storage.optuna_compat.random_states_of`): each is reseeded in place.
     """
     before_trial, sample_independent = sampler.before_trial, sampler.sample_independent
 
     def reseed(*key: int | str) -> None:
+        # Imported at the first trial, not with this module: parsing a space (which builds
+        # its sampler) needs no storage package, and so no SQLAlchemy.
+        from tuner.storage.optuna_compat import random_states_of
+
         words = [seed % 2 ** 32, *(_word(k) for k in key)]
-        for i, state in enumerate(_random_states(sampler)):
+        for i, state in enumerate(random_states_of(sampler)):
             state.seed(int(np.random.SeedSequence([*words, i]).generate_state(1)[0]))
 
     def reseeded(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -116,20 +121,6 @@ def _word(key: int | str) -> int:
     if isinstance(key, int):
         return key % 2 ** 32
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
-
-
-def _random_states(sampler: optuna.samplers.BaseSampler,
-                   depth: int = 2) -> list[np.random.RandomState]:
-    """The NumPy generators of ``sampler`` and of the samplers nested in it, in a fixed
-    order (attributes by name)."""
-    states = []
-    for _, value in sorted(vars(sampler).items()):
-        rng = getattr(value, "rng", value)  # Optuna's LazyRandomState wraps one
-        if isinstance(rng, np.random.RandomState):
-            states.append(rng)
-        elif isinstance(value, optuna.samplers.BaseSampler) and depth > 0:
-            states.extend(_random_states(value, depth - 1))
-    return states
 
 
 def grid_size(space: Space) -> int:
