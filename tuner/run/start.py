@@ -30,10 +30,10 @@ import optuna
 import torch
 
 from tuner.run import runner
-from tuner.run.objective import Objective
+from tuner.run.precheck import check_model
 from tuner.run.study import check_study_name, open_study, save_budget
 from tuner.space import EngineSpec, Space, load_space, parse_space
-from tuner.storage import MemoryRecorder, TunerStorage
+from tuner.storage import TunerStorage
 
 
 def space_with(space: str | Path | Space, overrides: Mapping[str, Any],
@@ -116,18 +116,15 @@ def plan_start(space: Space, *, devices: Sequence[str], study_name: str | None =
     The study is ``study_name`` (default: the space's name); a name no study may have
     is refused with ``name_source`` in the message (who gave it; default: the space's
     source). ``budget`` defaults to the space's ``trials``, ``engine`` to the space's.
-    ``devices`` has one entry per worker. The model is checked as
-    :meth:`tuner.run.objective.Objective.check_model` does, for the devices and as many
-    models at once as the engine trains: what cannot train is refused, what may not
-    fit is returned as :attr:`StartPlan.warnings`.
+    ``devices`` has one entry per worker. The model is checked by
+    :func:`tuner.run.precheck.check_model`, for the devices and as many models at once
+    as the engine trains: what cannot train is refused, what may not fit is returned as
+    :attr:`StartPlan.warnings`.
     """
     name = check_study_name(study_name or space.name, name_source or space.source)
     engine = engine or space.engine
-    found: list[str] = []
-    if not space.task.objective:
-        found = Objective(space, MemoryRecorder(), torch.device("cpu")).check_model(
-            devices=[torch.device(d) for d in devices],
-            copies=engine.population if engine.name == "fused" else 1)
+    found = check_model(space, devices=[torch.device(d) for d in devices],
+                        copies=engine.population if engine.name == "fused" else 1)
     return StartPlan(space, name, budget or space.trials, engine, tuple(devices), tuple(found))
 
 
