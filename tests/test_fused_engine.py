@@ -13,7 +13,13 @@ import torch
 from scipy import stats
 
 from tuner.data.builtin import Splits, load_splits, split_arrays
-from tuner.fused import MemberResult, group_key, train_population, unsupported_reason
+from tuner.fused import (
+    MemberResult,
+    PopulationHooks,
+    group_key,
+    train_population,
+    unsupported_reason,
+)
 from tuner.fused._group import Group, Member
 from tuner.train.config import TrialConfig
 from tuner.train.loop import Checkpoint, EpochMetrics, build_for, evaluate, train
@@ -184,8 +190,8 @@ def test_compaction_leaves_the_other_members_trajectories_unchanged(iris64: Spli
                        seed=i, epochs=5) for i in range(4)]
     metric = METRICS["accuracy"]
 
-    pruned = train_population(configs, iris64, metric=metric,
-                              report=lambda member, m: member == 0 and m.epoch == 2)
+    pruned = train_population(configs, iris64, metric=metric, hooks=PopulationHooks(
+        report=lambda rows: [member for member, m in rows if member == 0 and m.epoch == 2]))
     without = train_population(configs[1:], iris64, metric=metric)
 
     assert pruned[0].pruned and len(pruned[0].history) == 2
@@ -198,12 +204,15 @@ def test_report_prunes_one_member_and_sees_every_epoch(iris64: Splits) -> None:
     calls: list[tuple[int, int]] = []
     finished: list[int] = []
 
-    def report(member: int, metrics: EpochMetrics) -> bool:
-        calls.append((member, metrics.epoch))
-        return member == 1 and metrics.epoch == 2
+    def report(rows: Sequence[tuple[int, EpochMetrics]]) -> list[int]:
+        calls.extend((member, metrics.epoch) for member, metrics in rows)
+        return [member for member, metrics in rows if member == 1 and metrics.epoch == 2]
 
-    results = train_population(configs, iris64, metric=METRICS["accuracy"], report=report,
-                               on_finish=lambda member, result: finished.append(member))
+    def finish(done: Sequence[tuple[int, MemberResult]]) -> None:
+        finished.extend(member for member, _ in done)
+
+    results = train_population(configs, iris64, metric=METRICS["accuracy"],
+                               hooks=PopulationHooks(report=report, finish=finish))
 
     assert sorted(calls) == [(0, e) for e in range(1, 5)] + [(1, 1), (1, 2)] + [
         (2, e) for e in range(1, 5)]
@@ -271,8 +280,8 @@ def test_freed_slots_are_refilled_and_every_member_trains_its_epochs(iris64: Spl
         del queue[:len(taken)]
         return taken
 
-    results = train_population(first, iris64, metric=METRICS["accuracy"], refill=refill,
-                               population=3)
+    results = train_population(first, iris64, metric=METRICS["accuracy"],
+                               hooks=PopulationHooks(refill=refill), population=3)
 
     assert len(results) == 6 and not queue
     assert [len(r.history) for r in results] == [2, 3, 4, 3, 2, 2]
@@ -406,8 +415,8 @@ def test_a_member_resumed_from_its_checkpoint_continues_as_if_uninterrupted(
         if checkpoint.epoch == 3:
             saved[member] = Checkpoint.from_bytes(checkpoint.to_bytes())  # as stored
 
-    train_population(configs, iris64, metric=metric, seed=7, checkpoint=keep,
-                     checkpoint_every=0)
+    train_population(configs, iris64, metric=metric, seed=7,
+                     hooks=PopulationHooks(checkpoint=keep, checkpoint_every=0))
 
     assert sorted(saved) == list(range(len(configs)))
     for i, config in enumerate(configs):

@@ -170,7 +170,7 @@ def test_an_error_fails_the_population_and_the_study_goes_on(
     def once_out_of_memory(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:
-            kwargs["report_epoch"]([(0, _metrics())])
+            kwargs["hooks"].report([(0, _metrics())])
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(*args, **kwargs)
 

@@ -15,11 +15,9 @@ from typing import Any
 import optuna
 
 from tuner.errors import UsageError
-from tuner.run.objective import Objective
-from tuner.run.runner import run_study
-from tuner.run.study import check_study_name
-from tuner.space import Space, load_space, parse_engine, parse_space
-from tuner.storage import DEFAULT_STORAGE, MemoryRecorder, TunerStorage
+from tuner.run.start import plan_start, space_with
+from tuner.space import Space, parse_engine
+from tuner.storage import DEFAULT_STORAGE
 from tuner.train.device import resolve_device
 from tuner.usercode import register
 
@@ -66,31 +64,12 @@ def optimize(space: str | Path | Space, *, data: str | None = None, model: str |
     given = {"seed": seed, "data": data, "model": model, "objective": objective,
              **task_overrides}
     overrides = {k: v for k, v in given.items() if v is not None}
-    if isinstance(space, Space):
-        # Overrides are merged into its mapping and validated as a file's would be.
-        raw = dict(space.raw)
-        for key, value in overrides.items():
-            if key in ("seed", "trials"):
-                raw[key] = value
-            else:
-                raw["task"] = {**raw.get("task", {}), key: value}
-        parsed = parse_space(raw, name=space.name, source=space.source) if overrides else space
-    else:
-        parsed = load_space(space, overrides, {k: f"tuner.optimize({k}=...)" for k in overrides})
-    name = check_study_name(study_name or parsed.name,
-                            "tuner.optimize(study_name=...)" if study_name else parsed.source)
-    where = resolve_device(device)
-    how = None if engine is None else parse_engine(engine)
-    if not parsed.task.objective:
-        # As `tuner start` checks, before the database is opened.
-        fused = how or parsed.engine
-        for warning in Objective(parsed, MemoryRecorder(), where).check_model(
-                copies=fused.population if fused.name == "fused" else 1):
-            warnings.warn(warning, stacklevel=2)
-    with warnings.catch_warnings():
-        # Notices that heartbeats and grouped TPE are "experimental" (stable for years).
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        db = TunerStorage(storage or DEFAULT_STORAGE).open()
-        run_study(parsed, storage=db, study_name=name, budget=n_trials or parsed.trials,
-                  device=where, engine=how)
-    return optuna.load_study(study_name=name, storage=db.studies)
+    parsed = space_with(space, overrides, {k: f"tuner.optimize({k}=...)" for k in overrides})
+    plan = plan_start(parsed, devices=[str(resolve_device(device))], study_name=study_name,
+                      name_source="tuner.optimize(study_name=...)" if study_name else None,
+                      budget=n_trials, engine=None if engine is None else parse_engine(engine))
+    for warning in plan.warnings:  # before the database is opened, as `tuner start` warns
+        warnings.warn(warning, stacklevel=2)
+    opened = plan.open(storage or DEFAULT_STORAGE)
+    opened.run()
+    return optuna.load_study(study_name=plan.study_name, storage=opened.storage.studies)

@@ -130,11 +130,8 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     from tuner.cli._progress import run_display
     from tuner.run.enqueue import check_params
     from tuner.run.placement import assign_devices
-    from tuner.run.pool import run_pool
-    from tuner.run.runner import run_study
-    from tuner.run.study import check_study_name, open_study, save_budget
-    from tuner.space import load_space
-    from tuner.storage import TunerStorage, display_url
+    from tuner.run.start import plan_start, space_with
+    from tuner.storage import display_url
     from tuner.train.device import resolve_device
 
     if data is not None and dataset is not None:
@@ -147,7 +144,7 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
     # Everything is validated before the database is touched; a bad option's message
     # names the option.
     named = {key: "--task" if key == "kind" else f"--{key.replace('_', '-')}" for key in given}
-    parsed = load_space(space, overrides, named)
+    parsed = space_with(space, overrides, named)
     first = [check_params(parsed, parse_params(text, "--enqueue"), "--enqueue")
              for text in queued]
     how = engine_spec(parsed.engine, engine, population, precision, compile_models)
@@ -156,22 +153,12 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
                             cuda_count=torch.cuda.device_count())
     if workers == 1:
         placed = [str(resolve_device(device))]
-    from tuner.run.objective import Objective
-    from tuner.storage import MemoryRecorder
-
-    if not parsed.task.objective:
-        for warning in Objective(parsed, MemoryRecorder(), torch.device("cpu")).check_model(
-                devices=[torch.device(p) for p in placed],
-                copies=how.population if how.name == "fused" else 1):
-            click.echo(f"Warning: {warning}", err=True)
-    name = study or check_study_name(parsed.name, f"{parsed.source} (its name is the study's, "
-                                                  "unless --study gives one)")
-    budget = trials or parsed.trials
-    db = TunerStorage(storage).open()
-    opened = open_study(db, parsed, name)
-    save_budget(opened, budget)
-    for params in first:
-        opened.enqueue_trial(params, skip_if_exists=True)
+    plan = plan_start(parsed, devices=placed, study_name=study, budget=trials, engine=how,
+                      name_source=f"{parsed.source} (its name is the study's, unless --study "
+                                  "gives one)")
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    opened = plan.open(storage, queued=first)
     console = Console(stderr=True)
     if not quiet:
         where = ", ".join(sorted(set(placed)))
@@ -180,21 +167,14 @@ def start(space: str, study: str | None, storage: str, trials: int | None,
         if how.compile:
             fused += " · compiled" if how.name == "sequential" else (
                 " · compiled (trials trained one at a time)")
-        console.print(f"Study [bold]{name}[/] · space {parsed.source} · {what_trains(parsed)} · "
-                      f"{plural(workers, 'worker')} on {where}{fused} · {display_url(db.url)}",
-                      highlight=False, soft_wrap=True)
+        console.print(f"Study [bold]{plan.study_name}[/] · space {parsed.source} · "
+                      f"{what_trains(parsed)} · {plural(workers, 'worker')} on {where}{fused} · "
+                      f"{display_url(opened.storage.url)}", highlight=False, soft_wrap=True)
         for note in start_notes(parsed, torch.device(placed[0])):
             console.print(f"  {note}", highlight=False, soft_wrap=True)
     with run_display(console, quiet) as progress:
-        if workers == 1:
-            summary = run_study(parsed, storage=db, study_name=name, budget=budget,
-                                device=torch.device(placed[0]), timeout=timeout,
-                                checkpoint_every=checkpoint_every, engine=how,
-                                on_start=progress.start, on_progress=progress.update)
-        else:
-            summary = run_pool(db, opened, budget, placed, timeout=timeout,
-                               checkpoint_every=checkpoint_every, engine=how,
-                               on_start=progress.start, on_progress=progress.update)
+        summary = opened.run(timeout=timeout, checkpoint_every=checkpoint_every,
+                             on_start=progress.start, on_progress=progress.update)
     click.echo(summary_text(summary, parsed.task.metric))
 
 

@@ -5,10 +5,11 @@ per-operation overhead, not arithmetic. Stacking K members' weights on a member 
 running one batched forward/backward for all of them (as HFTA does) pays that overhead
 once for K trials. Everything that does not change shapes — learning rate and schedule,
 penalties, dropout rate, noise, max-norm, optimizer hyper-parameters — is a per-member
-tensor. The engine takes callbacks and knows nothing of Optuna or SQL.
+tensor. The engine talks to its caller through :class:`PopulationHooks` and knows nothing
+of Optuna or SQL.
 """
 
-from tuner.fused._engine import train_population, unsupported_reason
+from tuner.fused._engine import PopulationHooks, train_population, unsupported_reason
 from tuner.fused._group import MemberResult, group_key
 from tuner.fused._metrics import evaluate_members, member_loss, member_metric
 from tuner.fused._model import FusedMLP, MLPSpec, add_input_noise, onednn_products
@@ -31,6 +32,7 @@ __all__ = [
     "MLPSpec",
     "MemberLossScale",
     "MemberResult",
+    "PopulationHooks",
     "add_input_noise",
     "add_penalty_grad_",
     "apply_max_norm_",

@@ -4,9 +4,10 @@ Configs are grouped by what changes tensor shapes or code paths (:func:`group_ke
 each group trains as one :class:`FusedMLP` whose every other knob (learning rate and
 schedule, l1, l2, dropout rate, input noise, max-norm, optimizer hyper-parameters) is a
 per-member tensor. Each member stays a trial of its own: its own per-epoch metrics,
-``report`` call (pruning), early stopping and best weights. Members that finish are
-cut out of the batch (compaction), and ``refill`` may hand in new trials for the
-freed slots. Like :func:`tuner.train.loop.train`, the engine knows nothing of Optuna or SQL.
+report (pruning), early stopping and best weights. Members that finish are cut out of
+the batch (compaction), and new trials may be handed in for the freed slots. The
+caller takes part through :class:`PopulationHooks`; like :func:`tuner.train.loop.train`,
+the engine knows nothing of Optuna or SQL.
 
 Differences from sequential runs of the same configs, by design:
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,16 +48,40 @@ from tuner.train.device import flush_denormals
 from tuner.train.loop import Checkpoint, EpochMetrics, half_dtype
 from tuner.train.metrics import Metric, is_better
 
-__all__ = ["MemberResult", "group_key", "train_population", "unsupported_reason"]
+__all__ = ["MemberResult", "PopulationHooks", "group_key", "train_population",
+           "unsupported_reason"]
 
-MemberReport = Callable[[int, EpochMetrics], bool]  # (member id, metrics) -> prune?
-# One epoch of a group at once: [(member id, metrics)] -> the ids to prune.
-EpochReport = Callable[[Sequence[tuple[int, EpochMetrics]]], Collection[int]]
-Refill = Callable[[int], Sequence[TrialConfig]]  # (free slots) -> new configs
-OnFinish = Callable[[int, MemberResult], None]
-# The members a group finishes at one epoch, at once: [(member id, result)].
-OnFinishAll = Callable[[Sequence[tuple[int, MemberResult]]], None]
-Checkpointer = Callable[[int, Checkpoint], None]  # (member id, its checkpoint)
+
+@dataclass(frozen=True)
+class PopulationHooks:
+    """How :func:`train_population` talks to its caller: every hook is optional.
+
+    ``report(rows)``
+        After each epoch of a group, with every member it trained, at once:
+        ``[(member id, metrics)]``; returns the ids of those to prune.
+    ``finish(done)``
+        The members a group finished at one epoch, at once: ``[(member id, result)]``,
+        each ``result`` holding the member's best weights (``state_dict``). Once handed
+        over, the weights are dropped: the results :func:`train_population` returns keep
+        their history only (a long run that refills its slots would otherwise hold the
+        weights of every member it ever trained). Without this hook they keep them.
+    ``refill(free)``
+        After each round of epochs where fewer than ``population`` members train: up to
+        ``free`` new configs (or none); they join a group of their shape or start a new
+        one.
+    ``checkpoint(member id, checkpoint)``
+        Each member of a group after an epoch, once ``checkpoint_every`` seconds have
+        passed since the group's last (see :meth:`Group.checkpoint`: the sequential
+        engine resumes from it).
+
+    >>> hooks = PopulationHooks(report=lambda rows: [i for i, m in rows if m.epoch == 3])
+    """
+
+    report: Callable[[Sequence[tuple[int, EpochMetrics]]], Collection[int]] | None = None
+    finish: Callable[[Sequence[tuple[int, MemberResult]]], None] | None = None
+    refill: Callable[[int], Sequence[TrialConfig]] | None = None
+    checkpoint: Callable[[int, Checkpoint], None] | None = None
+    checkpoint_every: float = 30.0
 
 
 def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype | None:
@@ -90,48 +116,25 @@ def _partition(members: list[Member]) -> list[list[Member]]:
 
 @flush_denormals()
 def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Metric,
-                     report: MemberReport | None = None,
-                     report_epoch: EpochReport | None = None, on_finish: OnFinish | None = None,
-                     refill: Refill | None = None, population: int | None = None,
-                     seed: int = 0, precision: str = "fp32",
-                     checkpoint: Checkpointer | None = None,
-                     checkpoint_every: float = 30.0,
-                     on_finish_all: OnFinishAll | None = None) -> list[MemberResult]:
+                     hooks: PopulationHooks | None = None, population: int | None = None,
+                     seed: int = 0, precision: str = "fp32") -> list[MemberResult]:
     """Train every config as a member of a fused population; return results by member id.
 
     Member ids are positions in ``configs``, then ``len(configs)``, ... for refilled
-    trials. After each epoch of a member, ``report(id, metrics)`` is called (True prunes
-    it); early stopping and divergence follow :func:`tuner.train.loop.train`. When a member
-    finishes, ``on_finish(id, result)`` is called (the returned result then keeps its
-    history, not its weights) and its slot freed, or, with ``on_finish_all``, that is
-    called once with every member a group finished at that epoch; then, with
-    ``refill``, ``refill(free)`` may return up to ``free`` new configs, which join a
-    group of their shape or start a new one. ``population`` is the most members trained
-    at once (default: ``len(configs)``). Groups take turns one epoch at a time, so every
-    trial advances at the same pace. ``precision`` ``bf16`` or ``fp16`` runs the
-    forward and backward passes in bfloat16 or float16 on a copy of the float32 weights
-    (mixed precision; float16 with a loss scale per member, see
+    trials. ``hooks`` (:class:`PopulationHooks`) report each epoch (and prune), take the
+    members that finish, refill their slots and checkpoint; early stopping and
+    divergence follow :func:`tuner.train.loop.train`. ``population`` is the most
+    members trained at once (default: ``len(configs)``). Groups take turns one epoch at
+    a time, so every trial advances at the same pace. ``precision`` ``bf16`` or ``fp16``
+    runs the forward and backward passes in bfloat16 or float16 on a copy of the float32
+    weights (mixed precision; float16 with a loss scale per member, see
     :class:`~tuner.fused._optim.MemberLossScale`).
-    With ``checkpoint``, every group hands ``checkpoint(id, Checkpoint)`` each of its
-    members after an epoch once ``checkpoint_every`` seconds have passed since its last
-    (see :meth:`Group.checkpoint`: the sequential engine resumes from it).
 
     Raises ``ValueError`` for a config that :func:`unsupported_reason` rejects.
     """
+    if hooks is None:
+        hooks = PopulationHooks()
     population = max(population or 0, len(configs))
-    decide = report_epoch
-    if decide is None and report is not None:
-        per_member = report
-
-        def decide(rows: Sequence[tuple[int, EpochMetrics]]) -> Collection[int]:
-            return [i for i, metrics in rows if per_member(i, metrics)]
-    finish = on_finish_all
-    if finish is None and on_finish is not None:
-        one_by_one = on_finish
-
-        def finish(done: Sequence[tuple[int, MemberResult]]) -> None:
-            for i, result in done:
-                one_by_one(i, result)
     compute = compute_dtype(precision, data.x_train.dtype)
     results: list[MemberResult] = []
     groups: list[Group] = []
@@ -158,24 +161,24 @@ def train_population(configs: Sequence[TrialConfig], data: Splits, *, metric: Me
     admit(configs)
     while groups:
         for group in list(groups):
-            _finish_epoch(group, group.train_epoch(data, metric), metric, decide, finish)
+            _finish_epoch(group, group.train_epoch(data, metric), metric, hooks)
             if not group.members:
                 groups.remove(group)
-            elif checkpoint is not None and (
-                    time.monotonic() - group.checkpointed >= checkpoint_every):
+            elif hooks.checkpoint is not None and (
+                    time.monotonic() - group.checkpointed >= hooks.checkpoint_every):
                 for position, member in enumerate(group.members):
-                    checkpoint(member.id, group.checkpoint(position))
+                    hooks.checkpoint(member.id, group.checkpoint(position))
                 group.checkpointed = time.monotonic()
         active = sum(len(g.members) for g in groups)
-        if refill is not None and active < population:
-            new = list(refill(population - active))[:population - active]
+        if hooks.refill is not None and active < population:
+            new = list(hooks.refill(population - active))[:population - active]
             if new:
                 admit(new)
     return results
 
 
 def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
-                  decide: EpochReport | None, on_finish_all: OnFinishAll | None) -> None:
+                  hooks: PopulationHooks) -> None:
     """Per-member bookkeeping after an epoch, in :func:`tuner.train.loop.train`'s order: a
     diverged member stops unreported; the others are reported (all at once), then pruned,
     stopped early or finished."""
@@ -194,7 +197,7 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
             member.has_best = True
             improved.append(position)
         reported.append(position)
-    pruned = set() if decide is None else set(decide(
+    pruned = set() if hooks.report is None else set(hooks.report(
         [(group.members[p].id, rows[p]) for p in reported]))
     for position in reported:
         member = group.members[position]
@@ -213,11 +216,9 @@ def _finish_epoch(group: Group, rows: list[EpochMetrics], metric: Metric,
         member = group.members[position]
         member.result.state_dict = group.export(position)
         done.append(member)
-    if on_finish_all is not None and done:
-        on_finish_all([(member.id, member.result) for member in done])
+    if hooks.finish is not None and done:
+        hooks.finish([(member.id, member.result) for member in done])
         for member in done:
-            # Handed over: a long run that refills its slots would otherwise hold the
-            # weights of every member it ever trained.
-            member.result.state_dict = {}
+            member.result.state_dict = {}  # handed over (see PopulationHooks.finish)
     if finished:
         group.select([p for p in range(len(group.members)) if p not in set(finished)])

@@ -15,10 +15,8 @@ from typing import Any
 import optuna
 import torch
 
-from tuner.catalogue import MODELS
 from tuner.data.builtin import load_task_data
-from tuner.errors import TrialFailed, TunerError, UsageError
-from tuner.run.modelsize import check_model_size
+from tuner.errors import TrialFailed, TunerError
 from tuner.space import Space
 from tuner.storage import DATABASE_ERRORS, TrialRecorder
 from tuner.storage.optuna_compat import frozen_trial_of, study_id_of, trial_id_of
@@ -29,7 +27,6 @@ from tuner.train.loop import (
     EpochMetrics,
     TrainResult,
     build_for,
-    check_aux_head,
     compile_model,
     evaluate_split,
     train,
@@ -77,52 +74,6 @@ def out_of_memory(exc: BaseException, config: TrialConfig, doing: str) -> str | 
     knobs = ", ".join(f"{k}={getattr(config, k)}" for k in ("hidden", "layers", "batch_size")
                       if getattr(config, k, None) is not None)
     return (f"ran out of memory {doing} the model{size} with {knobs}: {first}"[:500])
-
-
-def check_output(model: torch.nn.Module, data: Any, custom_loss: bool = False,
-                 n: int = 2) -> None:
-    """Run ``model`` once on ``n`` validation examples of the real data and refuse an
-    output the loss cannot take: not a floating tensor, or not ``[N, n_outputs]``
-    (``[N]`` or ``[N, 1]`` for regression). With a loss of yours only the batch axis
-    is checked (your loss decides what it takes)."""
-    from torch.utils.data import default_collate
-
-    if hasattr(data, "x_val"):
-        x = data.x_val[:n]
-    else:  # Datasets: their first examples, collated as a loader would
-        items = [data.val[i] for i in range(min(n, len(data.val)))]
-        x = default_collate(items)[0]
-    batch = int(x.shape[0])
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = model(x)
-    except Exception as exc:  # the user's forward: any error is theirs to see
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"your model's forward pass fails on a batch of {batch} validation "
-                         f"examples of shape {list(x.shape)}: {first}") from None
-    finally:
-        model.train(was_training)
-    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
-        kind = (f"a tensor of {output.dtype}" if isinstance(output, torch.Tensor)
-                else type(output).__name__)
-        raise UsageError(f"your model must return a floating-point tensor of logits, but "
-                         f"returned {kind} (checked before creating the study)")
-    shape = list(output.shape)
-    if custom_loss:
-        ok = bool(shape) and shape[0] == batch
-        expected = f"[{batch}, ...] (the batch first)"
-    elif data.task == "regression":
-        ok = shape in ([batch], [batch, 1])
-        expected = f"[{batch}, 1] or [{batch}]"
-    else:
-        ok = shape == [batch, data.n_outputs]
-        expected = f"[{batch}, {data.n_outputs}] (batch, classes)"
-    if not ok:
-        raise UsageError(f"your model returns outputs of shape {shape} for a batch of {batch}, "
-                         f"but the {data.task} loss needs {expected} (checked on the real "
-                         "data before creating the study)")
 
 
 def _outcome(result: TrainResult) -> str:
@@ -235,51 +186,18 @@ class Objective:
 
     def check_model(self, draws: int = 5, *, devices: Sequence[torch.device] | None = None,
                     copies: int = 1) -> list[str]:
-        """Check, before a study is created, that the space's model can train; return
-        warnings (one line each) about what may not.
-
-        A model of the user's: build, on the CPU, the model of random draws of the space,
-        as trials would, and raise the first draw's error if none builds: a builder that
-        always fails, returns no module or lacks a head the space needs is then reported
-        before a study is created (not as the first failed trial of a study that would
-        keep the name). A builder that fails on some draws only is left to fail those
-        trials.
-
-        A built-in model is not built: the size of the largest one the space can draw is
-        computed and compared with the free memory of ``devices`` (one entry per worker;
-        default: this objective's device), ``copies`` models at once (the fused engine's
-        population); see :func:`tuner.run.modelsize.check_model_size` for what is refused and
-        what is warned. A training function of yours (``objective``) is not checked.
+        """:func:`tuner.run.precheck.check_model` of this objective's space, on its device
+        by default.
 
         >>> from tuner.space import load_space
         >>> from tuner.storage import MemoryRecorder
         >>> Objective(load_space("quick"), MemoryRecorder(), torch.device("cpu")).check_model()
         []
         """
-        if self.space.task.objective:
-            return []
-        data = load_task_data(self.space.task, self.space.seed, "cpu")
-        if self.space.task.model in MODELS:
-            return check_model_size(self.space, data, devices or [self.device], copies)
-        draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.space.seed))
-        first: tuple[TunerError, dict[str, Any]] | None = None
-        for _ in range(draws):
-            trial = draw.ask()
-            config = self.config(trial, 0)
-            try:
-                model = build_for(config, data)
-                check_aux_head(model, config, data)
-            except TunerError as exc:
-                first = first or (exc, trial.params)
-                continue
-            check_output(model, data, custom_loss=bool(self.space.task.loss))
-            return []
-        assert first is not None
-        error, params = first
-        drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in params.items())
-        raise type(error)(f"{error} (no model built for {draws} random draws of the space, "
-                          f"checked before creating the study; the first: {drawn})") from None
+        from tuner.run.precheck import check_model
+
+        return check_model(self.space, devices=devices or [self.device], copies=copies,
+                           draws=draws)
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:

@@ -30,7 +30,7 @@ from torch import nn
 
 from tuner.data.builtin import Splits, load_task_data
 from tuner.errors import TunerError, UsageError
-from tuner.fused import MemberResult, train_population, unsupported_reason
+from tuner.fused import MemberResult, PopulationHooks, train_population, unsupported_reason
 from tuner.run import runner
 from tuner.run.heartbeat import Heartbeat
 from tuner.run.objective import Objective, TrialWriter, root_number, worker_id
@@ -177,12 +177,13 @@ class PopulationRun:
         """One population, refilled as members finish, until nothing more is claimed."""
         first = self.members[0].trial.number
         try:
-            train_population(configs, data, metric=self.objective.metric,
-                             report_epoch=self._report, on_finish_all=self._finish_all,
-                             refill=self._refill, population=self.population,
+            hooks = PopulationHooks(report=self._report, finish=self._finish_all,
+                                    refill=self._refill, checkpoint=self._checkpoint,
+                                    checkpoint_every=self.objective.checkpoint_every)
+            train_population(configs, data, metric=self.objective.metric, hooks=hooks,
+                             population=self.population,
                              seed=trial_seed(self.objective.space.seed, first),
-                             precision=self.objective.precision, checkpoint=self._checkpoint,
-                             checkpoint_every=self.objective.checkpoint_every)
+                             precision=self.objective.precision)
         except runner.DATABASE_ERRORS as exc:
             # The members' heartbeats stop: once the database is back they are failed as
             # stale and retried, like a dead worker's.
@@ -263,7 +264,7 @@ class PopulationRun:
         claimed = self._claim(min(free, self._room()))
         return [] if isinstance(claimed, runner.Claim) else claimed
 
-    # -- the engine's callbacks --------------------------------------------------------
+    # -- the engine's hooks ------------------------------------------------------------
 
     def _report(self, rows: Sequence[tuple[int, EpochMetrics]]) -> list[int]:
         """One epoch of a group: every member's value, and the members to prune.

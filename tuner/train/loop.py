@@ -289,124 +289,193 @@ def train(model: nn.Module, data: Data, config: TrialConfig, *, metric: Metric,
     loss; the penalties are still added. ``data`` is arrays on the device, or Datasets
     read batch by batch (:mod:`tuner.data.datasets`): both draw the same batches.
     """
-    half = half_dtype(precision)
-    weights = penalized_weights(model)
-    optimizer = optimizer_for(model, config)
-    scheduler = build_scheduler(optimizer, config.schedule, **dict(config.schedule_hyper))
-    device = data.device
-    n = data.n_train
-    sizes = _batch_sizes(n, config.batch_size)
-    # Datasets' items keep their shape and dtype; a built-in model reads them flat, as
-    # floats. The augmentation warps flat images: a shaped batch gets its shape back.
-    flat = not data.in_memory and config.model in MODELS
-    shaped = not data.in_memory and not flat
-    need_floats = shaped and (config.augment or bool(config.input_noise))
-    # Decided once, not per batch.
-    augment = data.image_shape if config.augment else None
-    noise, l1, l2, max_norm = config.input_noise, config.l1, config.l2, config.max_norm
-    regularize = bool(l1 or l2)
-    aux_weight = config.aux_weight if _uses_aux(config, data) else 0.0
-    check_aux_head(model, config, data)
-    aux_task = data.aux_task or "regression"
-    # Mixed precision: the forward pass and the loss under autocast.
-    mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast(device.type, half)) if half is not None
-        else contextlib.nullcontext)
-    # float16's range needs loss scaling; bfloat16 has float32's.
-    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
-    # zero_grad(set_to_none=True) without its per-call profiler hooks.
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    result = TrainResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    first = 1
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        result.history = list(resume.history)
-        result.best_epoch, result.best_metric = resume.best_epoch, resume.best_metric
-        best_state = resume.best_state
-        if scaler is not None and resume.scaler is not None:
-            scaler.load_state_dict(resume.scaler)
-        _set_rng_state(resume.rng, device)
-        first = resume.epoch + 1
-    step = FastStep(optimizer)  # after a resume: the state it steps is the loaded one
+    run = _Training(model, data, config, metric, precision, loss)
+    first = 1 if resume is None else run.resume(resume)
     last_checkpoint = time.monotonic()
     for epoch in range(first, config.epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        batches = data.train_batches(sizes, config.seed + epoch, aux=bool(aux_weight))
-        loss_sum = torch.zeros((), device=device)
-        # Dropout masks for the whole epoch, drawn in a few large draws.
-        with epoch_masks(model, n):
-            for xb, yb, ab in batches:
-                if flat:
-                    xb = xb.flatten(1).float()
-                elif need_floats and not xb.is_floating_point():
-                    raise TrialFailed(f"augment and input_noise warp and add to floating-point "
-                                      f"inputs, but the Dataset's items are {xb.dtype}: "
-                                      "convert them in its __getitem__")
-                if augment is not None:
-                    warped = augment_images(xb, augment)  # flat images
-                    xb = warped.view_as(xb) if shaped else warped
-                if noise:
-                    xb = add_input_noise(xb, noise)
-                with mixed():
-                    if ab is None:
-                        batch_loss = data_loss(data.task, model(xb), yb, loss)
-                    else:
-                        output, aux_output = model.forward_with_aux(xb)  # type: ignore[operator]
-                        batch_loss = data_loss(data.task, output, yb, loss)
-                # Accumulated on the device: no host sync per batch.
-                loss_sum.add_(batch_loss.detach(), alpha=xb.shape[0])
-                if ab is not None:
-                    batch_loss = batch_loss + aux_weight * loss_fn(aux_task, aux_output, ab)
-                if regularize:
-                    batch_loss = batch_loss + penalty(weights, l1, l2)
-                for p in params:
-                    p.grad = None
-                if scaler is None:
-                    batch_loss.backward()
-                    step()
-                else:
-                    scaler.scale(batch_loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                if max_norm is not None:
-                    apply_max_norm(weights, max_norm)
-
-        val_loss, val_metric = evaluate_split(model, data, "val", metric, loss, config.model)
-        # The one host sync of the epoch.
-        train_loss_f, val_loss_f, val_metric_f = torch.stack(
-            [loss_sum / n, val_loss, val_metric]).tolist()
-        step_scheduler(scheduler, val_metric_f)
-        metrics = EpochMetrics(epoch, train_loss_f, val_loss_f, val_metric_f, lr,
-                               time.perf_counter() - start)
-        result.history.append(metrics)
-
-        if not math.isfinite(train_loss_f):
-            result.diverged = True
+        metrics = run.epoch(epoch)
+        run.result.history.append(metrics)
+        if not math.isfinite(metrics.train_loss):
+            run.result.diverged = True
             break
-        if is_better(metric, val_metric_f, None if best_state is None else result.best_metric,
-                     config.min_delta):
-            result.best_epoch, result.best_metric = epoch, val_metric_f
-            best_state = copy.deepcopy(model.state_dict())
-        if report is not None and report(metrics):
-            result.pruned = True
-            break
-        if config.patience is not None and epoch - result.best_epoch >= config.patience:
-            result.stopped_early = True
+        run.keep_if_best(metrics)
+        if run.stops(metrics, report):
             break
         if checkpoint is not None and time.monotonic() - last_checkpoint >= checkpoint_every:
-            checkpoint(Checkpoint(
-                epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
-                scheduler.state_dict(), result.best_epoch, result.best_metric, best_state,
-                list(result.history), _rng_state(device),
-                None if scaler is None else scaler.state_dict()))
+            checkpoint(run.checkpoint(epoch))
             last_checkpoint = time.monotonic()
+    run.restore_best()
+    return run.result
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return result
+
+class _Training:
+    """One call of :func:`train`: what it builds once (``__init__``), and its steps.
+
+    :func:`train` calls them in a fixed order; the random draws (batch order, dropout
+    masks, augmentation, noise) happen in :meth:`epoch` only, so a run resumed from a
+    checkpoint's random state draws what the uninterrupted one would have.
+    """
+
+    def __init__(self, model: nn.Module, data: Data, config: TrialConfig, metric: Metric,
+                 precision: str, loss: Loss | None) -> None:
+        half = half_dtype(precision)
+        self.model = model
+        self.data = data
+        self.config = config
+        self.metric = metric
+        self.loss = loss
+        self.weights = penalized_weights(model)
+        self.optimizer = optimizer_for(model, config)
+        self.scheduler = build_scheduler(self.optimizer, config.schedule,
+                                         **dict(config.schedule_hyper))
+        self.sizes = _batch_sizes(data.n_train, config.batch_size)
+        # Datasets' items keep their shape and dtype; a built-in model reads them flat, as
+        # floats. The augmentation warps flat images: a shaped batch gets its shape back.
+        self.flat = not data.in_memory and config.model in MODELS
+        self.shaped = not data.in_memory and not self.flat
+        self.need_floats = self.shaped and (config.augment or bool(config.input_noise))
+        # Decided once, not per batch.
+        self.augment = data.image_shape if config.augment else None
+        self.regularize = bool(config.l1 or config.l2)
+        self.aux_weight = config.aux_weight if _uses_aux(config, data) else 0.0
+        check_aux_head(model, config, data)
+        self.aux_task = data.aux_task or "regression"
+        device = data.device
+        # Mixed precision: the forward pass and the loss under autocast.
+        self.mixed: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            (lambda: torch.autocast(device.type, half)) if half is not None
+            else contextlib.nullcontext)
+        # float16's range needs loss scaling; bfloat16 has float32's.
+        self.scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
+        # zero_grad(set_to_none=True) without its per-call profiler hooks.
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # It reads the optimizer's state at its first step: after a resume, the loaded one.
+        self.fast_step = FastStep(self.optimizer)
+        self.result = TrainResult()
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def resume(self, checkpoint: Checkpoint) -> int:
+        """Continue from ``checkpoint``: the model, optimizer, schedule, loss scale, best
+        epoch and random state it holds; the first epoch to train."""
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self.result.history = list(checkpoint.history)
+        self.result.best_epoch = checkpoint.best_epoch
+        self.result.best_metric = checkpoint.best_metric
+        self.best_state = checkpoint.best_state
+        if self.scaler is not None and checkpoint.scaler is not None:
+            self.scaler.load_state_dict(checkpoint.scaler)
+        _set_rng_state(checkpoint.rng, self.data.device)
+        return checkpoint.epoch + 1
+
+    def epoch(self, epoch: int) -> EpochMetrics:
+        """Train one epoch, evaluate it and step the schedule: its metrics."""
+        start = time.perf_counter()
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum = self._train_batches(epoch)
+        val_loss, val_metric = evaluate_split(self.model, self.data, "val", self.metric,
+                                              self.loss, self.config.model)
+        # The one host sync of the epoch.
+        train_loss, val_loss_f, val_metric_f = torch.stack(
+            [loss_sum / self.data.n_train, val_loss, val_metric]).tolist()
+        step_scheduler(self.scheduler, val_metric_f)
+        return EpochMetrics(epoch, train_loss, val_loss_f, val_metric_f, lr,
+                            time.perf_counter() - start)
+
+    def _train_batches(self, epoch: int) -> torch.Tensor:
+        """One pass over the training split; the sum of its batches' data losses, on the
+        device (no host sync per batch)."""
+        data, config = self.data, self.config
+        batches = data.train_batches(self.sizes, config.seed + epoch, aux=bool(self.aux_weight))
+        loss_sum = torch.zeros((), device=data.device)
+        # Dropout masks for the whole epoch, drawn in a few large draws.
+        with epoch_masks(self.model, data.n_train):
+            for xb, yb, ab in batches:
+                xb = self._inputs(xb)
+                batch_loss, total = self._losses(xb, yb, ab)
+                loss_sum.add_(batch_loss.detach(), alpha=xb.shape[0])
+                self._step(total)
+        return loss_sum
+
+    def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
+        """A batch's inputs as the model reads them: flattened, warped, noised."""
+        if self.flat:
+            xb = xb.flatten(1).float()
+        elif self.need_floats and not xb.is_floating_point():
+            raise TrialFailed(f"augment and input_noise warp and add to floating-point "
+                              f"inputs, but the Dataset's items are {xb.dtype}: "
+                              "convert them in its __getitem__")
+        if self.augment is not None:
+            warped = augment_images(xb, self.augment)  # flat images
+            xb = warped.view_as(xb) if self.shaped else warped
+        if self.config.input_noise:
+            xb = add_input_noise(xb, self.config.input_noise)
+        return xb
+
+    def _losses(self, xb: torch.Tensor, yb: torch.Tensor,
+                ab: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's data loss (what the epoch's training loss reports) and the loss it
+        steps on: with the auxiliary loss and the penalties."""
+        model, task = self.model, self.data.task
+        with self.mixed():
+            if ab is None:
+                batch_loss = data_loss(task, model(xb), yb, self.loss)
+            else:
+                output, aux_output = model.forward_with_aux(xb)  # type: ignore[operator]
+                batch_loss = data_loss(task, output, yb, self.loss)
+        total = batch_loss
+        if ab is not None:
+            total = total + self.aux_weight * loss_fn(self.aux_task, aux_output, ab)
+        if self.regularize:
+            total = total + penalty(self.weights, self.config.l1, self.config.l2)
+        return batch_loss, total
+
+    def _step(self, loss: torch.Tensor) -> None:
+        """Backward and one optimizer step (scaled in float16), then the max-norm bound."""
+        for p in self.params:
+            p.grad = None
+        if self.scaler is None:
+            loss.backward()
+            self.fast_step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        if self.config.max_norm is not None:
+            apply_max_norm(self.weights, self.config.max_norm)
+
+    def keep_if_best(self, metrics: EpochMetrics) -> None:
+        """Keep the epoch's weights when its validation metric beats the best kept so
+        far by ``min_delta`` (or nothing is kept yet)."""
+        best = None if self.best_state is None else self.result.best_metric
+        if is_better(self.metric, metrics.val_metric, best, self.config.min_delta):
+            self.result.best_epoch, self.result.best_metric = metrics.epoch, metrics.val_metric
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def stops(self, metrics: EpochMetrics, report: Report | None) -> bool:
+        """Whether training stops after this epoch: ``report`` prunes it, or the best
+        epoch is ``patience`` epochs old."""
+        if report is not None and report(metrics):
+            self.result.pruned = True
+            return True
+        patience = self.config.patience
+        if patience is not None and metrics.epoch - self.result.best_epoch >= patience:
+            self.result.stopped_early = True
+            return True
+        return False
+
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        """Everything needed to continue after ``epoch`` (copies: training goes on)."""
+        return Checkpoint(
+            epoch, copy.deepcopy(self.model.state_dict()),
+            copy.deepcopy(self.optimizer.state_dict()), self.scheduler.state_dict(),
+            self.result.best_epoch, self.result.best_metric, self.best_state,
+            list(self.result.history), _rng_state(self.data.device),
+            None if self.scaler is None else self.scaler.state_dict())
+
+    def restore_best(self) -> None:
+        """Leave the model with its best epoch's weights."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
