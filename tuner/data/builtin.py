@@ -2,22 +2,29 @@
 
 The splits are plain tensors; :func:`load_splits` moves them to the device once per
 process and caches them, so every trial of a worker reuses the same device copy.
+
+Every split is scikit-learn's ``train_test_split``, and the built-in datasets are its
+loaders and generators. Their answers are kept on disk (:mod:`tuner.data.cache`), keyed
+by the dataset, its size and seed where they apply, and the versions of scikit-learn and
+NumPy that computed them, so that a later run reads the same arrays back without
+importing scikit-learn (0.7 s of a short run's start-up).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn import datasets as skd
-from sklearn.model_selection import train_test_split
 
 from tuner.catalogue import DATASET_NAMES
+from tuner.data import cache
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -33,6 +40,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int] | None = None
     description: str = ""
     aux: Callable[[np.ndarray], np.ndarray] | None = None  # built-in auxiliary target
+    synthetic: bool = False  # drawn with the seed, of the size asked (else a fixed table)
 
 
 def _coarse_image(x: np.ndarray) -> np.ndarray:
@@ -40,11 +48,18 @@ def _coarse_image(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(len(x), 16)
 
 
-def _sklearn(loader: Callable[..., ArrayPair]) -> Callable[[int, int, int], ArrayPair]:
-    return lambda seed, n_samples, n_features: loader(return_X_y=True)
+def _sklearn(loader: str) -> Callable[[int, int, int], ArrayPair]:
+    def load(seed: int, n_samples: int, n_features: int) -> ArrayPair:
+        from sklearn import datasets as skd
+
+        x, y = getattr(skd, loader)(return_X_y=True)
+        return x, y
+    return load
 
 
 def _synthetic_classification(seed: int, n_samples: int, n_features: int) -> ArrayPair:
+    from sklearn import datasets as skd
+
     informative = max(1, min(n_features, n_features // 2 + 1))
     classes = 4 if informative >= 2 else 2
     return skd.make_classification(n_samples=n_samples, n_features=n_features,
@@ -54,6 +69,8 @@ def _synthetic_classification(seed: int, n_samples: int, n_features: int) -> Arr
 
 
 def _synthetic_regression(seed: int, n_samples: int, n_features: int) -> ArrayPair:
+    from sklearn import datasets as skd
+
     x, y = skd.make_regression(n_samples=n_samples, n_features=n_features,
                                n_informative=max(1, n_features // 2), noise=10.0,
                                random_state=seed)
@@ -61,21 +78,23 @@ def _synthetic_regression(seed: int, n_samples: int, n_features: int) -> ArrayPa
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("classification", _sklearn(skd.load_digits), (1, 8, 8),
+    "digits": DatasetInfo("classification", _sklearn("load_digits"), (1, 8, 8),
                           "8x8 handwritten digits, 1797 images, 10 classes",
                           aux=_coarse_image),
-    "wine": DatasetInfo("classification", _sklearn(skd.load_wine),
+    "wine": DatasetInfo("classification", _sklearn("load_wine"),
                         description="178 wines, 13 features, 3 classes"),
-    "breast_cancer": DatasetInfo("classification", _sklearn(skd.load_breast_cancer),
+    "breast_cancer": DatasetInfo("classification", _sklearn("load_breast_cancer"),
                                  description="569 tumours, 30 features, 2 classes"),
-    "iris": DatasetInfo("classification", _sklearn(skd.load_iris),
+    "iris": DatasetInfo("classification", _sklearn("load_iris"),
                         description="150 flowers, 4 features, 3 classes"),
-    "diabetes": DatasetInfo("regression", _sklearn(skd.load_diabetes),
+    "diabetes": DatasetInfo("regression", _sklearn("load_diabetes"),
                             description="442 patients, 10 features, disease progression"),
     "classification": DatasetInfo("classification", _synthetic_classification,
-                                  description="synthetic, any size (task.n_samples, n_features)"),
+                                  description="synthetic, any size (task.n_samples, n_features)",
+                                  synthetic=True),
     "regression": DatasetInfo("regression", _synthetic_regression,
-                              description="synthetic, any size (task.n_samples, n_features)"),
+                              description="synthetic, any size (task.n_samples, n_features)",
+                              synthetic=True),
 }
 
 
@@ -160,15 +179,15 @@ class Splits:
         return replace(self, **moved)
 
 
-def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
-                 image_shape: tuple[int, int, int] | None = None,
-                 fractions: tuple[float, float] = (0.2, 0.2),
-                 aux: np.ndarray | None = None) -> Splits:
-    """Split 60/20/20 (stratified for classification) and standardize on train only.
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # train, validation, test
 
-    ``aux``, an auxiliary target per sample, is split with the same rows.
-    """
-    x = np.asarray(x, dtype=np.float64)
+
+def split_rows(y: np.ndarray, task: str, seed: int,
+               fractions: tuple[float, float] = (0.2, 0.2)) -> Rows:
+    """The rows of the train / validation / test splits: scikit-learn's ``train_test_split``
+    twice (test first, then validation from the rest), stratified for classification."""
+    from sklearn.model_selection import train_test_split
+
     y = np.asarray(y)
     stratify = y if task == "classification" else None
     val_frac, test_frac = fractions
@@ -183,6 +202,27 @@ def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
         raise DataError(f"cannot split {len(y)} samples into train/validation/test "
                         f"({1 - val_frac - test_frac:.0%}/{val_frac:.0%}/{test_frac:.0%}): "
                         f"{exc}") from None
+    return train, val, test
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, task: str, seed: int,
+                 image_shape: tuple[int, int, int] | None = None,
+                 fractions: tuple[float, float] = (0.2, 0.2),
+                 aux: np.ndarray | None = None) -> Splits:
+    """Split 60/20/20 (stratified for classification) and standardize on train only.
+
+    ``aux``, an auxiliary target per sample, is split with the same rows.
+    """
+    return split_by_rows(x, y, split_rows(y, task, seed, fractions), task, image_shape, aux)
+
+
+def split_by_rows(x: np.ndarray, y: np.ndarray, rows: Rows, task: str,
+                  image_shape: tuple[int, int, int] | None = None,
+                  aux: np.ndarray | None = None) -> Splits:
+    """Split at the rows of :func:`split_rows` and standardize on train only."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y)
+    train, val, test = rows
     splits = standardize(x[train], y[train], x[val], y[val], x[test], y[test], task,
                          image_shape)
     if aux is None:
@@ -258,14 +298,104 @@ def standardize(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
 @functools.lru_cache(maxsize=4)
 def load_splits(dataset: str, seed: int, device: str = "cpu", n_samples: int = 2000,
                 n_features: int = 20) -> Splits:
-    """A built-in dataset, split with ``seed``, on ``device`` (cached per process)."""
+    """A built-in dataset, split with ``seed``, on ``device`` (cached per process, and its
+    arrays and split rows on disk: see the module's docstring)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}")
     info = DATASETS[dataset]
-    x, y = info.load(seed, n_samples, n_features)
+    x, y = builtin_arrays(dataset, seed, n_samples, n_features)
+    rows = builtin_rows(dataset, seed, n_samples, n_features, y)
     aux = info.aux(np.asarray(x, dtype=np.float64)) if info.aux else None
-    return split_arrays(x, y, info.task, seed, info.image_shape, aux=aux).to(
+    return split_by_rows(x, y, rows, info.task, info.image_shape, aux=aux).to(
         torch.device(device))
+
+
+def builtin_arrays(dataset: str, seed: int, n_samples: int = 2000,
+                   n_features: int = 20) -> ArrayPair:
+    """A built-in dataset's features and targets as its loader gives them, read from the
+    cache when a run with the same scikit-learn and NumPy computed them before."""
+    info = DATASETS[dataset]
+    key = _entry_key(dataset, seed, n_samples, n_features, info.synthetic)
+    found = _cached(_entry_name(key), key, ("x", "y"), _check_arrays, lambda: dict(zip(
+        ("x", "y"), info.load(seed, n_samples, n_features), strict=True)))
+    return found["x"], found["y"]
+
+
+def builtin_rows(dataset: str, seed: int, n_samples: int, n_features: int, y: np.ndarray,
+                 fractions: tuple[float, float] = (0.2, 0.2)) -> Rows:
+    """The rows of :func:`split_rows` for a built-in dataset whose targets are ``y`` (from
+    :func:`builtin_arrays`), read from the cache as :func:`builtin_arrays` reads."""
+    key = {**_entry_key(dataset, seed, n_samples, n_features, True),
+           "split": f"{fractions[0]}-{fractions[1]}"}
+    found = _cached(_entry_name(key), key, ("train", "val", "test"),
+                    lambda arrays: _check_rows(arrays, len(y)),
+                    lambda: dict(zip(("train", "val", "test"),
+                                     split_rows(y, DATASETS[dataset].task, seed, fractions),
+                                     strict=True)))
+    return found["train"], found["val"], found["test"]
+
+
+def _entry_key(dataset: str, seed: int, n_samples: int, n_features: int,
+               seeded: bool) -> dict[str, object]:
+    """What an entry is computed from: the size where the dataset has one, the seed where
+    it is drawn with one (``seeded``), the versions that computed it."""
+    key: dict[str, object] = {"dataset": dataset}
+    if DATASETS[dataset].synthetic:
+        key |= {"n_samples": n_samples, "n_features": n_features}
+    if seeded:
+        key["seed"] = seed
+    return key | _versions()
+
+
+def _entry_name(key: dict[str, object]) -> str:
+    """``sklearn-1.9.1.numpy-2.4.6/digits.seed-0.split-0.2-0.2.npz``, say: one folder a pair
+    of versions (the older ones can go), the rest of the key in the file's name."""
+    name = ".".join([str(key["dataset"])] + [
+        f"{short}-{key[part]}" for part, short in (
+            ("n_samples", "n"), ("n_features", "f"), ("seed", "seed"), ("split", "split"))
+        if part in key])
+    return f"sklearn-{key['scikit-learn']}.numpy-{key['numpy']}/{name}.npz"
+
+
+def _versions() -> dict[str, str]:
+    """What computes the arrays, known without importing scikit-learn: another version's
+    loaders and splits could answer otherwise, so its entries are others."""
+    try:
+        sklearn = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        sklearn = "none"
+    return {"scikit-learn": sklearn, "numpy": np.__version__}
+
+
+def _cached(relpath: str, key: dict[str, object], names: tuple[str, ...],
+            check: Callable[[cache.Arrays], str | None],
+            compute: Callable[[], cache.Arrays]) -> cache.Arrays:
+    found = cache.read_entry(relpath, key, names, check)
+    if found is not None:
+        return found
+    arrays = compute()
+    # Written only when the scikit-learn that computed it is the installed one that names
+    # the entry (a path can put another first).
+    if getattr(sys.modules.get("sklearn"), "__version__", None) == key["scikit-learn"]:
+        cache.write_entry(relpath, key, arrays)
+    return arrays
+
+
+def _check_arrays(arrays: cache.Arrays) -> str | None:
+    x, y = arrays["x"], arrays["y"]
+    if (x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or x.dtype.kind != "f"
+            or y.dtype.kind not in "iuf"):
+        return (f"holds features of shape {list(x.shape)} ({x.dtype}) and targets of shape "
+                f"{list(y.shape)} ({y.dtype}), not a row of floats a target")
+    return None
+
+
+def _check_rows(arrays: cache.Arrays, n: int) -> str | None:
+    rows = [arrays[part] for part in ("train", "val", "test")]
+    if any(r.ndim != 1 or r.dtype.kind not in "iu" for r in rows) or not np.array_equal(
+            np.sort(np.concatenate(rows)), np.arange(n)):
+        return f"holds split rows that are not a partition of the dataset's {n} rows"
+    return None
 
 
 @functools.lru_cache(maxsize=4)
