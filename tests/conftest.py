@@ -48,6 +48,17 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The built-in datasets' cache (tuner.data.cache) in a folder of the test session's
+    own, never the user's ~/.cache: set in the environment, so that the command lines and
+    workers the tests start use it too. One per xdist worker; the tests share it, warm."""
+    folder = tmp_path_factory.mktemp("tuner-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNER_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
