@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "exponential", "cosine", "plateau")
@@ -20,10 +20,46 @@ MODELS = ("mlp", "cnn")
 # what precision.
 ENGINES = ("sequential", "fused")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# The built-in datasets (their loaders live in tuner.data.builtin, which checks it has each one);
-# named here too so that the command line can list them without importing torch.
-DATASET_NAMES = ("digits", "wine", "breast_cancer", "iris", "diabetes", "classification",
-                 "regression")
+
+
+class DatasetKind(NamedTuple):
+    """What a built-in dataset is: its ``task`` (classification or regression), and
+    whether its rows are images (a CNN can train on it)."""
+
+    task: str
+    image: bool = False
+
+
+# The built-in datasets (their loaders live in tuner.data.builtin, which checks it has each
+# one; tests check that it agrees on what each is): named here too so that the command line
+# can list them, and the space reader check a space against them, without importing torch.
+DATASET_KINDS: dict[str, DatasetKind] = {
+    "digits": DatasetKind("classification", image=True),
+    "wine": DatasetKind("classification"),
+    "breast_cancer": DatasetKind("classification"),
+    "iris": DatasetKind("classification"),
+    "diabetes": DatasetKind("regression"),
+    "classification": DatasetKind("classification"),
+    "regression": DatasetKind("regression"),
+}
+DATASET_NAMES = tuple(DATASET_KINDS)
+
+
+class MetricKind(NamedTuple):
+    """What a built-in validation metric is for (``task``) and which way is better."""
+
+    task: str
+    direction: str  # "maximize" or "minimize"
+
+
+# The built-in validation metrics (computed in tuner.train.metrics, whose METRICS is built
+# from this table), named here so that a space is checked without importing torch.
+METRIC_KINDS: dict[str, MetricKind] = {
+    "accuracy": MetricKind("classification", "maximize"),
+    "cross_entropy": MetricKind("classification", "minimize"),
+    "rmse": MetricKind("regression", "minimize"),
+    "mae": MetricKind("regression", "minimize"),
+}
 
 # The columns of a trial row in `tuner trials` (and `--where`) besides its parameters: a
 # parameter of yours may not take one of these names.
