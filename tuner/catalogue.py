@@ -61,6 +61,16 @@ METRIC_KINDS: dict[str, MetricKind] = {
     "mae": MetricKind("regression", "minimize"),
 }
 
+# Trial states as Optuna stores them, by the lower-case names the tuner prints and
+# `tuner trials --state` takes (tuner.storage.optuna_tables reads them).
+TRIAL_STATES = ("complete", "pruned", "running", "fail", "waiting")
+
+# Where studies are kept unless --storage / TUNER_STORAGE says otherwise, and the largest
+# integer a database column holds (SQLite's integers, PostgreSQL's BIGINT): tuner.storage
+# gives them out; named here so that the command line's options need not import it.
+DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
+DB_INT_MAX = 2 ** 63 - 1
+
 # The columns of a trial row in `tuner trials` (and `--where`) besides its parameters: a
 # parameter of yours may not take one of these names.
 TRIAL_COLUMNS = ("number", "state", "value", "duration", "best_epoch", "epochs_run", "seed",

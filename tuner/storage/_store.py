@@ -39,6 +39,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from tuner.catalogue import DEFAULT_STORAGE
 from tuner.errors import StorageError, StorageUnavailable, UsageError
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
 from tuner.storage._lock import database_lock
@@ -58,7 +59,6 @@ from tuner.storage.optuna_compat import (
 )
 from tuner.storage.retries import RetryStale
 
-DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
 # The most database connections one worker process holds at once (trials, heartbeat).
 CONNECTIONS_PER_WORKER = 3
 # What a dropped or busy database looks like from the tuner, to wait out and retry:
@@ -66,8 +66,6 @@ CONNECTIONS_PER_WORKER = 3
 # Optuna's wrapping of them, and the tuner's own session's (StorageUnavailable).
 DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageUnavailable,
                    OperationalError, InterfaceError, InternalError, PoolTimeout)
-# The largest integer a column holds (SQLite's integers, PostgreSQL's BIGINT).
-DB_INT_MAX = 2 ** 63 - 1
 # Seconds between a running trial's heartbeats, and the silence after which a RUNNING
 # trial is taken to belong to a dead worker (failed, then retried). Tests shorten them.
 HEARTBEAT_INTERVAL = int(os.environ.get("TUNER_HEARTBEAT_INTERVAL", "5"))
