@@ -55,6 +55,7 @@ from tuner.storage.optuna_compat import (
     TrialIntermediateValueModel,
     TrialModel,
     TrialUserAttributeModel,
+    schema_head,
     trial_id_of,
 )
 from tuner.storage.retries import RetryStale
@@ -125,15 +126,27 @@ OPTUNA_TABLES = ("studies", "study_directions", "trials", "trial_params", "trial
 TUNER_TABLES = (epochs.name, trial_info.name)
 
 
-def _check_schema(url: str, engine_kwargs: dict[str, Any], complete: bool = True) -> bool:
+def _check_schema(url: str, engine_kwargs: dict[str, Any],
+                  complete: bool = True) -> tuple[bool, bool]:
     """Check, without writing anything, that ``url`` holds an Optuna study database.
 
     Returns whether the tuner's own tables are there too (a plain Optuna database
-    has none: its trials simply have no best epoch, seed or per-epoch rows).
+    has none: its trials simply have no best epoch, seed or per-epoch rows), and whether
+    Optuna's schema is known to be current: its version row is there, and its revision is
+    the one the installed Optuna reads (:func:`~tuner.storage.optuna_compat.schema_head`).
+    When it is not known to be, Optuna checks it as it opens the storage (and writes the
+    version rows a database lacks), as it always has.
     """
     engine = create_engine(url, **engine_kwargs)
     try:
         names = set(inspect(engine).get_table_names())
+        current = False
+        head = schema_head()
+        if complete and head is not None and {"version_info", "alembic_version"} <= names:
+            with engine.connect() as conn:
+                revisions = [row[0] for row in conn.execute(_REVISIONS)]
+                version_rows = conn.execute(_VERSION_ROWS).scalar()
+            current = revisions == [head] and version_rows == 1
     finally:
         engine.dispose()
     if "studies" not in names or "trials" not in names:
@@ -145,7 +158,12 @@ def _check_schema(url: str, engine_kwargs: dict[str, Any], complete: bool = True
         raise StorageError(f"{display_url(url)} is not a complete Optuna study database "
                            f"(missing tables: {', '.join(missing)}); if an older Optuna "
                            f"created it, run `tuner upgrade --storage {display_url(url)}`")
-    return all(t in names for t in TUNER_TABLES)
+    return all(t in names for t in TUNER_TABLES), current
+
+
+# Optuna's schema revision (alembic's table) and its version row, as Optuna reads them.
+_REVISIONS = text("SELECT version_num FROM alembic_version")
+_VERSION_ROWS = text("SELECT COUNT(*) FROM version_info")
 
 
 def _open_optuna(url: str, engine_kwargs: dict[str, Any], create: bool,
@@ -210,9 +228,13 @@ class TunerStorage:
             heartbeat_stale_trial_callback=RetryStale(),
         ) if self.heartbeat else {}
         try:
+            current = False
             if not self.create:
-                self.tuner_tables = _check_schema(self.url, engine_kwargs)
-            self._optuna = _open_optuna(self.url, engine_kwargs, self.create, heartbeat)
+                self.tuner_tables, current = _check_schema(self.url, engine_kwargs)
+            if current and not heartbeat:  # nothing for Optuna to check or write
+                self._optuna = TunerRDBStorage(self.url, engine_kwargs, schema_checked=True)
+            else:
+                self._optuna = _open_optuna(self.url, engine_kwargs, self.create, heartbeat)
             if self.create:
                 if path is not None:
                     event.listen(self.engine, "connect", _on_sqlite_connect)
