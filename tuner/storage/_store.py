@@ -40,7 +40,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tuner.catalogue import DEFAULT_STORAGE
-from tuner.errors import StorageError, StorageUnavailable, UsageError
+from tuner.errors import StorageError, StorageUnavailable, StudyNotFoundError, UsageError
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
 from tuner.storage._lock import database_lock
 from tuner.storage._schema import drop_views, ensure_schema
@@ -344,6 +344,17 @@ class TunerStorage:
 
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def study_id(self, name: str) -> int:
+        """The id of the study ``name``, or a StudyNotFoundError that lists the studies
+        there are."""
+        try:
+            return self.optuna.get_study_id_from_name(name)
+        except KeyError:
+            names = self.study_names()
+            known = (f"studies here: {', '.join(names)}" if names
+                     else "this database has no studies")
+            raise StudyNotFoundError(f"no study {name!r} in the storage; {known}") from None
 
     def state_counts(self, study_id: int) -> dict[TrialState, int]:
         """Trials per state of the study ``study_id`` (every state, 0 where none), counted
