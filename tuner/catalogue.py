@@ -3,6 +3,11 @@
 This table is the single source of truth for parameter names. The YAML loader checks
 every value and range against it, and ``TrialConfig`` takes its defaults from it, so a
 new technique is added here once.
+
+The rest of the product's vocabulary is named here too (models, datasets and metrics,
+engines, precisions, trial states, the default storage), so that the command line and the
+space reader list and check them without importing torch or the database layer: this
+module imports nothing but the standard library.
 """
 
 from __future__ import annotations
