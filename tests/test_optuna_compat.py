@@ -12,15 +12,17 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
-from tuner.storage import StudyStorage, TunerRDBStorage, TunerStorage
+from tuner.storage import StudyStorage, TunerRDBStorage, TunerStorage, close_connections
 from tuner.storage import optuna_compat as compat
 
 WHERE = f"Optuna {optuna.__version__}"
@@ -28,6 +30,7 @@ WHERE = f"Optuna {optuna.__version__}"
 # Every name tuner/storage/optuna_compat.py imports from Optuna's private modules.
 PRIVATE_IMPORTS = {
     "optuna.storages._cached_storage": ("_CachedStorage",),
+    "optuna.storages._rdb.storage": ("_VersionManager",),
     "optuna.storages._rdb.models": (
         "MAX_INDEXED_STRING_LENGTH", "NOT_FOUND_MSG", "StudyModel", "TrialHeartbeatModel",
         "TrialIntermediateValueModel", "TrialModel", "TrialParamModel",
@@ -248,3 +251,38 @@ def test_the_cache_state_the_fast_paths_read_is_there(storage: TunerStorage,
     study_id, number = state["_trial_id_to_study_id_and_number"][compat.trial_id_of(trial)]
     assert (study_id, number) == (compat.study_id_of(study), trial.number)
     assert state["_studies"][study_id].trials[number].number == trial.number
+
+
+def test_the_schema_head_the_tuner_knows_is_the_installed_optunas(tmp_path: Path) -> None:
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'head.db'}")
+    head = rdb.get_head_version()
+    rdb.engine.dispose()
+    release = ".".join(optuna.__version__.split(".")[:2])
+    assert compat.schema_head() == head, (
+        f"{WHERE} reads schema {head}: set SCHEMA_HEADS[{release!r}] = {head!r} in "
+        "tuner.storage.optuna_compat (without it, every read-back command loads alembic)")
+
+
+def test_a_storage_on_a_checked_schema_is_optunas_but_for_the_version_manager(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'checked.db'}"
+    close_connections(TunerStorage(url, heartbeat=False).open())  # a complete, current schema
+    theirs = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    ours = TunerRDBStorage(url, {}, schema_checked=True)
+    try:
+        assert sorted(vars(ours)) == sorted(vars(theirs)), (
+            f"{WHERE}: RDBStorage.__init__ sets {sorted(vars(theirs))}, but "
+            f"tuner.storage._fast.TunerRDBStorage(schema_checked=True) sets {sorted(vars(ours))}")
+        made = ("engine", "scoped_session", "_version_manager")
+        assert {k: v for k, v in vars(ours).items() if k not in made} == {
+            k: v for k, v in vars(theirs).items() if k not in made}
+        assert ours.engine.url == theirs.engine.url
+        assert isinstance(vars(ours)["_version_manager"], compat.LazyVersionManager)
+        assert ours.get_current_version() == theirs.get_current_version() == compat.schema_head()
+        assert ours.get_head_version() == theirs.get_head_version()
+        study_id = ours.create_new_study([StudyDirection.MAXIMIZE], "checked")
+        assert theirs.get_study_id_from_name("checked") == study_id
+        assert theirs.get_study_directions(study_id) == [StudyDirection.MAXIMIZE]
+    finally:
+        close_connections(ours)
+        close_connections(theirs)

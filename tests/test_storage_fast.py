@@ -18,7 +18,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from tuner.storage import TunerStorage
+from tuner.errors import StorageError
+from tuner.storage import TunerStorage, close_connections
+from tuner.storage.optuna_compat import LazyVersionManager
 
 RDB = optuna.storages.RDBStorage
 
@@ -320,3 +322,35 @@ def test_trial_creation_and_state_changes_are_optunas_on_postgres(pg_url: str) -
             optuna.delete_study(study_name="changes", storage=on)
             on.engine.dispose()
     assert runs[0] == runs[1]
+
+
+def _version_manager(storage: TunerStorage) -> object:
+    return vars(storage.optuna)["_version_manager"]
+
+
+def test_reading_a_current_database_leaves_optunas_version_check_out(
+        storage: TunerStorage) -> None:
+    """Opened to read, a database whose schema is complete and current gets Optuna's
+    storage without its version manager (alembic, made on first use); one that lacks its
+    version row is opened by Optuna, which writes the row, as ever."""
+    optuna.create_study(study_name="read", storage=storage.studies)
+    reader = TunerStorage(storage.url, create=False, heartbeat=False).open()
+    assert isinstance(_version_manager(reader), LazyVersionManager)
+    assert reader.study_names() == ["read"]
+    assert reader.optuna.get_current_version() == RDB(storage.url).get_head_version()
+    close_connections(reader)
+    with storage.session() as conn:
+        conn.execute(text("DELETE FROM version_info"))
+    reader = TunerStorage(storage.url, create=False, heartbeat=False).open()
+    assert not isinstance(_version_manager(reader), LazyVersionManager)
+    close_connections(reader)
+    with storage.session() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM version_info")).scalar() == 1
+
+
+def test_reading_an_older_schema_still_says_to_upgrade(storage: TunerStorage) -> None:
+    with storage.session() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    close_connections(storage)
+    with pytest.raises(StorageError, match="run `tuner upgrade --storage"):
+        TunerStorage(storage.url, create=False, heartbeat=False).open()

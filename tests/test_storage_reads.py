@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tuner.errors import StudyNotFoundError
 from tuner.storage import TunerStorage, close_connections, insert_trials, next_trial_id
 from tuner.storage.optuna_compat import study_id_of, trial_id_of
 from tuner.train.loop import EpochMetrics
@@ -33,6 +34,17 @@ def _recorded(storage: TunerStorage, study: optuna.Study, values: list[float]) -
                          best_epoch=2, outcome="completed", device="cpu", history=history)
     study.tell(trial, 0.5)
     return trial_id_of(trial)
+
+
+def test_study_id_is_optunas_and_a_missing_study_names_those_there_are(
+        storage: TunerStorage) -> None:
+    with pytest.raises(StudyNotFoundError, match="this database has no studies"):
+        storage.study_id("reg")
+    study = optuna.create_study(study_name="demo", storage=storage.studies)
+    assert storage.study_id("demo") == study_id_of(study)
+    with pytest.raises(StudyNotFoundError, match="no study 'reg' in the storage; studies "
+                                                 "here: demo"):
+        storage.study_id("reg")
 
 
 def test_state_counts_are_optunas(storage: TunerStorage) -> None:

@@ -3,6 +3,11 @@
 This table is the single source of truth for parameter names. The YAML loader checks
 every value and range against it, and ``TrialConfig`` takes its defaults from it, so a
 new technique is added here once.
+
+The rest of the product's vocabulary is named here too (models, datasets and metrics,
+engines, precisions, trial states, the default storage), so that the command line and the
+space reader list and check them without importing torch or the database layer: this
+module imports nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("none", "step", "multistep", "exponential", "cosine", "plateau")
@@ -20,10 +25,56 @@ MODELS = ("mlp", "cnn")
 # what precision.
 ENGINES = ("sequential", "fused")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# The built-in datasets (their loaders live in tuner.data.builtin, which checks it has each one);
-# named here too so that the command line can list them without importing torch.
-DATASET_NAMES = ("digits", "wine", "breast_cancer", "iris", "diabetes", "classification",
-                 "regression")
+
+
+class DatasetKind(NamedTuple):
+    """What a built-in dataset is: its ``task`` (classification or regression), and
+    whether its rows are images (a CNN can train on it)."""
+
+    task: str
+    image: bool = False
+
+
+# The built-in datasets (their loaders live in tuner.data.builtin, which checks it has each
+# one; tests check that it agrees on what each is): named here too so that the command line
+# can list them, and the space reader check a space against them, without importing torch.
+DATASET_KINDS: dict[str, DatasetKind] = {
+    "digits": DatasetKind("classification", image=True),
+    "wine": DatasetKind("classification"),
+    "breast_cancer": DatasetKind("classification"),
+    "iris": DatasetKind("classification"),
+    "diabetes": DatasetKind("regression"),
+    "classification": DatasetKind("classification"),
+    "regression": DatasetKind("regression"),
+}
+DATASET_NAMES = tuple(DATASET_KINDS)
+
+
+class MetricKind(NamedTuple):
+    """What a built-in validation metric is for (``task``) and which way is better."""
+
+    task: str
+    direction: str  # "maximize" or "minimize"
+
+
+# The built-in validation metrics (computed in tuner.train.metrics, whose METRICS is built
+# from this table), named here so that a space is checked without importing torch.
+METRIC_KINDS: dict[str, MetricKind] = {
+    "accuracy": MetricKind("classification", "maximize"),
+    "cross_entropy": MetricKind("classification", "minimize"),
+    "rmse": MetricKind("regression", "minimize"),
+    "mae": MetricKind("regression", "minimize"),
+}
+
+# Trial states as Optuna stores them, by the lower-case names the tuner prints and
+# `tuner trials --state` takes (tuner.storage.optuna_tables reads them).
+TRIAL_STATES = ("complete", "pruned", "running", "fail", "waiting")
+
+# Where studies are kept unless --storage / TUNER_STORAGE says otherwise, and the largest
+# integer a database column holds (SQLite's integers, PostgreSQL's BIGINT): tuner.storage
+# gives them out; named here so that the command line's options need not import it.
+DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
+DB_INT_MAX = 2 ** 63 - 1
 
 # The columns of a trial row in `tuner trials` (and `--where`) besides its parameters: a
 # parameter of yours may not take one of these names.

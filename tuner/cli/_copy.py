@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
+from tuner.catalogue import DEFAULT_STORAGE
 from tuner.cli import cli
 from tuner.cli._options import StudyName
 from tuner.formatting import plural
-from tuner.storage import DEFAULT_STORAGE
 
 
 @cli.command()

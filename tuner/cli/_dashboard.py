@@ -7,8 +7,6 @@ import click
 from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.cli._query import open_readonly
-from tuner.dashboard.server import check_host, dashboard_url, make_dashboard, remote_warning
-from tuner.storage import TunerStorage, close_connections, display_url
 
 
 @cli.command()
@@ -53,6 +51,9 @@ def dashboard(storage: str, host: str, port: int, allow_writes: bool,
       tuner dashboard --port 8080      # then open http://127.0.0.1:8080/
       tuner dashboard --allow-writes   # notes, renames and deletions from the UI
     """
+    from tuner.dashboard.server import check_host, dashboard_url, make_dashboard, remote_warning
+    from tuner.storage import TunerStorage, close_connections, display_url
+
     check_host(host, port, allow_remote, allow_writes)  # before the database is opened
     db = open_readonly(storage)
     if allow_writes:

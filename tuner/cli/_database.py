@@ -10,13 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from optuna.trial import TrialState
 
 from tuner.cli import cli
 from tuner.cli._options import storage_option
 from tuner.errors import StudyNotFoundError, UsageError
-from tuner.run.study import count_states, require_study
-from tuner.storage import TunerStorage, display_url
 
 
 @cli.command()
@@ -34,6 +31,11 @@ def delete(storage: str, name: str, yes: bool) -> None:
       tuner delete --study reg          # asks first
       tuner delete --study reg --yes
     """
+    from optuna.trial import TrialState
+
+    from tuner.run.study import count_states, require_study
+    from tuner.storage import TunerStorage, display_url
+
     db = TunerStorage(storage, create=False, heartbeat=False).open()
     study_id = require_study(db, name)
     counts = count_states(db, study_id)
@@ -71,6 +73,8 @@ def upgrade(storage: str) -> None:
     runs Optuna's migration, and recreates them. Back up the database first, as for any
     migration. A database that is already current is left as it is.
     """
+    from tuner.storage import TunerStorage, display_url
+
     db = TunerStorage(storage, heartbeat=False)
     with _migration_steps_shown():
         before, after = db.upgrade()

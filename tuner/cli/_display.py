@@ -15,20 +15,12 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from tuner.formatting import format_rows, plural
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
     from tuner.run.runner import RunSummary, Snapshot
 
 
@@ -44,6 +36,16 @@ class RunProgress:
     """A rich progress bar fed by the runner's snapshots (silent when quiet)."""
 
     def __init__(self, console: Console, quiet: bool) -> None:
+        # rich is imported here: the read-back commands' tables need none of it.
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.bar = None if quiet else Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),

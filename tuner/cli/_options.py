@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tuner.catalogue import ENGINES, PRECISIONS
+from tuner.catalogue import DB_INT_MAX, DEFAULT_STORAGE, ENGINES, PRECISIONS
 from tuner.formatting import FORMATS
-from tuner.space import EngineSpec
-from tuner.storage import DB_INT_MAX, DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from tuner.space import EngineSpec
 
 
 def db_int(min: int) -> click.IntRange:

@@ -7,15 +7,21 @@ every column, exactly).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from tuner import queries
+from tuner.catalogue import TRIAL_STATES
 from tuner.cli import cli
-from tuner.cli._display import flat, output_width, trial_text, trials_table
 from tuner.cli._options import db_int, format_option, storage_option, study_option
 from tuner.errors import TunerError, UsageError
 from tuner.formatting import format_rows
-from tuner.storage import TunerStorage
+
+if TYPE_CHECKING:
+    from tuner.storage import TunerStorage
+
+# The queries (SQLAlchemy, Optuna) are imported inside the commands, so that `tuner --help`
+# does not pay for them.
 
 TRIAL_COLUMNS = ["number", "state", "value", "duration", "best_epoch"]
 BEST_COLUMNS = ["number", "value", "test_metric", "best_epoch", "seed"]
@@ -23,6 +29,8 @@ BEST_COLUMNS = ["number", "value", "test_metric", "best_epoch", "seed"]
 
 def open_readonly(storage: str) -> TunerStorage:
     """Reading never creates a database or a table, and heartbeats are for workers."""
+    from tuner.storage import TunerStorage
+
     return TunerStorage(storage, create=False, heartbeat=False).open()
 
 
@@ -41,6 +49,9 @@ all_params_option = click.option(
 @format_option
 def studies(storage: str, fmt: str) -> None:
     """List the studies: direction, trials by state, best value, created, last activity."""
+    from tuner import queries
+    from tuner.cli._display import output_width
+
     rows = queries.studies(open_readonly(storage))
     width = output_width() if fmt == "table" else None
     click.echo(format_rows(rows, queries.STUDY_COLUMNS, fmt, width=width), nl=False)
@@ -49,7 +60,7 @@ def studies(storage: str, fmt: str) -> None:
 @cli.command()
 @study_option
 @storage_option
-@click.option("--state", "states", multiple=True, type=click.Choice(queries.STATES),
+@click.option("--state", "states", multiple=True, type=click.Choice(TRIAL_STATES),
               help="Only trials in this state (repeat for several).")
 @click.option("--where", metavar="FILTER",
               help="Only trials that match, e.g. \"optimizer == 'adam' and dropout > 0.3\": "
@@ -81,6 +92,9 @@ def trials(study: str, storage: str, states: tuple[str, ...], where: str | None,
       tuner trials --study reg --where "optimizer == 'adam' and dropout > 0.3" \\
                    --sort -value --limit 10
     """
+    from tuner import queries
+    from tuner.cli._display import flat, output_width, trial_text, trials_table
+
     shown = _names(columns)
     db = open_readonly(storage)
     rows = queries.trials(db, study, states=states, where=where, sort=_names(sort),
@@ -110,6 +124,9 @@ def best(study: str, storage: str, top: int, all_params: bool, fmt: str) -> None
     One trial is shown as a list, as `tuner start` ends; several as a table that fits the
     terminal (see `tuner trials --help`). CSV and JSON carry every column.
     """
+    from tuner import queries
+    from tuner.cli._display import flat, output_width, trial_text, trials_table
+
     db = open_readonly(storage)
     rows = queries.best_trials(db, study, top)
     params = queries.param_names(rows)
@@ -138,6 +155,9 @@ def curves(study: str, storage: str, numbers: tuple[int, ...], fmt: str) -> None
     Trials the tuner did not train (a plain Optuna study) show their intermediate values
     as val_metric.
     """
+    from tuner import queries
+    from tuner.cli._display import output_width
+
     db = open_readonly(storage)
     note = None
     if not numbers:

@@ -17,7 +17,6 @@ from sqlalchemy import inspect, select
 
 from tuner.errors import UsageError
 from tuner.queries.schema import intermediate_values, trials
-from tuner.run.study import require_study
 from tuner.storage import TunerStorage, epoch_metrics, epochs
 
 CURVE_COLUMNS = ("trial", "epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds")
@@ -27,7 +26,7 @@ _SPECIAL = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
 def curves(storage: TunerStorage, study: str, numbers: Sequence[int]) -> list[dict[str, Any]]:
     """One row per trial and epoch, for the trials numbered ``numbers``, in that order;
     the further values a training function of yours reported are keys of their own."""
-    study_id = require_study(storage, study)
+    study_id = storage.study_id(study)
     with storage.session() as conn:
         ids = dict(conn.execute(select(trials.c.number, trials.c.trial_id).where(
             trials.c.study_id == study_id, trials.c.number.in_(list(numbers)))).all())

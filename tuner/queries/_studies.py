@@ -8,7 +8,6 @@ from sqlalchemy import text
 
 from tuner.errors import TunerError
 from tuner.queries._trials import as_datetime
-from tuner.run.study import require_study, stored_space
 from tuner.storage import TunerStorage
 
 STUDY_COLUMNS = ("study", "direction", "complete", "pruned", "running", "failed", "waiting",
@@ -64,7 +63,10 @@ def studies(storage: TunerStorage) -> list[dict[str, Any]]:
 def study_metric(storage: TunerStorage, study: str) -> str | None:
     """The name of the metric a study's value is (a function of yours: its name), or None
     for a study the tuner did not create (or whose stored space it cannot read)."""
-    require_study(storage, study)  # a study that does not exist is an error, not None
+    # The space reader loads here, not with the queries: `tuner studies` needs none of it.
+    from tuner.run.study import stored_space
+
+    storage.study_id(study)  # a study that does not exist is an error, not None
     try:
         space = stored_space(storage, study)
     except TunerError:  # no stored space, or one this version cannot read

@@ -22,7 +22,6 @@ from tuner.queries._compile import compile_filter
 from tuner.queries._filter import FilterError, parse
 from tuner.queries.schema import as_text, study_directions, trial_params, trial_values
 from tuner.queries.schema import trials as trials_table
-from tuner.run.study import require_study
 from tuner.storage import TunerStorage
 
 # Every field of a trial row, besides its parameters.
@@ -114,7 +113,7 @@ def trials(storage: TunerStorage, study: str, *, states: Sequence[str] = (),
     >>> rows = trials(storage, "reg", where="dropout > 0.3", sort=["-value"], limit=5)
     ... # doctest: +SKIP
     """
-    study_id = require_study(storage, study)
+    study_id = storage.study_id(study)
     with storage.session() as conn:
         resolver = StudyColumns(conn, study_id, study, storage.tuner_tables)
         for name in columns:

@@ -67,12 +67,7 @@ def study_exists(storage: TunerStorage, name: str) -> bool:
 
 def require_study(storage: TunerStorage, name: str) -> int:
     """The study's id, or a StudyNotFoundError that lists the studies there are."""
-    try:
-        return storage.optuna.get_study_id_from_name(name)
-    except KeyError:
-        names = storage.study_names()
-        known = f"studies here: {', '.join(names)}" if names else "this database has no studies"
-        raise StudyNotFoundError(f"no study {name!r} in the storage; {known}") from None
+    return storage.study_id(name)
 
 
 def stored_space(storage: TunerStorage, name: str) -> Space:

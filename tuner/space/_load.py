@@ -23,7 +23,9 @@ import yaml
 from tuner.catalogue import (
     CATALOGUE,
     CONDITIONAL_PARENTS,
+    DATASET_KINDS,
     ENGINES,
+    METRIC_KINDS,
     MODELS,
     PRECISIONS,
     TRIAL_COLUMNS,
@@ -280,9 +282,7 @@ def _one_of(options: tuple[str, ...]) -> Any:
 
 
 def _dataset(ctx: _Context, value: Any, path: str) -> None:
-    from tuner.data.builtin import DATASETS
-
-    _one_of(tuple(DATASETS))(ctx, value, path)
+    _one_of(tuple(DATASET_KINDS))(ctx, value, path)
 
 
 def _features(ctx: _Context, value: Any, path: str) -> None:
@@ -316,16 +316,14 @@ def _integer(ctx: _Context, value: Any, path: str, *, minimum: int) -> int:
 
 
 def _parse_task(ctx: _Context, raw: Any) -> Task:
-    from tuner.data.builtin import DATASETS
-
     task = ctx.mapping(raw, "task", TASK_KEYS)
     dataset = task.get("dataset", Task.dataset)
-    if dataset not in DATASETS:
+    if dataset not in DATASET_KINDS:
         ctx.fail("task.dataset", f"unknown dataset {dataset!r}; expected one of: "
-                 f"{', '.join(DATASETS)}")
+                 f"{', '.join(DATASET_KINDS)}")
     user = _parse_user_data(ctx, task)
-    image = user.pop("_image") if user["data"] else DATASETS[dataset].image_shape is not None
-    kind = user["kind"] if user["data"] else DATASETS[dataset].task
+    image = user.pop("_image") if user["data"] else DATASET_KINDS[dataset].image
+    kind = user["kind"] if user["data"] else DATASET_KINDS[dataset].task
     objective = _reference(ctx, task, "objective", OBJECTIVE_ARGS)
     if objective is not None:
         metric, direction = _objective_metric(ctx, task)
@@ -392,22 +390,21 @@ def _direction(ctx: _Context, task: Mapping[str, Any], why: str) -> str:
 
 def _metric(ctx: _Context, task: Mapping[str, Any], kind: str, data: str) -> tuple[str, str]:
     """The metric the tuner's loop computes, and its direction."""
-    from tuner.train.metrics import METRICS
-
     metric = task.get("metric", "accuracy" if kind == "classification" else "rmse")
     if isinstance(metric, str) and is_reference(metric):
         _reference(ctx, task, "metric", METRIC_ARGS)
         return metric, _direction(ctx, task, f"a metric of yours ({metric})")
-    if metric not in METRICS:
+    if metric not in METRIC_KINDS:
         ctx.fail("task.metric", f"unknown metric {metric!r}; expected one of: "
-                 f"{', '.join(METRICS)}, or package.module:function / file.py:function for "
+                 f"{', '.join(METRIC_KINDS)}, or package.module:function / file.py:function for "
                  "your own")
-    if METRICS[metric].task != kind:
-        ctx.fail("task.metric", f"metric {metric!r} is for {METRICS[metric].task}, but dataset "
+    builtin = METRIC_KINDS[metric]
+    if builtin.task != kind:
+        ctx.fail("task.metric", f"metric {metric!r} is for {builtin.task}, but dataset "
                  f"{data!r} is {kind}")
-    direction = task.get("direction", METRICS[metric].direction)
-    if direction != METRICS[metric].direction:
-        ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
+    direction = task.get("direction", builtin.direction)
+    if direction != builtin.direction:
+        ctx.fail("task.direction", f"metric {metric!r} must be {builtin.direction}d, "
                  f"but got {direction!r}")
     return metric, direction
 
@@ -416,17 +413,16 @@ def _objective_metric(ctx: _Context, task: Mapping[str, Any]) -> tuple[str, str]
     """With a training function of yours, ``task.metric`` names the value it returns: a
     built-in metric's name sets the direction; any other name (or a metric function's
     reference, read as its name) needs one."""
-    from tuner.train.metrics import METRICS
-
     metric = task.get("metric", "value")
     if not isinstance(metric, str) or not (metric.isidentifier() or is_reference(metric)):
         ctx.fail("task.metric", f"must name the value your objective returns, e.g. f1, but "
                  f"got {metric!r}")
-    if metric in METRICS and "direction" not in task:
-        return metric, METRICS[metric].direction
+    if metric in METRIC_KINDS and "direction" not in task:
+        return metric, METRIC_KINDS[metric].direction
     direction = _direction(ctx, task, f"an objective of yours ({task['objective']})")
-    if metric in METRICS and direction != METRICS[metric].direction:
-        ctx.fail("task.direction", f"metric {metric!r} must be {METRICS[metric].direction}d, "
+    builtin = METRIC_KINDS.get(metric)
+    if builtin is not None and direction != builtin.direction:
+        ctx.fail("task.direction", f"metric {metric!r} must be {builtin.direction}d, "
                  f"but got {direction!r}")
     return metric, direction
 

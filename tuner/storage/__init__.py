@@ -5,6 +5,7 @@ the query language over these tables); every use of Optuna's private API is in
 :mod:`tuner.storage.optuna_compat`.
 """
 
+from tuner.catalogue import DB_INT_MAX, DEFAULT_STORAGE
 from tuner.storage._bulk import insert_trials, next_trial_id
 from tuner.storage._copy import copy_study
 from tuner.storage._fast import StudyStorage, TunerRDBStorage
@@ -13,8 +14,6 @@ from tuner.storage._recorder import MemoryRecorder, TrialRecord, TrialRecorder
 from tuner.storage._rename import rename_study
 from tuner.storage._store import (
     DATABASE_ERRORS,
-    DB_INT_MAX,
-    DEFAULT_STORAGE,
     GRACE_PERIOD,
     TunerStorage,
     close_connections,

@@ -64,7 +64,17 @@ from typing import Any, cast
 import optuna
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import BindParameter, Integer, Select, bindparam, func, or_, select
+from sqlalchemy import (
+    BindParameter,
+    Integer,
+    Select,
+    bindparam,
+    create_engine,
+    func,
+    or_,
+    orm,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tuner.storage.optuna_compat import (
@@ -80,6 +90,7 @@ from tuner.storage.optuna_compat import (
     TrialSystemAttributeModel,
     TrialUserAttributeModel,
     TrialValueModel,
+    lazy_version_manager,
     local_time,
     trial_id_of,
 )
@@ -184,7 +195,38 @@ _MAX_FRESH = 256
 
 class TunerRDBStorage(optuna.storages.RDBStorage):
     """:class:`optuna.storages.RDBStorage` with cheaper trial reads, parameter writes and
-    stale-trial checks (see the module)."""
+    stale-trial checks (see the module).
+
+    With ``schema_checked`` (and no other option), on a database whose Optuna schema the
+    caller has found complete and current (:func:`~tuner.storage.optuna_compat.schema_head`),
+    it opens as ``RDBStorage(url, engine_kwargs, skip_table_creation=True)`` does, but
+    for the version manager, which is made on first use
+    (:class:`~tuner.storage.optuna_compat.LazyVersionManager`). Optuna makes it as it
+    opens, importing alembic and loading its migration scripts to check the schema: that
+    costs a read-back command more than its reading does.
+    """
+
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, *args: Any,
+                 schema_checked: bool = False, **kwargs: Any) -> None:
+        if not schema_checked:
+            super().__init__(url, engine_kwargs, *args, **kwargs)
+            return
+        if args or kwargs:
+            raise TypeError("a storage on a checked schema takes only the URL and the "
+                            "engine's options")
+        # What RDBStorage.__init__ sets without heartbeats, table creation and the version
+        # check (tests/test_optuna_compat.py pins that they are the same attributes).
+        self.engine_kwargs = engine_kwargs or {}
+        self.url = self._fill_storage_url_template(url)
+        self.skip_compatibility_check = False
+        self.heartbeat_interval = None
+        self.grace_period = None
+        self.heartbeat_stale_trial_callback = None
+        self.failed_trial_callback = None
+        self._set_default_engine_kwargs_for_mysql(url, self.engine_kwargs)
+        self.engine = create_engine(self.url, **self.engine_kwargs)
+        self.scoped_session = orm.scoped_session(orm.sessionmaker(bind=self.engine))
+        self._version_manager = lazy_version_manager(self.url, self.engine, self.scoped_session)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         key = {"trial_id": trial_id}

@@ -39,7 +39,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tuner.errors import StorageError, StorageUnavailable, UsageError
+from tuner.catalogue import DEFAULT_STORAGE
+from tuner.errors import StorageError, StorageUnavailable, StudyNotFoundError, UsageError
 from tuner.storage._fast import TRIAL_STATE, StudyStorage, TunerRDBStorage
 from tuner.storage._lock import database_lock
 from tuner.storage._schema import drop_views, ensure_schema
@@ -54,11 +55,11 @@ from tuner.storage.optuna_compat import (
     TrialIntermediateValueModel,
     TrialModel,
     TrialUserAttributeModel,
+    schema_head,
     trial_id_of,
 )
 from tuner.storage.retries import RetryStale
 
-DEFAULT_STORAGE = "sqlite:///storage/tuner.db"
 # The most database connections one worker process holds at once (trials, heartbeat).
 CONNECTIONS_PER_WORKER = 3
 # What a dropped or busy database looks like from the tuner, to wait out and retry:
@@ -66,8 +67,6 @@ CONNECTIONS_PER_WORKER = 3
 # Optuna's wrapping of them, and the tuner's own session's (StorageUnavailable).
 DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, StorageUnavailable,
                    OperationalError, InterfaceError, InternalError, PoolTimeout)
-# The largest integer a column holds (SQLite's integers, PostgreSQL's BIGINT).
-DB_INT_MAX = 2 ** 63 - 1
 # Seconds between a running trial's heartbeats, and the silence after which a RUNNING
 # trial is taken to belong to a dead worker (failed, then retried). Tests shorten them.
 HEARTBEAT_INTERVAL = int(os.environ.get("TUNER_HEARTBEAT_INTERVAL", "5"))
@@ -127,15 +126,27 @@ OPTUNA_TABLES = ("studies", "study_directions", "trials", "trial_params", "trial
 TUNER_TABLES = (epochs.name, trial_info.name)
 
 
-def _check_schema(url: str, engine_kwargs: dict[str, Any], complete: bool = True) -> bool:
+def _check_schema(url: str, engine_kwargs: dict[str, Any],
+                  complete: bool = True) -> tuple[bool, bool]:
     """Check, without writing anything, that ``url`` holds an Optuna study database.
 
     Returns whether the tuner's own tables are there too (a plain Optuna database
-    has none: its trials simply have no best epoch, seed or per-epoch rows).
+    has none: its trials simply have no best epoch, seed or per-epoch rows), and whether
+    Optuna's schema is known to be current: its version row is there, and its revision is
+    the one the installed Optuna reads (:func:`~tuner.storage.optuna_compat.schema_head`).
+    When it is not known to be, Optuna checks it as it opens the storage (and writes the
+    version rows a database lacks), as it always has.
     """
     engine = create_engine(url, **engine_kwargs)
     try:
         names = set(inspect(engine).get_table_names())
+        current = False
+        head = schema_head()
+        if complete and head is not None and {"version_info", "alembic_version"} <= names:
+            with engine.connect() as conn:
+                revisions = [row[0] for row in conn.execute(_REVISIONS)]
+                version_rows = conn.execute(_VERSION_ROWS).scalar()
+            current = revisions == [head] and version_rows == 1
     finally:
         engine.dispose()
     if "studies" not in names or "trials" not in names:
@@ -147,7 +158,12 @@ def _check_schema(url: str, engine_kwargs: dict[str, Any], complete: bool = True
         raise StorageError(f"{display_url(url)} is not a complete Optuna study database "
                            f"(missing tables: {', '.join(missing)}); if an older Optuna "
                            f"created it, run `tuner upgrade --storage {display_url(url)}`")
-    return all(t in names for t in TUNER_TABLES)
+    return all(t in names for t in TUNER_TABLES), current
+
+
+# Optuna's schema revision (alembic's table) and its version row, as Optuna reads them.
+_REVISIONS = text("SELECT version_num FROM alembic_version")
+_VERSION_ROWS = text("SELECT COUNT(*) FROM version_info")
 
 
 def _open_optuna(url: str, engine_kwargs: dict[str, Any], create: bool,
@@ -212,9 +228,13 @@ class TunerStorage:
             heartbeat_stale_trial_callback=RetryStale(),
         ) if self.heartbeat else {}
         try:
+            current = False
             if not self.create:
-                self.tuner_tables = _check_schema(self.url, engine_kwargs)
-            self._optuna = _open_optuna(self.url, engine_kwargs, self.create, heartbeat)
+                self.tuner_tables, current = _check_schema(self.url, engine_kwargs)
+            if current and not heartbeat:  # nothing for Optuna to check or write
+                self._optuna = TunerRDBStorage(self.url, engine_kwargs, schema_checked=True)
+            else:
+                self._optuna = _open_optuna(self.url, engine_kwargs, self.create, heartbeat)
             if self.create:
                 if path is not None:
                     event.listen(self.engine, "connect", _on_sqlite_connect)
@@ -324,6 +344,17 @@ class TunerStorage:
 
     def study_names(self) -> list[str]:
         return [s.study_name for s in self.optuna.get_all_studies()]
+
+    def study_id(self, name: str) -> int:
+        """The id of the study ``name``, or a StudyNotFoundError that lists the studies
+        there are."""
+        try:
+            return self.optuna.get_study_id_from_name(name)
+        except KeyError:
+            names = self.study_names()
+            known = (f"studies here: {', '.join(names)}" if names
+                     else "this database has no studies")
+            raise StudyNotFoundError(f"no study {name!r} in the storage; {known}") from None
 
     def state_counts(self, study_id: int) -> dict[TrialState, int]:
         """Trials per state of the study ``study_id`` (every state, 0 where none), counted

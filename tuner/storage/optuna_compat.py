@@ -20,7 +20,10 @@ What the module wraps:
 * :class:`CachedStorage` (``optuna.storages._cached_storage._CachedStorage``) and the ORM
   models of ``optuna.storages._rdb.models``, re-exported, with the private columns
   :data:`TRIAL_START_UTC` and :data:`TRIAL_COMPLETE_UTC` and :func:`local_time` (how
-  ``TrialModel`` turns them into the times a ``FrozenTrial`` holds).
+  ``TrialModel`` turns them into the times a ``FrozenTrial`` holds);
+* :class:`LazyVersionManager`: ``optuna.storages._rdb.storage._VersionManager`` (what
+  ``RDBStorage._version_manager`` is), made on first use, and :func:`schema_head`, the
+  schema revision the installed Optuna reads, known without alembic.
 
 What stays outside, by design: the storage fast paths of :mod:`tuner.storage._fast`
 subclass ``RDBStorage`` and :class:`CachedStorage`, override private methods of theirs
@@ -42,7 +45,7 @@ True
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import optuna
@@ -63,14 +66,18 @@ from optuna.storages._rdb.models import (
     TrialUserAttributeModel,
     TrialValueModel,
 )
+from optuna.storages._rdb.storage import _VersionManager
 from optuna.trial import FrozenTrial
 
 __all__ = ["INHERITED", "MAX_INDEXED_STRING_LENGTH", "NOT_FOUND_MSG", "OVERRIDDEN",
-           "TRIAL_COMPLETE_UTC", "TRIAL_START_UTC", "CachedStorage", "StudyModel",
-           "TrialHeartbeatModel", "TrialIntermediateValueModel", "TrialModel", "TrialParamModel",
+           "SCHEMA_HEADS", "TRIAL_COMPLETE_UTC", "TRIAL_START_UTC", "CachedStorage",
+           "LazyVersionManager", "StudyModel", "TrialHeartbeatModel",
+           "TrialIntermediateValueModel", "TrialModel", "TrialParamModel",
            "TrialSystemAttributeModel", "TrialUserAttributeModel", "TrialValueModel",
-           "distribution_contains", "frozen_trial_of", "local_time", "random_states_of",
-           "read_trial", "storage_of", "study_id_of", "trial_id_of", "wrapped_pruner_of"]
+           "distribution_contains", "frozen_trial_of", "lazy_version_manager", "local_time",
+           "random_states_of",
+           "read_trial", "schema_head", "storage_of", "study_id_of", "trial_id_of",
+           "wrapped_pruner_of"]
 
 # Optuna's cache over an RDB storage, which studies on a database run on (optuna.create_study
 # wraps an RDBStorage in one); the tuner's StudyStorage subclasses it.
@@ -91,6 +98,44 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
 INHERITED: dict[type, tuple[str, ...]] = {
     _CachedStorage: ("_backend", "_lock", "_studies", "_trial_id_to_study_id_and_number"),
 }
+
+# The schema revision (alembic's head) that each Optuna release line the tuner knows reads
+# and writes: Optuna adds a migration only in a minor or major release. A command that
+# reads a database compares its revision with this one instead of asking alembic, whose
+# import and migration scripts cost more than the rest of `tuner best`; with an Optuna
+# not listed here, Optuna checks the schema as it opens the storage, as ever.
+SCHEMA_HEADS = {"5.1": "v3.2.0.a"}
+
+
+def schema_head() -> str | None:
+    """The schema revision the installed Optuna reads (as
+    ``RDBStorage.get_head_version()`` says), or None for a release line the tuner does not
+    know (:data:`SCHEMA_HEADS`)."""
+    return SCHEMA_HEADS.get(".".join(optuna.__version__.split(".")[:2]))
+
+
+class LazyVersionManager:
+    """Optuna's version manager of an RDB storage (``RDBStorage._version_manager``: the
+    schema's revision, head and upgrade, through alembic), made on first use rather than
+    as the storage opens. Making it writes the version rows a database lacks, so it
+    stands only in a storage on a database that has them (``TunerRDBStorage`` with
+    ``schema_checked``)."""
+
+    def __init__(self, url: str, engine: Any, scoped_session: Any) -> None:
+        self._arguments = (url, engine, scoped_session)
+        self._made: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_arguments", "_made"):
+            raise AttributeError(name)
+        if self._made is None:
+            self._made = _VersionManager(*self._arguments)
+        return getattr(self._made, name)
+
+
+def lazy_version_manager(url: str, engine: Any, scoped_session: Any) -> _VersionManager:
+    """A :class:`LazyVersionManager`, as what ``RDBStorage._version_manager`` holds."""
+    return cast(_VersionManager, LazyVersionManager(url, engine, scoped_session))
 
 
 def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:

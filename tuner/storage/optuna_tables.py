@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import DateTime, Float, Integer, String, cast, column, table
 from sqlalchemy.sql.elements import ColumnElement
 
+from tuner.catalogue import TRIAL_STATES
+
 studies = table("studies", column("study_id", Integer), column("study_name", String))
 
 study_directions = table("study_directions", column("study_id", Integer),
@@ -37,7 +39,7 @@ intermediate_values = table("trial_intermediate_values", column("trial_id", Inte
                             column("intermediate_value_type"))
 
 # Trial states as Optuna stores them, by the lower-case names the tuner prints.
-STATES = ("complete", "pruned", "running", "fail", "waiting")
+STATES = TRIAL_STATES
 
 
 def as_text(enum_column: ColumnElement[Any]) -> ColumnElement[str]:
