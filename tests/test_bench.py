@@ -38,6 +38,7 @@ def report() -> dict[str, Any]:
     return parsed
 
 
+@pytest.mark.slow
 def test_bare_bench_prints_every_column_and_variant(table: Result) -> None:
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
@@ -52,6 +53,7 @@ def test_bare_bench_prints_every_column_and_variant(table: Result) -> None:
     assert not any(line.startswith("tuner-fused") for line in lines)
 
 
+@pytest.mark.slow
 def test_json_has_the_settings_and_a_row_per_variant(report: dict[str, Any]) -> None:
     assert (report["dataset"], report["trials"], report["epochs"], report["device"]) == (
         "iris", 2, 2, "cpu")
@@ -67,6 +69,7 @@ def test_json_has_the_settings_and_a_row_per_variant(report: dict[str, Any]) -> 
         assert set(key for _, key in COLUMNS) <= set(row)
 
 
+@pytest.mark.slow
 def test_json_numbers_are_sane(report: dict[str, Any]) -> None:
     for row in report["rows"]:
         assert (row["trials"], row["epochs"]) == (2, 4)  # no pruning, no early stopping
@@ -81,6 +84,7 @@ def test_json_numbers_are_sane(report: dict[str, Any]) -> None:
     assert report["rows"][0]["speedup"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_storage_is_what_separates_the_engine_variants(report: dict[str, Any]) -> None:
     rows = {row["variant"]: row for row in report["rows"]}
     # The same seeds on the CPU: the engine computes the same trials in memory and on SQLite.
@@ -99,6 +103,7 @@ def test_bad_option_is_a_usage_error() -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_the_synthetic_dataset_takes_the_size_asked_for() -> None:
     result = CliRunner().invoke(cli, ["bench", "--dataset", "classification", "--samples",
                                       "500", "--features", "7", "--trials", "1", "--epochs",

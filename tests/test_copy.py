@@ -228,6 +228,7 @@ def pg_name(pg_url: str) -> Iterator[str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_sqlite_to_postgresql_with_the_tuners_rows(source: str, pg_url: str,
                                                    pg_name: str) -> None:
     result = _invoke(["copy", "--from", source, "--to", pg_url, "--study", "reg",

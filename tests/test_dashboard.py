@@ -131,6 +131,7 @@ def test_the_browser_lists_the_study_and_its_trial_count(
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_dashboard_on_postgresql(pg_url: str) -> None:
     name = f"dash-{uuid.uuid4().hex[:8]}"
     writer = TunerStorage(pg_url, heartbeat=False).open()

@@ -208,6 +208,7 @@ def test_every_write_route_of_optuna_dashboard_is_in_the_list(db: Path) -> None:
     assert routes == {(method, rule) for method, rule, _ in WRITES}
 
 
+@pytest.mark.slow
 def test_read_only_refuses_every_write_and_changes_nothing(db: Path,
                                                            db_snapshot: Snapshot) -> None:
     ids = _ids(db, "alpha")
@@ -257,6 +258,7 @@ def test_the_guard_refuses_by_method_whatever_the_route() -> None:
 # --- --allow-writes -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rename_keeps_the_ids_and_the_tuner_rows(db: Path, db_snapshot: Snapshot) -> None:
     ids = _ids(db, "alpha")
     best = _best(db, "alpha")
@@ -330,6 +332,7 @@ def _drop_ties(path: Path) -> None:
 
 
 @pytest.mark.parametrize("schema", ["current", "before the ties"])
+@pytest.mark.slow
 def test_delete_takes_the_tuner_rows_of_that_study_only(db: Path, db_snapshot: Snapshot,
                                                         schema: str) -> None:
     if schema == "before the ties":
@@ -351,6 +354,7 @@ def test_delete_takes_the_tuner_rows_of_that_study_only(db: Path, db_snapshot: S
     assert _best(db, "beta")[0]["test_metric"] is not None
 
 
+@pytest.mark.slow
 def test_writes_pass_through_and_reads_still_work(db: Path) -> None:
     ids = _ids(db, "beta")
     with _serve(db, "--allow-writes") as url:
@@ -375,6 +379,7 @@ def test_writes_pass_through_and_reads_still_work(db: Path) -> None:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "dashboard.example.com"])
+@pytest.mark.slow
 def test_a_reachable_host_needs_allow_remote(host: str, tmp_path: Path) -> None:
     missing = tmp_path / "nothing" / "tuner.db"  # refused before the database is opened
     proc = subprocess.run([sys.executable, "-m", "tuner", "dashboard", "--host", host,
@@ -390,6 +395,7 @@ def test_a_reachable_host_needs_allow_remote(host: str, tmp_path: Path) -> None:
     assert not missing.parent.exists()
 
 
+@pytest.mark.slow
 def test_allow_remote_listens_and_warns(db: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage",
                              f"sqlite:///{db}", "--host", "0.0.0.0", "--port", "0",
@@ -437,6 +443,7 @@ def test_loopback_hosts_need_nothing_more(runner: CliRunner, db: Path,
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_rename_and_delete_on_postgresql(pg_url: str, tiny_path: Path) -> None:
     """The same rename and deletion on PostgreSQL, whose ties are foreign keys."""
     import threading

@@ -141,6 +141,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                     reason="mallopt is glibc's")
+@pytest.mark.slow
 def test_an_epoch_reuses_freed_memory_instead_of_faulting_in_fresh_pages() -> None:
     """An epoch of a fused population of 32 MLPs of 128 units frees and allocates
     tensors of about a megabyte at every step. With the tuner's malloc thresholds it

@@ -65,6 +65,7 @@ def long_lived_objects() -> list[list[int]]:
     return [[i] for i in range(len(gc.get_objects()) + 2 * t0 * (t1 + 1) * (t2 + 1))]
 
 
+@pytest.mark.slow
 def test_deferred_full_collections_wait_for_settle_while_young_ones_go_on() -> None:
     young = gc.get_threshold()[:2]
     assert full_collections_while(long_lived_objects) >= 1  # what the collector does alone
@@ -85,6 +86,7 @@ def test_deferred_full_collections_wait_for_settle_while_young_ones_go_on() -> N
     assert young_runs  # cycles that die young are still freed
 
 
+@pytest.mark.slow
 def test_settle_restores_full_collections_without_freezing_anything() -> None:
     before = gc.get_threshold()
     heap.settle()  # not deferred: nothing happens
@@ -147,6 +149,7 @@ def test_tuner_start_and_worker_defer_full_collections_while_they_run(
     assert not heap.deferred()  # a command that ran no trial settles as it ends
 
 
+@pytest.mark.slow
 def test_a_spawned_worker_defers_before_it_imports_the_heavy_modules(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # What the child imports to unpickle its target and arguments: no torch, no

@@ -261,6 +261,7 @@ def _limited(args: list[str], folder: Path, *, cpu_s: int, memory_gib: int
 
 
 @pytest.mark.parametrize("levels", [9, 12])
+@pytest.mark.slow
 def test_an_alias_bomb_is_refused_within_bounded_cpu_and_memory(tmp_path: Path,
                                                                  levels: int) -> None:
     """Expanded, nine levels are 387 million nodes and twelve 282 billion: refused while
@@ -277,6 +278,7 @@ def test_an_alias_bomb_is_refused_within_bounded_cpu_and_memory(tmp_path: Path,
     assert not (tmp_path / "t.db").exists()
 
 
+@pytest.mark.slow
 def test_a_huge_space_file_is_refused_without_reading_it(tmp_path: Path) -> None:
     """A 4 GiB file (sparse: no disk) under a 3 GiB address-space limit beyond the
     interpreter's: reading it whole would fail; the size bound refuses it first."""

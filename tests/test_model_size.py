@@ -341,6 +341,7 @@ for space in sys.argv[2:]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is enforced on Linux")
+@pytest.mark.slow
 def test_the_refusal_allocates_nothing_and_takes_no_time(
         tiny_space: dict[str, Any], write_space: Callable[..., Path], db_path: Path) -> None:
     """In a process of 4 GiB of address space and 20 s of CPU: building either model

@@ -140,6 +140,7 @@ def test_between_gpu_trials_only_young_objects_are_collected(
     assert calls == [(1,)] and emptied == [True]  # nothing to give back on the CPU
 
 
+@pytest.mark.slow
 def test_a_compiled_trials_model_is_freed_without_a_full_collection(
         tiny_space_template: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.compile leaves a reference cycle through the model (its compiled forward is

@@ -33,6 +33,7 @@ def test_a_cached_copy_is_used_without_downloading(cache: Path,
 
 
 @pytest.mark.parametrize("required", [False, True])
+@pytest.mark.slow
 def test_no_download_skips_saying_how_or_fails_where_required(
         cache: Path, monkeypatch: pytest.MonkeyPatch, required: bool) -> None:
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds no distribution at all

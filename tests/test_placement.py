@@ -66,6 +66,7 @@ def test_more_workers_than_the_cores_can_run_are_refused(monkeypatch) -> None:  
     assert "use at most 8" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_workers_the_database_cannot_serve_are_refused(pg_url: str) -> None:  # type: ignore[no-untyped-def]
     import pytest
     import sqlalchemy

@@ -22,7 +22,7 @@ from tuner.run.runner import run_study
 from tuner.space import parse_space
 from tuner.storage import TunerStorage
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 TINY = {
     "trials": 4,

@@ -361,6 +361,7 @@ def test_columns_must_exist(storage: TunerStorage, populated: dict[str, optuna.S
         queries.trials(storage, "max", columns=["number", "nn"])
 
 
+@pytest.mark.slow
 def test_many_trials_fetch_their_params_in_chunks(tmp_path: Path) -> None:
     """More trials than SQLite allows bound parameters in one IN (...) list."""
     from tuner.bench._query import build_study

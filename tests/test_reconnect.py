@@ -64,6 +64,7 @@ def test_a_database_that_stays_down_fails_with_one_line(tmp_path: Path, no_sleep
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_postgres_connections_killed_mid_study_are_survived(pg_url: str) -> None:
     """Kill every server connection of the study while it runs (what a restart does)."""
     import threading

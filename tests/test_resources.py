@@ -15,7 +15,8 @@ import optuna
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS: Linux")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS: Linux"),
+              pytest.mark.slow]
 
 LIMIT = 3 * 2 ** 30  # address space of the tuner under test: torch alone maps ~1 GiB
 

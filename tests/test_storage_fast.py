@@ -100,6 +100,7 @@ def test_get_trials_equals_optunas(storage: TunerStorage, states: tuple[TrialSta
         storage.optuna._get_trials(study._study_id + 1, states, included, after)
 
 
+@pytest.mark.slow
 def test_trial_reads_equal_optunas_on_postgres(pg_url: str) -> None:
     st = TunerStorage(pg_url).open()
     name = f"fast-{datetime.datetime.now().timestamp()}"
@@ -312,6 +313,7 @@ def test_trial_creation_and_state_changes_are_optunas(tmp_path: Path,
     assert stored.datetime_start <= stored.datetime_complete
 
 
+@pytest.mark.slow
 def test_trial_creation_and_state_changes_are_optunas_on_postgres(pg_url: str) -> None:
     runs = []
     for backend in (lambda url: TunerStorage(url).open().optuna, RDB):

@@ -135,6 +135,7 @@ def pg_storage(pg_url: str) -> Iterator[tuple[TunerStorage, str]]:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_trial_summary_on_postgresql_matches_optuna(pg_storage: tuple[TunerStorage, str]) -> None:
     storage, name = pg_storage
     study = _populate(storage, name)

@@ -401,6 +401,7 @@ def test_fp16_skips_overflowing_steps_and_its_loss_scale_survives_a_checkpoint(
         assert torch.equal(fresh.state_dict()[name], tensor), name
 
 
+@pytest.mark.slow
 def test_a_compiled_model_trains_as_the_uncompiled_one(iris: Splits) -> None:
     """torch.compile'd, without dropout and with a last batch of another size: the same
     curve to float rounding, and the state_dict keys of the plain model (checkpoints and
@@ -428,6 +429,7 @@ def test_a_compiled_model_trains_as_the_uncompiled_one(iris: Splits) -> None:
 
 
 @pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+@pytest.mark.slow
 def test_compiled_dropout_is_one_graph_for_every_rate(iris: Splits, kind: str) -> None:
     """With dropout the whole forward pass is one graph (no break at the dropout layers,
     which would leave all but the head uncompiled), every trial's rate reuses it, the

@@ -51,7 +51,9 @@ def _revision(url: str) -> str:
         engine.dispose()
 
 
-@pytest.mark.parametrize("version", FIXTURES)
+# The newest schema in the quick run (-m "not slow"), the older ones with the rest.
+@pytest.mark.parametrize("version", [*(pytest.param(v, marks=pytest.mark.slow)
+                                       for v in FIXTURES[:-1]), FIXTURES[-1]])
 def test_tuner_upgrade_migrates_optunas_old_schemas_past_the_views(
         version: str, tmp_path: Path, runner: CliRunner) -> None:
     db = _fixture(version, tmp_path)
@@ -106,6 +108,7 @@ def pg_database(pg_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.mark.slow
 def test_tuner_upgrade_on_postgres_from_an_older_optuna_schema(
         pg_database: str, tmp_path: Path, runner: CliRunner) -> None:
     from tests.test_workers import tiny_space

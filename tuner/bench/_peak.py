@@ -42,8 +42,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
     On the CPU it uses every core torch would use by default (``MACHINE_THREADS``):
     the machine's limit, whatever a run's own thread setting. In float32 it is the
     faster of torch's default BLAS and oneDNN where oneDNN's products are exact
-    (:func:`tuner.train.device.onednn_fp32_exact`): on an AMD CPU, MKL reaches about half of
-    what oneDNN does.
+    (:func:`tuner.train.device.onednn_fp32_exact`): on an AMD CPU, MKL takes its AVX2
+    code and oneDNN is the faster.
 
     >>> matmul_peak(torch.device("cpu"), seconds=0.05, size=128) > 1e6
     True

@@ -105,8 +105,8 @@ class Group:
         # Noise has its own stream, so the batch order never depends on who is in the group.
         self.noise_generator = torch.Generator(device).manual_seed(seed + 1_000_003)
         # Dropout masks take their uniform bits from xorshift lanes seeded by it: on a
-        # CPU, torch's mt19937 was 60% of a mask's time and the lanes take half as long
-        # (a GPU's Philox is fast).
+        # CPU, torch's mt19937 draws one word after another and was most of a mask's
+        # time, where the lanes step together (a GPU's Philox is fast).
         self.mask_source: Source = (RandomWords(self.noise_generator)
                                     if device.type == "cpu" else self.noise_generator)
         self.checkpointed = time.monotonic()  # when the members were last checkpointed

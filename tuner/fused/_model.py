@@ -150,8 +150,7 @@ def onednn_products(k: int, hidden: int, dtype: torch.dtype, device: torch.devic
     """Whether K float32 members of ``hidden`` units run their products in oneDNN
     (:func:`tuner.train.device.onednn_fp32_preferred`): where that is preferred, and for
     products large enough to pay for oneDNN's call, which costs more than MKL's: from
-    about 2M multiply-adds (measured, ``[K, 64, h] @ [K, h, h]``: 1.2x at K h^2 =
-    32,768, 1.5x at 65,536, 0.5-0.9x below 16,384)."""
+    K h^2 = 2^16 (``[K, 64, h] @ [K, h, h]``; smaller products are faster in MKL)."""
     return (device.type == "cpu" and dtype == torch.float32 and k * hidden ** 2 >= 1 << 16
             and onednn_fp32_preferred())
 
@@ -182,10 +181,9 @@ class FusedMLP:
     In float32 on a CPU where oneDNN's batched products are exact and faster than the
     default BLAS's (:func:`tuner.train.device.onednn_fp32_preferred`), the products run in
     oneDNN, on contiguous copies of the weights made at each forward: oneDNN copies an
-    operand with the rows' member stride at every product (measured: a layer's forward
-    took 554 us on views of the rows against 321 us on a contiguous copy). The
-    gradients :meth:`leaves` get are then the copies' too, while :meth:`train_step`
-    writes its gradients into :attr:`grad`'s rows either way.
+    operand with the rows' member stride at every product, which costs more than one
+    copy a forward. The gradients :meth:`leaves` get are then the copies' too, while
+    :meth:`train_step` writes its gradients into :attr:`grad`'s rows either way.
     """
 
     def __init__(self, spec: MLPSpec, params: Tensor, buffers: Tensor, batches: Tensor,
@@ -247,7 +245,7 @@ class FusedMLP:
             self.size, self.spec.hidden, self.params.dtype, self.params.device)
         if self.compute is not None or self.onednn:
             # Each tensor's copy is contiguous on its own, and each forward refreshes it:
-            # a bfloat16 batched product on views into the rows runs 1.7-3x slower, and
+            # a bfloat16 batched product on views into the rows runs slower, and
             # oneDNN's copies such a view at every product. In a reduced precision each
             # step's gradients go back through copies too; in oneDNN's float32 they are
             # written into the rows, which costs it nothing.

@@ -84,9 +84,8 @@ def resolve_hyper(name: str, hyper: Mapping[str, Any]) -> dict[str, float]:
 
 
 # Parameters per member from which a CPU steps Adam member by member: a kernel call per
-# member costs more than the column update's extra passes over small rows (measured,
-# K = 32: 61 against 28 us at 200 parameters, 93 against 104 at 3,000, 317 against 774
-# at 26,000).
+# member costs more than the column update's extra passes over small rows, and less
+# than those over large ones.
 _ADAM_ROWS_FROM = 2048
 
 

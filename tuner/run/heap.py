@@ -1,18 +1,17 @@
 """Python's garbage collector in a worker: no full collections while it starts.
 
 A worker's start-up (torch, Optuna, SQLAlchemy, scikit-learn, and torch._dynamo, which
-torch.optim imports at its first optimizer) makes 300,000-450,000 objects that live
-as long as the process. Python's collector meanwhile runs a full collection each time
-the old generation has grown by a quarter, walking every one of them: measured on
-`tuner start --space quick`, seven full collections in the first seven seconds, 1.2-1.4
-s in all (the last ones 0.2-0.4 s each), before the work began.
+torch.optim imports at its first optimizer) makes hundreds of thousands of objects
+that live as long as the process. Python's collector meanwhile runs a full collection
+each time the old generation has grown by a quarter, walking every one of them: several
+full collections, each longer than the last, before the work began.
 
 :func:`defer_full_collections` (called by `tuner start`, `tuner worker` and
 :mod:`tuner.run.spawn` before they import the heavy modules) turns the full collections
 off; young ones still run, so cycles that die young are still freed. :func:`settle`
 (called once the first trial has finished, when what a trial imports has been imported)
 turns them back on: the collector then runs one full collection when it next sees fit,
-instead of seven. Nothing is frozen out of collections (``gc.freeze``): that would keep
+instead of several. Nothing is frozen out of collections (``gc.freeze``): that would keep
 forever any cycle that was alive or not yet collected at that moment, such as a failed
 trial's traceback holding its model. Library code that never defers finds
 :func:`settle` a no-op.

@@ -35,9 +35,8 @@ if TYPE_CHECKING:
 # More hidden blocks than this are refused. The built-in networks are plain stacks
 # without skip connections: a few dozen blocks already keep the gradient from reaching
 # the first layers, and each block is 3-4 modules that every batch calls in Python.
-# Measured on one CPU thread (128 units, batch norm, dropout): 1,000 blocks built in
-# 0.23 s and took 0.24 s a batch; 10,000 took 2.3 s to build and 3.8 s a batch, so
-# 100,000 would take half a minute to build and ten minutes an epoch of digits.
+# Building a stack and every batch through it take time in proportion to its depth:
+# far deeper ones would take minutes to build and far longer to train.
 MAX_LAYERS = 1000
 # Below this, a draw's memory is not compared with the device's: every device trials run
 # on has that much, and asking CUDA what is free creates a CUDA context in the process
@@ -241,9 +240,9 @@ def check_model_size(space: Space, data: Any, devices: Sequence[torch.device],
       first allocation, or make the machine swap;
     * warned: the largest draws of the workers on a device (one, or several that share
       it) together need more than half of its free memory. The estimate is low rather
-      than high (measured on the CPU, training took 1.1-1.6 times its estimate, plus
-      torch's own 60 MiB), so such a draw may not fit; but it may, or the workers may
-      not draw their largest at once, so the study runs.
+      than high (training takes more than it, and torch needs memory of its own), so
+      such a draw may not fit; but it may, or the workers may not draw their largest at
+      once, so the study runs.
 
     A draw estimated under :data:`CHECK_FROM` is not compared with any device. Models of
     your own (``--model``) are not checked here: only built, as trials would.

@@ -88,8 +88,8 @@ class TrialWriter:
     With a pruner, every epoch is reported at once and the pruner decides on it. With
     none (``NopPruner``), nothing reads the values before the trial ends, so they wait,
     with the attributes, and are written together: at most once every ``every``
-    seconds, and by :meth:`flush`. On SQLite, Optuna's ``trial.report`` costs 1-3 ms
-    (a transaction through its ORM), a tenth or more of a small model's epoch; a batch
+    seconds, and by :meth:`flush`. On SQLite, each Optuna ``trial.report`` is a
+    transaction through its ORM, a noticeable share of a small model's epoch; a batch
     of every epoch of a short trial costs about as much as one of them.
     """
 
@@ -326,8 +326,8 @@ class Objective:
 
         Only the young generations are collected (a trial's own cycles, if any, are
         young): a full collection walks every object of the worker (torch, Optuna and
-        its cached trials: about 300,000-450,000), 140-210 ms each time on the CPUs
-        measured, against 0.1 ms for generations 0 and 1; it was paid per trial on a GPU.
+        its cached trials: hundreds of thousands), far longer than generations 0 and 1
+        take; it was paid per trial on a GPU.
         """
         if self.device.type == "cuda":
             gc.collect(1)

@@ -334,7 +334,7 @@ class PopulationRun:
 
     def _finish_all(self, finished: Sequence[tuple[int, MemberResult]]) -> None:
         """The members a group finished at one epoch: their rows in one transaction
-        (``record_trials``: a transaction per member cost 0.55 ms of a trial's ~4 ms of
+        (``record_trials``: a transaction per member was a noticeable share of a member's
         protocol), then each is settled and told as the sequential objective's trials."""
         members = [(self.members[i], result) for i, result in finished]
         live = [(m, r) for m, r in members if not m.lost]

@@ -1,9 +1,9 @@
 """Optuna's RDB storage, minus the round trips the trial loop pays on every trial.
 
 A trial of a small model lasts a fraction of a second, and Optuna's ask, suggest and
-tell each cost a transaction or a read of the study through SQLAlchemy's ORM, about a
-millisecond apiece on SQLite. The calls below repeat on every trial (or every
-suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
+tell each cost a transaction or a read of the study through SQLAlchemy's ORM. The calls
+below repeat on every trial (or every suggestion) and have a cheaper equivalent;
+everything else is Optuna's own code.
 
 * ``study.ask`` first looks for a WAITING trial (an enqueued or retried one) by
   reloading every unfinished trial of the study. :class:`StudyStorage` first asks the
@@ -17,7 +17,7 @@ suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
 * ``ask`` creates the trial, and ``tell`` sets its state and values, each in an ORM
   session that loads the study or trial row under a row lock. :class:`TunerRDBStorage`
   runs the same statements under the same lock (``FOR UPDATE``) in one Core
-  transaction, with Optuna's checks and return values: 1.2 ms to 0.2 ms each on SQLite.
+  transaction, with Optuna's checks and return values.
   Creating a trial from a template (an enqueued or retried one) is Optuna's code.
 * ``suggest_*`` writes each parameter in an ORM session that loads the trial row.
   :class:`TunerRDBStorage` writes it with one ``SELECT`` of the trial's state and one
@@ -33,7 +33,7 @@ suggestion) and have a cheaper equivalent; everything else is Optuna's own code.
 * Refreshing the cache of the study's trials (``study.trials``, and every suggestion of
   TPE with constant liar, which rereads each running trial): Optuna builds ORM objects
   of every row; :class:`TunerRDBStorage` reads the same rows with six ``SELECT``
-  statements (4-6x faster), falling back to Optuna's code where the database refuses
+  statements, falling back to Optuna's code where the database refuses
   the statement (too many ids in an ``IN`` list).
 * Every running trial beats (a worker's first beat for a trial is on its main thread):
   :class:`TunerRDBStorage` updates or inserts Optuna's heartbeat row with one statement.

@@ -239,7 +239,7 @@ class TunerStorage:
                 if path is not None:
                     event.listen(self.engine, "connect", _on_sqlite_connect)
                     # Optuna's set-up left connections in the pool, opened before the
-                    # listener: without this they would fsync every commit (~5 ms each).
+                    # listener: without this they would fsync every commit.
                     self.engine.dispose()
                 ensure_schema(self.engine, self.url)
         except (SQLAlchemyError, ModuleNotFoundError, ValueError, RuntimeError) as exc:

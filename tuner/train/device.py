@@ -25,10 +25,9 @@ MACHINE_THREADS = torch.get_num_threads()
 # one of their matmuls takes microseconds, less than handing it to the thread pool and
 # meeting the other threads at its barrier, and on a busy or shared machine that
 # meeting waits for a time slice of a core someone else holds (milliseconds).
-# Measured on a shared 2-core machine (`tuner bench --threads 1` vs `--threads 2`):
-# digits/MLP epochs ran more than 10x faster on one thread, and even an MLP of 512
-# units on batches of 256 (12,000 samples) ran 10-20x faster. The cores are better
-# used by trials side by side: `--workers N` gives each worker its share of them.
+# One thread is the faster for the wider of them too (`tuner bench --threads 1`
+# against `--threads 2` compares). The cores are better used by trials side by side:
+# `--workers N` gives each worker its share of them.
 CPU_THREADS = 1
 
 
@@ -45,9 +44,8 @@ def flush_denormals() -> Iterator[None]:
 
     Arithmetic on subnormals takes a slow path in the CPU, a hundred cycles an
     operation. Training produces them: Adam's second moments of tiny gradients, the
-    weights and activations of members that learn slowly. Measured on a fused
-    population of 32 digits MLPs: its epochs slowed from 155 to 239 ms as they
-    accumulated, and stayed at 142-151 ms with them flushed. Values that small are zero
+    weights and activations of members that learn slowly: a fused population's epochs
+    slow down as they accumulate, and do not with them flushed. Values that small are zero
     for every loss a trial computes. The mode is per thread; the tuner trains on one
     (``CPU_THREADS``).
 
@@ -164,9 +162,8 @@ def onednn_fp32_preferred() -> bool:
 
     Yes where oneDNN's results are exact float32 (:func:`onednn_fp32_exact`) and the CPU
     is an AMD one with AVX-512: MKL, torch's default BLAS on x86, takes its AVX2 code
-    on AMD CPUs, while oneDNN uses AVX-512. Measured on a 2-core AMD EPYC (Zen 5), one
-    thread: ``[32, 64, 128] @ [32, 128, 128]`` took 631 us in MKL (106 GFLOP/s) and
-    302 us in oneDNN (222 GFLOP/s). On Intel CPUs MKL has AVX-512 code of its own. A
+    on AMD CPUs, while oneDNN uses AVX-512, so there the fused engine's batched
+    products run faster in oneDNN. On Intel CPUs MKL has AVX-512 code of its own. A
     single small product gains nothing (oneDNN's call costs more), so only the fused
     engine's batched products use it. The rule reads the CPU, not a timing, so a run
     rounds the same way every time on one machine. ``TUNER_FUSED_MATMUL`` overrides
@@ -199,10 +196,10 @@ def reuse_freed_memory() -> bool:
     sizes freed. A training step allocates and frees tensors of about a megabyte each
     (a fused population's activations and masks), and depending on the order of sizes
     seen (evaluation chunks of 4 MiB, say) every step then maps fresh pages and takes a
-    page fault on each: measured on a K = 32 population, its epochs took 78-87 ms
-    against 47-55 ms with the thresholds fixed as here (blocks up to 32 MiB from the
-    heap, up to 128 MiB of free heap kept). What PyTorch's CPU tuning guides get from
-    jemalloc or tcmalloc. Only on Linux with glibc; a process whose own
+    page fault on each, which slows a fused population's epochs; with the thresholds
+    fixed as here (blocks up to 32 MiB from the heap, up to 128 MiB of free heap kept)
+    the memory is reused. What PyTorch's CPU tuning guides get from jemalloc or
+    tcmalloc. Only on Linux with glibc; a process whose own
     ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set keeps its settings.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

@@ -1,9 +1,9 @@
 """Inverted dropout with cheap masks, drawn a whole epoch at a time by the training loop.
 
-``torch.nn.Dropout`` draws its mask with ``bernoulli_``, about 9 ns a unit on a CPU:
-on the small networks the tuner trains, mask generation was a quarter of a training
-step. Here 64 random bits (one ``random_`` draw) give four 15-bit uniforms, each
-compared with the keep probability: about 1 ns a unit. A kept unit is scaled by
+``torch.nn.Dropout`` draws its mask with ``bernoulli_``, slowly on a CPU: on the small
+networks the tuner trains, mask generation was a large share of a training step. Here
+64 random bits (one ``random_`` draw) give four 15-bit uniforms, each compared with the
+keep probability, for a fraction of the cost a unit. A kept unit is scaled by
 ``1/(1-p)`` (exactly, in float32; rounded to bfloat16 in a bfloat16 pass); the keep
 probability is ``1-p`` rounded to a multiple of 2^-15.
 
@@ -50,11 +50,11 @@ class RandomWords:
     is the state times Vigna's xorshift64* multiplier (which scrambles the state's
     linear dependencies into every bit). All lanes step together, seven integer passes
     (the right shift made logical by a mask), where ``random_`` on a CPU runs torch's
-    mt19937 one word after another: 65,536 words took 86 us against 171 us. Lanes
-    are seeded from ``generator`` (which stays the source of every other draw) when a
-    draw first needs them, so a stream is fixed by the generator's seed and the sequence
-    of draw sizes. ``tests/test_dropout.py`` checks the words against a reference
-    implementation and the masks' uniformity and independence.
+    mt19937 one word after another. Lanes are seeded from ``generator`` (which stays
+    the source of every other draw) when a draw first needs them, so a stream is fixed
+    by the generator's seed and the sequence of draw sizes. ``tests/test_dropout.py``
+    checks the words against a reference implementation and the masks' uniformity and
+    independence.
     """
 
     def __init__(self, generator: torch.Generator) -> None:

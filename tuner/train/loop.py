@@ -242,8 +242,9 @@ def optimizer_for(model: nn.Module, config: TrialConfig) -> torch.optim.Optimize
     """The config's optimizer, fused where torch has a fused kernel for it on this device.
 
     A fused step updates every parameter in one kernel instead of about ten per
-    parameter: on a small model Adam's step is ~3x faster. It computes the same update
-    (to float rounding), so a trial's curve is reproducible with either.
+    parameter: on a small model those calls, not the arithmetic, are the step's cost.
+    It computes the same update (to float rounding), so a trial's curve is reproducible
+    with either.
     """
     hyper = dict(config.optimizer_hyper)
     optimizer = build_optimizer(model.parameters(), config.optimizer, **hyper)

@@ -110,7 +110,7 @@ class FastStep:
     For Adam and AdamW, torch's own functional ``adam`` is called on the optimizer's own
     state, without what ``Optimizer.step`` does around it on every call (hooks,
     profiling, re-gathering every parameter's state into lists): on the small models the
-    tuner trains that is about a tenth of a training step. The first call, any call
+    tuner trains that is a noticeable share of a training step. The first call, any call
     where a parameter has no gradient, and every other optimizer go through
     ``optimizer.step()``. The state stays the optimizer's, so ``state_dict`` (and a
     checkpoint) is what ``optimizer.step()`` would have left.
