@@ -82,7 +82,7 @@ class StartupRow:
         return self.seconds / self.target_s if self.target_s else None
 
     def to_dict(self) -> dict[str, object]:
-        return {"part": self.part, "step": self.step, "seconds": round(self.seconds, 4),
+        return {"part": self.part, "step": self.step, "seconds": round(self.seconds, 6),
                 "target_s": None if self.target_s is None else round(self.target_s, 4),
                 "of_target": None if self.of_target is None else round(self.of_target, 2),
                 "detail": self.detail}
