@@ -82,10 +82,15 @@ class StartupRow:
         return self.seconds / self.target_s if self.target_s else None
 
     def to_dict(self) -> dict[str, object]:
-        return {"part": self.part, "step": self.step, "seconds": round(self.seconds, 6),
-                "target_s": None if self.target_s is None else round(self.target_s, 4),
+        return {"part": self.part, "step": self.step, "seconds": _digits(self.seconds),
+                "target_s": None if self.target_s is None else _digits(self.target_s),
                 "of_target": None if self.of_target is None else round(self.of_target, 2),
                 "detail": self.detail}
+
+
+def _digits(seconds: float) -> float:
+    """Four significant digits: a step of 0.1 ms stays positive, one of 4 s reads 4.227."""
+    return float(f"{seconds:.4g}")
 
 
 def versions() -> str:
