@@ -7,6 +7,8 @@ storage, and the tuner's engine on SQLite; with a population size, a fourth, the
 population engine (:mod:`tuner.run.population`) on SQLite. Each gets epochs/s, samples/s, trials/s,
 the share of its wall time spent in storage calls, its best validation accuracy, and
 the fraction of the device's measured matmul peak its training steps reach.
+``tuner bench query`` (:mod:`tuner.bench._query`) times the read-back commands, ``tuner
+bench startup`` (:mod:`tuner.bench._startup`) a ``tuner start`` process's start-up.
 
 >>> from tuner.bench import format_result, run_bench
 >>> result = run_bench(dataset="iris", trials=2, epochs=2)
@@ -20,6 +22,7 @@ from tuner.bench._query import run_query_bench
 from tuner.bench._result import COLUMNS, BenchResult, Run, format_result
 from tuner.bench._run import VARIANTS, run_bench
 from tuner.bench._space import DATASETS, bench_space
+from tuner.bench._startup import StartupRow, format_startup, run_startup_bench
 
 __all__ = [
     "COLUMNS",
@@ -27,11 +30,14 @@ __all__ = [
     "VARIANTS",
     "BenchResult",
     "Run",
+    "StartupRow",
     "StorageClock",
     "bench_space",
     "format_result",
+    "format_startup",
     "matmul_peak",
     "run_bench",
     "run_query_bench",
+    "run_startup_bench",
     "train_flops_per_sample",
 ]

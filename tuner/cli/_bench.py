@@ -122,3 +122,46 @@ def engine(device: str, dataset: str, trials: int, epochs: int, seed: int, threa
                            compile=compile_models, samples=samples, features=features,
                            on_trial=on_trial)
     click.echo(format_result(result, "json" if as_json else "table"), nl=False)
+
+
+@bench.command("startup")
+@click.option("--space", default="quick", show_default=True, metavar="NAME|PATH",
+              help="The space of the 1-trial, 1-epoch study: a built-in space's name or a "
+                   "YAML file.")
+@click.option("--device", default="auto", show_default=True, envvar="TUNER_DEVICE",
+              help="Where the trial trains: auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Fresh processes per figure; each figure is their median.")
+@click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table",
+              show_default=True, help="How to print the rows.")
+def startup(space: str, device: str, repeat: int, fmt: str) -> None:
+    """Time a `tuner start` process: its start-up step by step, and whole processes
+    against the start-up targets.
+
+    Every figure is the median of --repeat fresh interpreters. The steps (importing
+    tuner.cli, torch, scikit-learn; reading the space, loading the data, checking the
+    model; torch._dynamo, which the first torch.optim constructor imports; the schema and
+    views, the study, the trial, its test evaluation and summary) run in the order
+    `tuner start` meets them, each timed in a process of its own after the steps before
+    it, so they add up; `detail` names what a step imported (own import time, from
+    python -X importtime). The whole processes are timed from outside: a 1-trial,
+    1-epoch `tuner start` (its second run) against `python -c "import torch"` + 1.0 s,
+    and `tuner spaces`, `studies`, `trials`, `best` against 0.4 s or twice
+    `python -c "import optuna"`, whichever is larger; `of_target` is the ratio (1.0 or
+    less meets the target). The versions and the load average go to stderr.
+
+    \b
+    Example:
+      tuner bench startup --repeat 3
+    """
+    import os
+
+    from tuner.bench import format_startup, run_startup_bench
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    say(f"load average {os.getloadavg()[0]:.2f} (1 min) at the start")
+    rows = run_startup_bench(space=space, device=device, repeat=repeat, say=say)
+    say(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
+    click.echo(format_startup(rows, fmt), nl=False)
