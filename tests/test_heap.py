@@ -188,3 +188,23 @@ def test_the_pool_spawns_that_entry_and_its_parent_settles_once_they_are_started
     heap.defer_full_collections()
     run_pool(storage, study, 1, ["cpu", "cpu"])
     assert started == [(worker_process, True)] * 2 and not heap.deferred()
+
+
+def test_the_command_freezes_the_heap_once_the_exit_handlers_have_run(tmp_path: Path) -> None:
+    """`tuner` registers gc.freeze before the handlers that its imports register, so it
+    runs after them: nothing is frozen while the command works, everything is once its
+    handlers are done (as a handler registered before `tuner` started, which runs after
+    it, sees), and the command's own output is whole."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+             "sys.argv = ['tuner', 'spaces']\n"
+             "from tuner.cli import main\n"
+             "print('frozen before:', gc.get_freeze_count() > 0)\n"
+             "main()\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "frozen before: False"
+    assert any(line.startswith("quick") for line in lines)
+    assert lines[-1] == "frozen at exit: True"

@@ -71,6 +71,10 @@ def cli() -> None:
 
 
 def main() -> None:
+    """The ``tuner`` command."""
+    from tuner.run import heap
+
+    heap.freeze_at_exit()
     cli(prog_name="tuner")
 
 

@@ -11,10 +11,14 @@ full collections, each longer than the last, before the work began.
 off; young ones still run, so cycles that die young are still freed. :func:`settle`
 (called once the first trial has finished, when what a trial imports has been imported)
 turns them back on: the collector then runs one full collection when it next sees fit,
-instead of several. Nothing is frozen out of collections (``gc.freeze``): that would keep
-forever any cycle that was alive or not yet collected at that moment, such as a failed
-trial's traceback holding its model. Library code that never defers finds
-:func:`settle` a no-op.
+instead of several. Nothing is frozen out of collections (``gc.freeze``) while the work
+goes on: that would keep forever any cycle that was alive or not yet collected at that
+moment, such as a failed trial's traceback holding its model. Library code that never
+defers finds :func:`settle` a no-op.
+
+At the process's exit there is nothing left to keep: :func:`freeze_at_exit` (the ``tuner``
+command and its worker processes) freezes every object once the exit handlers have run,
+so that the interpreter's final collections do not walk the start-up's objects again.
 
 Python 3.14's collector is incremental, with no full collections to defer: there
 :func:`defer_full_collections` does nothing.
@@ -22,6 +26,7 @@ Python 3.14's collector is incremental, with no full collections to defer: there
 
 from __future__ import annotations
 
+import atexit
 import gc
 import sys
 
@@ -54,3 +59,11 @@ def settle() -> None:
 def deferred() -> bool:
     """Whether full collections wait for :func:`settle`."""
     return _deferred is not None
+
+
+def freeze_at_exit() -> None:
+    """When the process exits, move every object out of the collector's reach before the
+    interpreter's final collections, which would otherwise walk them all for nothing
+    (cyclic garbage left then is not finalized; the memory goes back with the process).
+    Called first, the handler runs after every exit handler registered later."""
+    atexit.register(gc.freeze)

@@ -32,6 +32,7 @@ def worker_process(args: WorkerArgs) -> None:
     """A worker process's target: :func:`tuner.run.pool.worker_main`, with the start-up's
     full collections deferred."""
     heap.defer_full_collections()
+    heap.freeze_at_exit()
     from tuner.run.pool import worker_main
 
     worker_main(args)
