@@ -56,7 +56,7 @@ STEP_NAMES = {
     "trial": "the trial: 1 epoch, recorded (run_study)",
     "test evaluation": "  of which: the test evaluation",
     "summary": "  of which: the summary (runner.summarize)",
-    "exit": "the interpreter's exit, after the trial",
+    "exit": "the interpreter's exit, after the trial (heap frozen, as tuner's)",
 }
 PARTS = ("test evaluation", "summary")  # timed inside the trial, not added again
 START_TARGET_S = 1.0  # over `python -c "import torch"`

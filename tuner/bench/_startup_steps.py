@@ -152,6 +152,9 @@ if __name__ == "__main__":
     # Run by path, this file's folder is sys.path[0]: put the package's root there instead,
     # so that `tuner` is the copy this file belongs to.
     sys.path[0] = str(Path(__file__).resolve().parents[2])
+    from tuner.run import heap
+
+    heap.freeze_at_exit()  # as the `tuner` command exits
     result = run(*sys.argv[1:5])
     sys.stdout.write(json.dumps({**result, "end": time.time()}) + "\n")
     sys.stdout.flush()
