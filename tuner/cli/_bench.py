@@ -165,3 +165,88 @@ def startup(space: str, device: str, repeat: int, fmt: str) -> None:
     rows = run_startup_bench(space=space, device=device, repeat=repeat, say=say)
     say(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
     click.echo(format_startup(rows, fmt), nl=False)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"expected positive whole numbers separated by commas, "
+                                 f"got {text!r}")
+    return counts
+
+
+@bench.command("sampler")
+@click.option("--space", default="quick", show_default=True, metavar="NAME|PATH",
+              help="The space to sample: a built-in space's name or a YAML file.")
+@click.option("--sampler", metavar="NAME",
+              help="The sampler instead of the space's own (tpe, random, cmaes, gp, qmc; its "
+                   "default options, the space's seed).")
+@click.option("--sizes", default="100,1000,3000,10000", show_default=True,
+              help="Finished trials in the study before each timing, comma-separated.")
+@click.option("--population", "populations", default="1,64", show_default=True,
+              help="Trials asked before any is told (1: the sequential runner; K: the fused "
+                   "engine's population), comma-separated.")
+@click.option("--asks", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Trials asked and told per (size, population) point.")
+@click.option("--storage", metavar="URL",
+              help="The database to build the studies in (default: a temporary SQLite "
+                   "file, deleted afterwards).")
+@click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table",
+              show_default=True, help="How to print the rows.")
+def sampler(space: str, sampler: str | None, sizes: str, populations: str, asks: int,
+            storage: str | None, fmt: str) -> None:
+    """Time the space's sampler on studies of growing size: per-ask time and ask+tell
+    throughput, as the sequential runner (population 1) and the fused engine (population
+    K: K asks in a row, the trials RUNNING, then K tells) drive it.
+
+    Each (size, population) point gets a study of its own, prefilled with SIZE finished
+    trials of the space (drawn at random, a made-up objective, bulk-inserted) and loaded
+    with the sampler the tuner builds (per-trial seeding included). Columns, in ms: ask_ms,
+    the median ask (study.ask() and the space's suggestions), split into create_ms
+    (study.ask()) and suggest_ms (the suggestions: the sampler's work, its relative
+    sampling included, which Optuna runs at a trial's first suggestion); ask_p90_ms;
+    tell_ms, the median tell; trials_per_s, the asks and tells together. The versions
+    and the load average go to stderr.
+
+    \b
+    Examples:
+      tuner bench sampler                                 # quick's TPE, 100 to 10,000
+      tuner bench sampler --sampler random --sizes 1000 --format json
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from tuner.bench import (
+        SAMPLER_COLUMNS,
+        SAMPLER_NAMES,
+        run_sampler_bench,
+        sampler_space,
+    )
+    from tuner.errors import TunerError
+    from tuner.formatting import format_rows
+
+    size_list, population_list = _counts(sizes), _counts(populations)
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        raise click.BadParameter(f"one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}",
+                                 param_hint="--sampler")
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        loaded = sampler_space(space, sampler)
+    except TunerError as exc:
+        raise click.ClickException(str(exc)) from None
+    say(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min) at "
+        "the start")
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        url = storage or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        rows = run_sampler_bench(url, loaded, sizes=size_list, populations=population_list,
+                                 asks=asks, say=say)
+    say(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min) at "
+        "the end")
+    click.echo(format_rows([r.as_dict() for r in rows], SAMPLER_COLUMNS, fmt), nl=False)

@@ -29,11 +29,15 @@ def next_trial_id(storage: TunerStorage) -> int:
 def insert_trials(storage: TunerStorage, *, trial_rows: Rows, params: Rows, values: Rows,
                   steps: Rows, tuner_rows: Rows) -> None:
     """Insert trials in one transaction: their rows of ``trials``, ``trial_params``,
-    ``trial_values`` (may be empty), ``trial_intermediate_values`` and ``tuner_trials``."""
+    ``trial_values``, ``trial_intermediate_values`` and ``tuner_trials`` (each but the first
+    may be empty)."""
     with storage.session() as conn:
         conn.execute(trials.insert(), trial_rows)
-        conn.execute(trial_params.insert(), params)
+        if params:
+            conn.execute(trial_params.insert(), params)
         if values:
             conn.execute(trial_values.insert(), values)
-        conn.execute(intermediate_values.insert(), steps)
-        conn.execute(trial_info.insert(), tuner_rows)
+        if steps:
+            conn.execute(intermediate_values.insert(), steps)
+        if tuner_rows:
+            conn.execute(trial_info.insert(), tuner_rows)
