@@ -32,7 +32,7 @@ import torch
 from tuner.run import runner
 from tuner.run.precheck import check_model
 from tuner.run.study import check_study_name, open_study, save_budget
-from tuner.space import EngineSpec, Space, load_space, parse_space
+from tuner.space import EngineSpec, Space, load_space, parse_with_overrides
 from tuner.storage import TunerStorage
 
 
@@ -46,13 +46,8 @@ def space_with(space: str | Path | Space, overrides: Mapping[str, Any],
         return load_space(space, overrides, named)
     if not overrides:
         return space
-    raw = dict(space.raw)
-    for key, value in overrides.items():
-        if key in ("seed", "trials"):
-            raw[key] = value
-        else:
-            raw["task"] = {**raw.get("task", {}), key: value}
-    return parse_space(raw, name=space.name, source=space.source)
+    return parse_with_overrides(space.raw, overrides, named, name=space.name,
+                                source=space.source)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ __all__ = [
     "load_space",
     "parse_engine",
     "parse_space",
+    "parse_with_overrides",
     "sample",
     "spaces_dir",
     "walk",
@@ -87,17 +88,27 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | None = N
     elif not path.exists():
         raise SpaceError(f"no search space {str(name_or_path)!r}: not a file, and not one of the "
                          f"built-in spaces ({', '.join(builtin)})")
-    raw = read_yaml(path)
     source = str(path) if path.parent != spaces_dir() else f"search_spaces/{path.name}"
-    check_as_written(raw, overrides or {}, source)
+    return parse_with_overrides(read_yaml(path), overrides or {}, named, name=path.stem,
+                                source=source)
+
+
+def parse_with_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any],
+                         named: Mapping[str, str] | None = None, *, name: str,
+                         source: str) -> Space:
+    """:func:`parse_space` of ``raw`` (a file's mapping, or a :class:`Space`'s ``raw``)
+    with ``overrides`` merged in as :func:`load_space` describes, after the values they
+    replace are checked as written."""
+    check_as_written(raw, overrides, source)
+    merged = dict(raw)
     origins = {}
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         where = key if key in ("seed", "trials", "engine") else f"task.{key}"
         if key in ("seed", "trials", "engine"):
-            raw[key] = value
+            merged[key] = value
         else:
-            task = raw.get("task")
-            raw["task"] = {**(task if isinstance(task, Mapping) else {}), key: value}
+            task = merged.get("task")
+            merged["task"] = {**(task if isinstance(task, Mapping) else {}), key: value}
         if named and key in named:
             origins[where] = named[key]
-    return parse_space(raw, name=path.stem, source=source, origins=origins)
+    return parse_space(merged, name=name, source=source, origins=origins)
