@@ -20,9 +20,9 @@ PACKAGE = Path(tuner.__file__).resolve().parent
 
 # The rooms, lowest first: a room may import (at run time) only itself and the rooms
 # listed before it. The package's face (tuner/__init__.py) and __main__ sit above all.
-LAYERS = ["errors", "formatting", "catalogue", "logs", "usercode", "storage", "data", "train",
-          "fused", "space", "run", "queries", "report", "dashboard", "export", "api", "bench",
-          "cli"]
+LAYERS = ["errors", "formatting", "catalogue", "logs", "machine", "usercode", "storage", "data",
+          "train", "fused", "space", "run", "queries", "report", "dashboard", "export", "api",
+          "bench", "cli"]
 MAX_FLAT_MODULES = 12
 
 

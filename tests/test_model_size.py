@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner, Result
 
 import tuner
+from tuner import machine
 from tuner.cli import cli
 from tuner.data.builtin import load_task_data
 from tuner.errors import DataError, SpaceError, UsageError
@@ -230,11 +231,11 @@ def test_free_memory_on_the_cpu_is_the_least_of_what_bounds_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     free = device_module.free_memory(CPU)
     assert free is not None and free > 0
-    monkeypatch.setattr(device_module, "_mem_available", lambda: 90 * GIB)
-    monkeypatch.setattr(device_module, "_cgroup_left", lambda: None)  # no container limit
-    monkeypatch.setattr(device_module, "_address_space_left", lambda: 3 * GIB)
+    monkeypatch.setattr(machine, "_mem_available", lambda: 90 * GIB)
+    monkeypatch.setattr(machine, "_cgroup_left", lambda: None)  # no container limit
+    monkeypatch.setattr(machine, "_address_space_left", lambda: 3 * GIB)
     assert device_module.free_memory(CPU) == 3 * GIB
-    monkeypatch.setattr(device_module, "_address_space_left", lambda: None)
+    monkeypatch.setattr(machine, "_address_space_left", lambda: None)
     assert device_module.free_memory(CPU) == 90 * GIB
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import codecs
 import lzma
 import math
-import os
 import stat
 import zipfile
 import zlib
@@ -28,6 +27,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from tuner.errors import DataError
+from tuner.machine import available_memory
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -175,22 +175,6 @@ def _check_memory(declared: int, source: str) -> None:
     if available is not None and declared > available:
         raise DataError(f"its arrays declare {declared} bytes, more than the {available} bytes "
                         "of memory available", source)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for new allocations: Linux's MemAvailable (free memory and
-    the page cache it can reclaim), else the free pages; None where neither is known."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):  # no sysconf, or not that name
-        return None
 
 
 def read_table(path: Path) -> pd.DataFrame:
