@@ -197,10 +197,11 @@ def test_no_sql_outside_storage_and_queries() -> None:
 # -- Optuna's private API only in tuner/storage/optuna_compat.py ------------------------
 
 COMPAT = "tuner.storage.optuna_compat"
-# The storage fast paths subclass Optuna's RDB and cached storages: overriding their
-# private methods and reading their private state through `self` is what subclassing them
-# takes (tests/test_optuna_compat.py pins each such member). Nowhere else may do it.
-SUBCLASSES_OPTUNA = {"tuner.storage._fast"}
+# The storage fast paths subclass Optuna's RDB and cached storages, and the tuner's TPE
+# subclasses Optuna's TPESampler: overriding their private methods and reading their
+# private state through `self` is what subclassing them takes (tests/test_optuna_compat.py
+# and tests/test_tpe.py pin each such member). Nowhere else may do it.
+SUBCLASSES_OPTUNA = {"tuner.storage._fast", "tuner.space._tpe"}
 
 
 @functools.cache

@@ -95,7 +95,8 @@ def test_command_prints_a_row_per_size_and_population_as_table_and_json(
     rows = json.loads(result.stdout)
     assert [(r["size"], r["population"]) for r in rows] == [(10, 1), (10, 4), (30, 1), (30, 4)]
     assert all(list(r) == list(SAMPLER_COLUMNS) for r in rows)
-    assert all(r[c] > 0 for r in rows for c in SAMPLER_COLUMNS)
+    assert all(r["sampler"] == "tpe" for r in rows)
+    assert all(r[c] > 0 for r in rows for c in SAMPLER_COLUMNS if c != "sampler")
     assert "load average" in result.stderr and "optuna " in result.stderr
 
     url = f"sqlite:///{tmp_path / 'kept.db'}"
@@ -103,9 +104,10 @@ def test_command_prints_a_row_per_size_and_population_as_table_and_json(
     assert result.exit_code == 0, result.output
     header, rule, *lines = result.stdout.splitlines()
     assert header.split() == list(SAMPLER_COLUMNS) and set(rule) <= {"-", " "}
-    assert [line.split()[:3] for line in lines] == [
-        ["10", "1", "4"], ["10", "4", "4"], ["30", "1", "4"], ["30", "4", "4"]]
-    assert all(float(cell) > 0 for line in lines for cell in line.split())
+    assert [line.split()[:4] for line in lines] == [
+        ["tpe", "10", "1", "4"], ["tpe", "10", "4", "4"], ["tpe", "30", "1", "4"],
+        ["tpe", "30", "4", "4"]]
+    assert all(float(cell) > 0 for line in lines for cell in line.split()[1:])
     assert len(TunerStorage(url, create=False).open().study_names()) == 4
 
 
@@ -114,3 +116,21 @@ def test_command_rejects_bad_counts_and_samplers() -> None:
     for extra in (["--sizes", "10,x"], ["--population", "0"], ["--sampler", "grid"]):
         result = runner.invoke(cli, ["bench", "sampler", *extra])
         assert result.exit_code == 2, (extra, result.output)
+
+
+def test_against_optuna_times_each_point_on_optunas_tpe_too(tmp_path: Path) -> None:
+    """--against-optuna: each point twice, the tuner's TPE then Optuna's, on equal
+    studies (the same prefilled trials)."""
+    seen: list[tuple[str, int]] = []
+
+    def count(storage: TunerStorage, name: str, moment: int) -> None:
+        if moment == 0:
+            seen.append((name, len(optuna.load_study(study_name=name,
+                                                     storage=storage.optuna).trials)))
+
+    rows = run_sampler_bench(f"sqlite:///{tmp_path / 'both.db'}", sampler_space("quick"),
+                             sizes=[12], populations=[1, 3], asks=3, say=lambda _: None,
+                             on_study=count, against_optuna=True)
+    assert [(r.sampler, r.population) for r in rows] == [
+        ("tpe", 1), ("optuna-tpe", 1), ("tpe", 3), ("optuna-tpe", 3)]
+    assert [n for _, n in seen] == [12] * 4 and len({name for name, _ in seen}) == 4

@@ -8,6 +8,8 @@ with a made-up objective, then bulk-inserted into Optuna's tables, see
 timed as the fused engine drives it: ``population`` asks in a row, each a ``study.ask()``
 and the space's suggestions (``Space.sample``), all asked before any is told, so the
 sampler sees them RUNNING, then ``population`` tells; until ``asks`` trials are told.
+A population's asks are sampled as one (:func:`tuner.space.sampling.one_population`), as
+the fused engine samples them.
 
 A row gives the median time of an ask (and of its two parts: creating the trial, and the
 suggestions; Optuna computes a trial's relative sampling, TPE's multivariate or group
@@ -24,6 +26,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -40,12 +43,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.bench._startup import versions
 from tuner.space import SamplerSpec, Space, load_space
-from tuner.space.sampling import SAMPLERS, build_sampler
+from tuner.space.sampling import SAMPLERS, build_sampler, one_population
 from tuner.storage import TunerStorage, insert_trials, next_trial_id
 from tuner.storage.optuna_compat import study_id_of
 
-COLUMNS = ("size", "population", "asks", "ask_ms", "create_ms", "suggest_ms", "ask_p90_ms",
-           "tell_ms", "trials_per_s")
+COLUMNS = ("sampler", "size", "population", "asks", "ask_ms", "create_ms", "suggest_ms",
+           "ask_p90_ms", "tell_ms", "trials_per_s")
 DEFAULT_SIZES = (100, 1000, 3000, 10_000)
 DEFAULT_POPULATIONS = (1, 64)
 # The samplers --sampler may name; a grid needs a finite grid for every parameter.
@@ -57,6 +60,7 @@ _CHUNK = 2000  # trials per bulk insert
 class SamplerRow:
     """One (study size, population) point: medians in milliseconds, throughput per second."""
 
+    sampler: str
     size: int
     population: int
     asks: int
@@ -166,14 +170,16 @@ def time_point(study: optuna.Study, space: Space, population: int, asks: int,
     done = 0
     while done < asks:
         batch = []
-        for _ in range(min(population, asks - done)):
-            began = time.perf_counter()
-            trial = study.ask()
-            asked = time.perf_counter()
-            space.sample(trial)
-            create.append(asked - began)
-            suggest.append(time.perf_counter() - asked)
-            batch.append(trial)
+        # A population is sampled as the fused engine samples it: as one.
+        with one_population(study.sampler) if population > 1 else nullcontext():
+            for _ in range(min(population, asks - done)):
+                began = time.perf_counter()
+                trial = study.ask()
+                asked = time.perf_counter()
+                space.sample(trial)
+                create.append(asked - began)
+                suggest.append(time.perf_counter() - asked)
+                batch.append(trial)
         for trial in batch:
             value = rng.random()
             began = time.perf_counter()
@@ -184,7 +190,7 @@ def time_point(study: optuna.Study, space: Space, population: int, asks: int,
     total = sum(whole) + sum(tell)
     ms = 1000.0
     return SamplerRow(
-        size=0, population=population, asks=asks,
+        sampler="", size=0, population=population, asks=asks,
         ask_ms=_digits(statistics.median(whole) * ms),
         create_ms=_digits(statistics.median(create) * ms),
         suggest_ms=_digits(statistics.median(suggest) * ms),
@@ -205,11 +211,14 @@ def _digits(value: float) -> float:
 def run_sampler_bench(url: str, space: Space, sizes: Sequence[int] = DEFAULT_SIZES,
                       populations: Sequence[int] = DEFAULT_POPULATIONS, asks: int = 64,
                       say: Callable[[str], None] = print,
-                      on_study: Callable[[TunerStorage, str, int], None] | None = None
-                      ) -> list[SamplerRow]:
+                      on_study: Callable[[TunerStorage, str, int], None] | None = None,
+                      against_optuna: bool = False) -> list[SamplerRow]:
     """A row per (size, population), each on a study of its own in the database at
     ``url``; ``on_study(storage, name, moment)`` is called with each study's name before
-    it is timed (``moment`` 0) and after (1), for checks."""
+    it is timed (``moment`` 0) and after (1), for checks. With ``against_optuna`` and a
+    TPE space, each point is timed twice in a row on two equal studies: the tuner's TPE
+    (``tpe``), then Optuna's own ``TPESampler`` with the same options and seeding
+    (``optuna-tpe``)."""
     say(versions())
     storage = TunerStorage(url, heartbeat=False).open()
     began = time.perf_counter()
@@ -218,25 +227,32 @@ def run_sampler_bench(url: str, space: Space, sizes: Sequence[int] = DEFAULT_SIZ
     say(f"drew {len(drawn):,} trials of {space.name} (up to {most} parameters each) in "
         f"{time.perf_counter() - began:.1f} s; sampler {space.sampler.name} "
         f"{dict(space.sampler.options)}")
+    variants = [(space.sampler.name, True)]
+    if against_optuna and space.sampler.name == "tpe":
+        variants.append(("optuna-tpe", False))
     rows = []
     for size in sizes:
         for population in populations:
-            name = f"bench-sampler-{size}-{population}-{uuid.uuid4().hex[:6]}"
-            began = time.perf_counter()
-            prefill(storage, space, name, drawn[:size])
-            # Loaded as a worker loads it: the space's sampler, on the cached storage; the
-            # first read of the trials (a worker's first ask pays it once) is left out.
-            study = optuna.load_study(study_name=name, storage=storage.studies,
-                                      sampler=build_sampler(space))
-            study.get_trials(deepcopy=False)
-            if on_study is not None:
-                on_study(storage, name, 0)
-            filled = time.perf_counter() - began
-            row = dataclasses.replace(time_point(study, space, population, asks,
-                                                 seed=space.seed), size=size)
-            if on_study is not None:
-                on_study(storage, name, 1)
-            say(f"size {size:,}, population {population}: prefilled in {filled:.1f} s; "
-                f"ask {row.ask_ms:g} ms (median), {row.trials_per_s:g} trials/s")
-            rows.append(row)
+            for label, incremental in variants:
+                name = f"bench-sampler-{size}-{population}-{uuid.uuid4().hex[:6]}"
+                began = time.perf_counter()
+                prefill(storage, space, name, drawn[:size])
+                # Loaded as a worker loads it: the space's sampler, on the cached storage;
+                # the first read of the trials (a worker's first ask pays it once) is
+                # left out.
+                study = optuna.load_study(study_name=name, storage=storage.studies,
+                                          sampler=build_sampler(space, incremental))
+                study.get_trials(deepcopy=False)
+                if on_study is not None:
+                    on_study(storage, name, 0)
+                filled = time.perf_counter() - began
+                row = dataclasses.replace(time_point(study, space, population, asks,
+                                                     seed=space.seed),
+                                          sampler=label, size=size)
+                if on_study is not None:
+                    on_study(storage, name, 1)
+                say(f"{label}, size {size:,}, population {population}: prefilled in "
+                    f"{filled:.1f} s; ask {row.ask_ms:g} ms (median), "
+                    f"{row.trials_per_s:g} trials/s")
+                rows.append(row)
     return rows

@@ -194,10 +194,13 @@ def _counts(text: str) -> list[int]:
 @click.option("--storage", metavar="URL",
               help="The database to build the studies in (default: a temporary SQLite "
                    "file, deleted afterwards).")
+@click.option("--against-optuna", is_flag=True,
+              help="With TPE, time each point on Optuna's own TPESampler too (same options "
+                   "and seeding, rows 'optuna-tpe'), right after the tuner's.")
 @click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table",
               show_default=True, help="How to print the rows.")
 def sampler(space: str, sampler: str | None, sizes: str, populations: str, asks: int,
-            storage: str | None, fmt: str) -> None:
+            storage: str | None, against_optuna: bool, fmt: str) -> None:
     """Time the space's sampler on studies of growing size: per-ask time and ask+tell
     throughput, as the sequential runner (population 1) and the fused engine (population
     K: K asks in a row, the trials RUNNING, then K tells) drive it.
@@ -209,12 +212,15 @@ def sampler(space: str, sampler: str | None, sizes: str, populations: str, asks:
     (study.ask()) and suggest_ms (the suggestions: the sampler's work, its relative
     sampling included, which Optuna runs at a trial's first suggestion); ask_p90_ms;
     tell_ms, the median tell; trials_per_s, the asks and tells together. The versions
-    and the load average go to stderr.
+    and the load average go to stderr. The tuner's TPE keeps its model of the study
+    between asks and fits it once per population; --against-optuna adds Optuna's own
+    TPESampler on equal studies, for the ratio.
 
     \b
     Examples:
       tuner bench sampler                                 # quick's TPE, 100 to 10,000
       tuner bench sampler --sampler random --sizes 1000 --format json
+      tuner bench sampler --against-optuna --sizes 500,3000   # the speed-up
     """
     import os
     import tempfile
@@ -246,7 +252,7 @@ def sampler(space: str, sampler: str | None, sizes: str, populations: str, asks:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         url = storage or f"sqlite:///{Path(tmp) / 'bench.db'}"
         rows = run_sampler_bench(url, loaded, sizes=size_list, populations=population_list,
-                                 asks=asks, say=say)
+                                 asks=asks, say=say, against_optuna=against_optuna)
     say(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min) at "
         "the end")
     click.echo(format_rows([r.as_dict() for r in rows], SAMPLER_COLUMNS, fmt), nl=False)

@@ -35,6 +35,7 @@ from tuner.run import runner
 from tuner.run.heartbeat import Heartbeat
 from tuner.run.objective import Objective, TrialWriter, root_number, worker_id
 from tuner.space import Space
+from tuner.space.sampling import one_population
 from tuner.storage import TunerStorage
 from tuner.storage.optuna_compat import (
     read_trial,
@@ -228,6 +229,11 @@ class PopulationRun:
         self.backoff.reset()
         for trial in claimed:
             self.heartbeat.add(trial_id_of(trial))
+        with one_population(self.study.sampler):
+            return self._configs(claimed)
+
+    def _configs(self, claimed: list[optuna.Trial]) -> list[TrialConfig]:
+        """The claimed trials' configs, sampled as one population."""
         configs = []
         for i, trial in enumerate(claimed):
             try:

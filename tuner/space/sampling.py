@@ -8,13 +8,15 @@ number of epochs as the pruners' maximum resource).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
 from tuner.space._params import Fixed, grid_values
+from tuner.space._tpe import IncrementalTPESampler
 
 if TYPE_CHECKING:
     from tuner.space import PrunerSpec, Space
@@ -52,9 +54,10 @@ class _BudgetedGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
+def build_sampler(space: Space, incremental: bool = True) -> optuna.samplers.BaseSampler:
     """The space's sampler, seeded per trial from the sampler's own seed or the space's
-    (see :func:`seed_per_trial`)."""
+    (see :func:`seed_per_trial`). TPE is :class:`IncrementalTPESampler` (Optuna's own
+    ``TPESampler`` with ``incremental=False``, what benchmarks compare it with)."""
     spec = space.sampler
     kwargs = spec.kwargs
     kwargs["seed"] = kwargs.get("seed", space.seed)
@@ -68,7 +71,9 @@ def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
                 and any(p.name in ("optimizer", "schedule") for p in space.params)):
             # Conditional branches: let multivariate TPE model each branch's group jointly.
             kwargs.setdefault("group", True)
-        sampler = SAMPLERS[spec.name](**kwargs)
+        # TPE: Optuna's, keeping what it knows of the study between asks (tuner.space._tpe).
+        fast = spec.name == "tpe" and incremental
+        sampler = (IncrementalTPESampler if fast else SAMPLERS[spec.name])(**kwargs)
     return seed_per_trial(sampler, kwargs["seed"])
 
 
@@ -121,6 +126,19 @@ def _word(key: int | str) -> int:
     if isinstance(key, int):
         return key % 2 ** 32
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+@contextmanager
+def one_population(sampler: optuna.samplers.BaseSampler) -> Iterator[None]:
+    """The trials sampled in the block are one population, asked together: the space's
+    TPE fits its model of the study once for them (see
+    :meth:`tuner.space._tpe.IncrementalTPESampler.population`); any other sampler
+    samples as ever."""
+    if not isinstance(sampler, IncrementalTPESampler):
+        yield
+        return
+    with sampler.population():
+        yield
 
 
 def grid_size(space: Space) -> int:

@@ -23,7 +23,11 @@ What the module wraps:
   ``TrialModel`` turns them into the times a ``FrozenTrial`` holds);
 * :class:`LazyVersionManager`: ``optuna.storages._rdb.storage._VersionManager`` (what
   ``RDBStorage._version_manager`` is), made on first use, and :func:`schema_head`, the
-  schema revision the installed Optuna reads, known without alembic.
+  schema revision the installed Optuna reads, known without alembic;
+* :class:`ParzenEstimator`, :func:`default_gamma`, :class:`SearchSpaceGroup`,
+  :func:`mixture_of`, :func:`log_gauss_mass` and :func:`log_gauss_mass_unique`: the
+  pieces of Optuna's TPE (``optuna.samplers._tpe``, ``optuna.search_space.
+  group_decomposed``) that :mod:`tuner.space._tpe` builds the same suggestions from.
 
 What stays outside, by design: the storage fast paths of :mod:`tuner.storage._fast`
 subclass ``RDBStorage`` and :class:`CachedStorage`, override private methods of theirs
@@ -33,7 +37,9 @@ subclass ``RDBStorage`` and :class:`CachedStorage`, override private methods of 
 inherent in subclassing, and those classes are a concept of their own (a few hundred
 lines), so they stay in their module; everything they import from Optuna's private
 modules comes from here, and the tests pin every member they override or read
-(:data:`OVERRIDDEN`, :data:`INHERITED`).
+(:data:`OVERRIDDEN`, :data:`INHERITED`). So do :mod:`tuner.space._tpe`'s subclass of
+``TPESampler`` (:data:`TPE_OVERRIDDEN`, :data:`TPE_INHERITED`) and its tests, which pin
+its suggestions to Optuna's own sampler's.
 
 >>> import optuna
 >>> study = optuna.create_study()
@@ -52,6 +58,11 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.pruners import BasePruner, PatientPruner
 from optuna.samplers import BaseSampler
+from optuna.samplers._tpe import _truncnorm
+from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
+from optuna.samplers._tpe.probability_distributions import _log_gauss_mass_unique
+from optuna.samplers._tpe.sampler import default_gamma
+from optuna.search_space.group_decomposed import _SearchSpaceGroup
 from optuna.storages import BaseStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb.models import (
@@ -70,18 +81,38 @@ from optuna.storages._rdb.storage import _VersionManager
 from optuna.trial import FrozenTrial
 
 __all__ = ["INHERITED", "MAX_INDEXED_STRING_LENGTH", "NOT_FOUND_MSG", "OVERRIDDEN",
-           "SCHEMA_HEADS", "TRIAL_COMPLETE_UTC", "TRIAL_START_UTC", "CachedStorage",
-           "LazyVersionManager", "StudyModel", "TrialHeartbeatModel",
+           "SCHEMA_HEADS", "TPE_INHERITED", "TPE_OVERRIDDEN", "TRIAL_COMPLETE_UTC",
+           "TRIAL_START_UTC", "CachedStorage", "LazyVersionManager", "ParzenEstimator",
+           "SearchSpaceGroup", "StudyModel", "TrialHeartbeatModel",
            "TrialIntermediateValueModel", "TrialModel", "TrialParamModel",
            "TrialSystemAttributeModel", "TrialUserAttributeModel", "TrialValueModel",
-           "distribution_contains", "frozen_trial_of", "lazy_version_manager", "local_time",
-           "random_states_of",
-           "read_trial", "schema_head", "storage_of", "study_id_of", "trial_id_of",
-           "wrapped_pruner_of"]
+           "default_gamma", "distribution_contains", "frozen_trial_of",
+           "lazy_version_manager", "local_time", "log_gauss_mass",
+           "log_gauss_mass_unique", "mixture_of", "random_states_of", "read_trial",
+           "schema_head", "storage_of", "study_id_of", "trial_id_of", "wrapped_pruner_of"]
 
 # Optuna's cache over an RDB storage, which studies on a database run on (optuna.create_study
 # wraps an RDBStorage in one); the tuner's StudyStorage subclasses it.
 CachedStorage = _CachedStorage
+
+# What tuner.space._tpe builds Optuna's TPE from: the Parzen estimator TPESampler fits
+# (TPESampler._parzen_estimator_cls), its default split of the trials, and the group
+# decomposition of `TPESampler(group=True)` (optuna.search_space.group_decomposed).
+ParzenEstimator = _ParzenEstimator
+SearchSpaceGroup = _SearchSpaceGroup
+# log Φ(b) - Φ(a), the mass of a standard normal on [a, b], as Optuna's truncated normals
+# compute it (elementwise; the second first merges equal (a, b) pairs).
+log_gauss_mass = _truncnorm._log_gauss_mass
+log_gauss_mass_unique = _log_gauss_mass_unique
+
+
+def mixture_of(estimator: _ParzenEstimator) -> tuple[np.ndarray, list[Any]]:
+    """A fitted Parzen estimator's mixture: the components' weights (summing to 1, the
+    prior's last) and, per parameter in its search space's order, the batched
+    distributions (``mu``, ``sigma``, ``low``, ``high``, ``step``, ``is_log``,
+    ``adapted_low``, ``adapted_high``; ``weights`` for a categorical)."""
+    mixture = estimator._mixture_distribution
+    return mixture.weights, list(mixture.distributions)
 
 # The trials table's start and completion times as stored (naive UTC), as ORM attributes:
 # the public TrialModel.datetime_start and datetime_complete are Python properties over
@@ -98,6 +129,14 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
 INHERITED: dict[type, tuple[str, ...]] = {
     _CachedStorage: ("_backend", "_lock", "_studies", "_trial_id_to_study_id_and_number"),
 }
+# The same for tuner.space._tpe's IncrementalTPESampler: the private methods of Optuna's
+# TPESampler it overrides, and those it calls and the state it reads through `self`.
+TPE_OVERRIDDEN: tuple[str, ...] = ("_sample_relative", "_sample")
+TPE_INHERITED: tuple[str, ...] = (
+    "_rng", "_parzen_estimator_parameters", "_parzen_estimator_cls", "_n_startup_trials",
+    "_n_ei_candidates", "_gamma", "_group", "_constant_liar", "_constraints_func",
+    "_search_space_group", "_is_multivariate", "_get_params", "_compute_acquisition_func",
+    "_compare")
 
 # The schema revision (alembic's head) that each Optuna release line the tuner knows reads
 # and writes: Optuna adds a migration only in a minor or major release. A command that
