@@ -52,7 +52,6 @@ from optuna.trial import FrozenTrial, TrialState
 if TYPE_CHECKING:
     from optuna.study import Study
 
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _WITH_RUNNING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 Space = dict[str, BaseDistribution]
 

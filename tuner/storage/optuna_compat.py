@@ -25,7 +25,7 @@ What the module wraps:
   ``RDBStorage._version_manager`` is), made on first use, and :func:`schema_head`, the
   schema revision the installed Optuna reads, known without alembic;
 * :class:`ParzenEstimator`, :func:`default_gamma`, :class:`SearchSpaceGroup`,
-  :func:`mixture_of`, :func:`log_gauss_mass` and :func:`log_gauss_mass_unique`: the
+  :func:`mixture_of` and :func:`log_gauss_mass`: the
   pieces of Optuna's TPE (``optuna.samplers._tpe``, ``optuna.search_space.
   group_decomposed``) that :mod:`tuner.space._tpe` builds the same suggestions from.
 
@@ -60,7 +60,6 @@ from optuna.pruners import BasePruner, PatientPruner
 from optuna.samplers import BaseSampler
 from optuna.samplers._tpe import _truncnorm
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
-from optuna.samplers._tpe.probability_distributions import _log_gauss_mass_unique
 from optuna.samplers._tpe.sampler import default_gamma
 from optuna.search_space.group_decomposed import _SearchSpaceGroup
 from optuna.storages import BaseStorage
@@ -88,7 +87,7 @@ __all__ = ["INHERITED", "MAX_INDEXED_STRING_LENGTH", "NOT_FOUND_MSG", "OVERRIDDE
            "TrialSystemAttributeModel", "TrialUserAttributeModel", "TrialValueModel",
            "default_gamma", "distribution_contains", "frozen_trial_of",
            "lazy_version_manager", "local_time", "log_gauss_mass",
-           "log_gauss_mass_unique", "mixture_of", "random_states_of", "read_trial",
+           "mixture_of", "random_states_of", "read_trial",
            "schema_head", "storage_of", "study_id_of", "trial_id_of", "wrapped_pruner_of"]
 
 # Optuna's cache over an RDB storage, which studies on a database run on (optuna.create_study
@@ -101,9 +100,8 @@ CachedStorage = _CachedStorage
 ParzenEstimator = _ParzenEstimator
 SearchSpaceGroup = _SearchSpaceGroup
 # log Φ(b) - Φ(a), the mass of a standard normal on [a, b], as Optuna's truncated normals
-# compute it (elementwise; the second first merges equal (a, b) pairs).
+# compute it (elementwise).
 log_gauss_mass = _truncnorm._log_gauss_mass
-log_gauss_mass_unique = _log_gauss_mass_unique
 
 
 def mixture_of(estimator: _ParzenEstimator) -> tuple[np.ndarray, list[Any]]:
